@@ -1,0 +1,40 @@
+# lowrank-bench. The two commands a new user runs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+export WANDB_SILENT := true
+
+.PHONY: setup run test plots perf studies lint clean
+
+setup: $(STAMP)
+
+# torch first and pinned: an unpinned torch (or a package pulling one) downloads a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,hf,slurm]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: setup                    ## the default sweep (conf/config.yaml), then every figure
+	$(PY) -m bench.run -m
+	$(MAKE) plots
+
+test: setup                   ## the test suite (slow and perf tests excluded)
+	WANDB_MODE=disabled $(PY) -m pytest -q
+
+plots: setup                  ## every figure and table, from the run records in runs/
+	$(PY) -m analysis
+
+perf: setup                   ## benchmarks: ratios measured side by side in one run
+	WANDB_MODE=disabled $(PY) -m pytest -m perf -s -q -p no:randomly
+
+studies: setup                ## every study at its documented size (resumable)
+	$(PY) -m experiments
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf runs figures .cache

@@ -1,0 +1,296 @@
+"""Structured config schemas (registered in Hydra's ConfigStore) and semantic validation.
+
+The dataclasses are the schema: Hydra merges every YAML of a group into its dataclass, so an
+unknown key or a value of the wrong type is rejected while the config is composed. `validate`
+then checks what a type cannot express (positive learning rates, allowed names, existing files)
+and raises `ConfigError` naming the key and the allowed values, before any run directory exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+ADAPTERS = ("full", "lora", "balora")
+OPTIMIZERS = ("adamw", "sgd", "riemannian_adam", "riemannian_sgd", "riemannian_normalized")
+GEOMETRIES = (
+    "euclidean",
+    "fixed_rank_embedded",
+    "fixed_rank_quotient",
+    "partial_isometry_embedded",
+    "partial_isometry_quotient",
+    "partial_isometry_canonical",
+)
+ALIGNMENTS = ("procrustes", "sign", "none")
+MOMENTS = ("keep", "transport")
+LR_SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
+DEVICES = ("auto", "cpu", "cuda")
+LOGGERS = ("wandb_offline", "wandb_online", "none")
+TASKS = ("lm", "toy")
+INITS = ("scratch", "pretrained")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before training; the message names the key."""
+
+
+@dataclass
+class AttentionConfig:
+    geometry: str = "euclidean"  # euclidean | one of bench.manifolds.GEOMETRIES
+    block: bool = False  # one manifold point per KV group (knight.md §4)
+
+
+@dataclass
+class PretrainConfig:
+    domain: str = "stdlib_core"  # corpus domain the base model is pretrained on
+    max_steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    cache_dir: str = ".cache/pretrained"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gpt_tiny"
+    kind: str = "gpt"  # gpt | hf
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention when < n_head
+    seq_len: int = 128
+    d_mlp: int | None = None  # default 4 * d_model
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    mlp: str = "gelu"  # gelu | relu2
+    pos_emb: bool = True
+    tie_embeddings: bool = True
+    bias: bool = False
+    dropout: float = 0.0
+    init: str = "scratch"  # scratch | pretrained
+    path: str | None = None  # local Hugging Face model directory (kind: hf)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+@dataclass
+class DataConfig:
+    name: str = "builtin"  # builtin | text
+    domain: str = "stdlib_core"  # builtin corpus domain to train on
+    paths: list[str] = field(default_factory=list)  # data=text: the user's files
+    eval_fraction: float = 0.1
+    eval_batches: int = 4
+    max_bytes: int = 4_000_000  # cap on corpus size (bytes) per domain
+
+
+@dataclass
+class AdapterConfig:
+    name: str = "full"
+    r: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
+    dropout: float = 0.0
+    # BaLoRA (papers/balora.md §3)
+    project_every: int = 1
+    start_step: int = 1
+    alignment: str = "procrustes"
+    moments: str = "keep"
+    # Riemannian LoRA: the update B A on a fixed-rank manifold (issue: riemannian optimizers)
+    geometry: str = "euclidean"
+    init_scale: float = 1e-3
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9
+    # Riemannian optimizers: manifold parameters get their own LR, the rest AdamW at `lr`
+    manifold_lr: float | None = None
+    trust_floor: float = 1e-3  # c in T = -lr M / max(||M||, c) (knight.md §1)
+    repair_every: int = 100
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 200
+    batch_size: int = 16
+    eval_every: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 100
+    device: str = "auto"
+    dtype: str = "float32"  # float32 | bfloat16 (CUDA autocast)
+    tf32: bool = False
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    divergence_factor: float = 10.0  # loss > factor * initial loss counts as diverged
+    threads: int | None = None  # torch threads; default cores // parallel workers
+    progress: bool = True
+    inject_nan_at: int | None = None  # testing aid: make the loss NaN at this step
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb_offline"
+    project: str = "lowrank-bench"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+
+
+@dataclass
+class HessianConfig:
+    every: int = 0  # 0: off
+    iters: int = 20
+    layers: list[str] = field(default_factory=list)  # name patterns; empty = all adapted
+
+
+@dataclass
+class MetricsConfig:
+    hessian: HessianConfig = field(default_factory=HessianConfig)
+    target_loss: Any = None  # float, or "from_baseline"
+    baseline: str | None = None  # method name of the baseline for from_baseline
+
+
+@dataclass
+class ToyConfig:
+    n: int = 20
+    m: int = 20
+    r: int = 4
+    steps: int = 100
+    inits: int = 8
+    lr_grid: int = 50
+    lr_min: float = 1e-5
+    lr_max: float = 0.3
+    drop_above: float = 1e5
+    method: str = "gd"  # gd | sign_gd | adam
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    adapter: AdapterConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
+    task: str = "lm"
+    seed: int = 0
+    sweep: str = "default"
+    out_dir: str = "runs"
+
+
+def register_configs() -> None:
+    """Register the schemas so that each YAML group file is validated against its dataclass."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    # Each group's YAML is merged into the typed field of `Config`, so one schema covers all.
+    cs.store(name="base_config", node=Config)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be > 0")
+
+
+def validate(cfg: Any) -> None:
+    """Semantic checks that the schema types cannot express. Raises ConfigError."""
+    _choice("task", cfg.task, TASKS)
+    _choice("adapter.name", cfg.adapter.name, ADAPTERS)
+    _choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    _choice("trainer.device", cfg.trainer.device, DEVICES)
+    _choice("trainer.lr_schedule", cfg.trainer.lr_schedule, LR_SCHEDULES)
+    _choice("trainer.dtype", cfg.trainer.dtype, ("float32", "bfloat16"))
+    _choice("logger.name", cfg.logger.name, LOGGERS)
+    _choice("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    _choice("model.init", cfg.model.init, INITS)
+    _choice("model.kind", cfg.model.kind, ("gpt", "hf"))
+    _choice("model.norm", cfg.model.norm, ("layernorm", "rmsnorm"))
+    _choice("model.mlp", cfg.model.mlp, ("gelu", "relu2"))
+    _choice("model.attention.geometry", cfg.model.attention.geometry, GEOMETRIES)
+    _choice("adapter.geometry", cfg.adapter.geometry, GEOMETRIES)
+    _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
+    _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
+    _choice("data.name", cfg.data.name, ("builtin", "text"))
+    _choice("toy.method", cfg.toy.method, ("gd", "sign_gd", "adam"))
+    _positive("optimizer.lr", cfg.optimizer.lr)
+    if cfg.optimizer.manifold_lr is not None:
+        _positive("optimizer.manifold_lr", cfg.optimizer.manifold_lr)
+    if cfg.optimizer.weight_decay < 0:
+        raise ConfigError(f"optimizer.weight_decay={cfg.optimizer.weight_decay} must be >= 0")
+    for key in ("max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every"):
+        _positive(f"trainer.{key}", cfg.trainer[key])
+    _positive("trainer.divergence_factor", cfg.trainer.divergence_factor)
+    for key in ("d_model", "n_layer", "n_head", "seq_len", "vocab_size"):
+        _positive(f"model.{key}", cfg.model[key])
+    if cfg.model.d_model % cfg.model.n_head:
+        raise ConfigError(
+            f"model.d_model={cfg.model.d_model} must be divisible by "
+            f"model.n_head={cfg.model.n_head}"
+        )
+    n_kv = cfg.model.n_kv_head or cfg.model.n_head
+    if n_kv < 1 or cfg.model.n_head % n_kv:
+        raise ConfigError(
+            f"model.n_kv_head={cfg.model.n_kv_head} must divide model.n_head={cfg.model.n_head}"
+        )
+    _positive("adapter.r", cfg.adapter.r)
+    _positive("adapter.alpha", cfg.adapter.alpha)
+    _positive("adapter.project_every", cfg.adapter.project_every)
+    if cfg.adapter.start_step < 1:
+        raise ConfigError(
+            f"adapter.start_step={cfg.adapter.start_step} must be >= 1: projecting before the "
+            "first optimizer step maps B A = 0 to the saddle (0, 0)"
+        )
+    if not 0 <= cfg.adapter.dropout < 1:
+        raise ConfigError(f"adapter.dropout={cfg.adapter.dropout} must be in [0, 1)")
+    if cfg.adapter.moments == "transport" and cfg.optimizer.name not in ("adamw",):
+        raise ConfigError(
+            f"adapter.moments=transport needs an optimizer with moment estimates (adamw); "
+            f"optimizer.name={cfg.optimizer.name!r} has none"
+        )
+    if cfg.adapter.geometry != "euclidean" and cfg.adapter.name != "lora":
+        raise ConfigError(
+            f"adapter.geometry={cfg.adapter.geometry!r} needs adapter=lora "
+            f"(got {cfg.adapter.name!r})"
+        )
+    riemannian = cfg.optimizer.name.startswith("riemannian")
+    has_manifold = (
+        cfg.model.attention.geometry != "euclidean" or cfg.adapter.geometry != "euclidean"
+    )
+    if riemannian and not has_manifold and cfg.task == "lm":
+        raise ConfigError(
+            f"optimizer.name={cfg.optimizer.name!r} needs manifold parameters: set "
+            f"model.attention.geometry or adapter.geometry to one of {', '.join(GEOMETRIES[1:])}"
+        )
+    if cfg.metrics.hessian.every < 0:
+        raise ConfigError(f"metrics.hessian.every={cfg.metrics.hessian.every} must be >= 0")
+    if cfg.metrics.hessian.every and cfg.metrics.hessian.iters < 2:
+        raise ConfigError(f"metrics.hessian.iters={cfg.metrics.hessian.iters} must be >= 2")
+    target = cfg.metrics.target_loss
+    if target is not None and target != "from_baseline":
+        if not isinstance(target, (int, float)) or isinstance(target, bool):
+            raise ConfigError(
+                f"metrics.target_loss={target!r}: allowed values are a number, null or "
+                "'from_baseline'"
+            )
+    if target == "from_baseline" and not cfg.metrics.baseline:
+        raise ConfigError(
+            "metrics.target_loss=from_baseline needs metrics.baseline (a method name, "
+            "e.g. full/adamw)"
+        )
+    if cfg.data.name == "text" and not cfg.data.paths:
+        raise ConfigError("data.paths is empty: data=text needs data.paths=[file, ...]")
+    if not 0 < cfg.data.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")

@@ -1,0 +1,224 @@
+"""The entry point: config -> objects -> train -> run record.
+
+    python -m bench.run                                   # one run with the defaults
+    python -m bench.run -m                                # the default sweep (conf/config.yaml)
+    python -m bench.run -m adapter=lora,balora seed=0,1,2 # any sweep
+
+Everything that can be wrong with a config is found before a run directory exists: the schema
+(bench/config.py) rejects unknown keys and wrong types while Hydra composes, `validate` checks
+values, and the model, data and adapter are built and checked next. Only then is the run record
+created. A run that diverges or fails is recorded as such and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from bench import __version__
+from bench.config import ConfigError, register_configs, validate
+from bench.tracking.record import RunRecord
+
+# Keys that do not change what a run computes: they are left out of the run id.
+NON_SEMANTIC = (
+    "out_dir",
+    "sweep",
+    "logger",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.log_every",
+)
+
+
+def method_name(cfg) -> str:
+    """The method a run belongs to: adapter/optimizer[/geometry[+block]]."""
+    parts = [cfg.adapter.name, cfg.optimizer.name]
+    geometry = cfg.model.attention.geometry
+    if geometry != "euclidean":
+        parts.append(geometry + ("+block" if cfg.model.attention.block else ""))
+    if cfg.adapter.geometry != "euclidean":
+        parts.append("lora:" + cfg.adapter.geometry)
+    return "/".join(parts)
+
+
+def run_id(cfg) -> str:
+    """Readable and stable: method, seed and a hash of every semantic key of the config."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in NON_SEMANTIC:
+        node, *path = dotted.split(".")
+        if path:
+            container.get(node, {}).pop(path[0], None)
+        else:
+            container.pop(node, None)
+    digest = hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:8]
+    name = method_name(cfg).replace("/", "-").replace(":", "_").replace("+", "_")
+    return f"{name}-s{cfg.seed}-{digest}"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _setup_threads(cfg) -> None:
+    """Parallel workers divide the machine's cores instead of oversubscribing them."""
+    workers = 1
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode.name == "MULTIRUN":
+            workers = int(hc.launcher.get("n_jobs", 1) or 1)
+    except (ValueError, AttributeError):
+        pass
+    threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def prepare(cfg) -> dict:
+    """Build and check everything a validated config needs; raises ConfigError. Writes nothing."""
+    from bench.adapters import build_adapter, count_trainable
+    from bench.data.corpus import check_context, load_corpus
+    from bench.models import build_model
+    from bench.optim import build_optimizer
+
+    device = resolve_device(cfg.trainer.device)
+    d = cfg.data
+    corpus = load_corpus(d.name, d.domain, list(d.paths), d.eval_fraction, d.max_bytes)
+    check_context(corpus, cfg.model.seq_len)
+    model, source = build_model(cfg)
+    adapter = build_adapter(cfg.adapter)
+    model = adapter.apply(model).to(device)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    eval_sets = {"": corpus.eval}
+    if source is not None:  # fine-tuning: also watch the pretraining domain
+        eval_sets["source"] = source.eval
+    return {
+        "device": device,
+        "corpus": corpus,
+        "model": model,
+        "adapter": adapter,
+        "optimizer": optimizer,
+        "eval_sets": eval_sets,
+        "trainable": count_trainable(model),
+    }
+
+
+def run(cfg: DictConfig) -> dict | None:
+    """One run: returns its summary (or None when it was skipped)."""
+    from bench.tracking.wandb import WandbLogger
+
+    validate(cfg)
+    _setup_threads(cfg)
+    torch.manual_seed(cfg.seed)
+    if cfg.task == "toy":
+        from bench.toy import run_toy
+
+        return run_toy(cfg)
+    rid = run_id(cfg)
+    record = RunRecord(Path(cfg.out_dir) / cfg.sweep / rid)
+    if record.is_complete():
+        print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+        return record.read_summary()
+    parts = prepare(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["meta"] = {
+        "run_id": rid,
+        "method": method_name(cfg),
+        "data_hash": parts["corpus"].content_hash,
+        "trainable_params": parts["trainable"],
+        "device": str(parts["device"]),
+        "versions": {
+            "bench": __version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+            "git_commit": _git_commit(),
+        },
+    }
+    record.create(resolved)
+    logger = WandbLogger(
+        mode=cfg.logger.mode,
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        run_dir=record.dir,
+        name=f"{method_name(cfg)} s{cfg.seed}",
+        group=cfg.sweep,
+        tags=[cfg.adapter.name, cfg.optimizer.name],
+        config=resolved,
+        run_id=rid,
+    )
+    from bench.train import Trainer
+
+    trainer_cfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer))
+    trainer_cfg.eval_batches = cfg.data.eval_batches
+    trainer_cfg.target_loss = cfg.metrics.target_loss
+    try:
+        trainer = Trainer(
+            parts["model"],
+            parts["optimizer"],
+            parts["adapter"],
+            parts["corpus"].train,
+            parts["eval_sets"],
+            trainer_cfg,
+            record,
+            cfg.seed,
+            parts["device"],
+            logger,
+        )
+        summary = trainer.run()
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        traceback.print_exc()
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    summary["trainable_params"] = parts["trainable"]
+    record.write_summary(summary)
+    record.close()
+    logger.finish(summary)
+    loss = summary.get("final_eval_loss")
+    print(f"[bench] {rid}: {summary['status']}" + (f", eval loss {loss:.4f}" if loss else ""))
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+register_configs()
+warnings.filterwarnings("ignore", message=".*is not a valid Python identifier.*")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""The training loop: steps, evaluation, logging, checkpoints, resume, divergence.
+
+`train` knows nothing about Hydra: it gets a model (adapter applied), an optimizer, the data, a
+plain config and a run record, and returns the summary it wrote. Batches are a pure function of
+(seed, step) and the checkpoint holds every RNG state, so a resumed run is bitwise identical to an
+uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from bench.data.corpus import eval_batches, get_batch
+from bench.tracking.record import RunRecord
+
+
+def lr_factor(step: int, schedule: str, warmup: int, max_steps: int) -> float:
+    """Multiplier of the base LR at optimizer step `step` (0-based)."""
+    if schedule != "constant" and warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "warmup_cosine":
+        progress = (step - warmup) / max(1, max_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, autocast) -> float:
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for x, y in batches:
+        with autocast():
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item()
+    model.train(was_training)
+    return total / len(batches)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Trainer:
+    """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split."""
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        adapter,
+        train_data,
+        eval_sets: dict,
+        cfg,
+        record: RunRecord,
+        seed: int,
+        device: torch.device,
+        logger=None,
+        hooks: list[Callable] | None = None,
+    ):
+        self.model, self.optimizer, self.adapter = model, optimizer, adapter
+        self.train_data, self.cfg, self.record, self.seed = train_data, cfg, record, seed
+        self.device, self.logger, self.hooks = device, logger, hooks or []
+        t = cfg
+        self.eval_sets = {
+            name: eval_batches(data, t.batch_size, model_seq_len(model), t.get("eval_batches", 4))
+            for name, data in eval_sets.items()
+        }
+        self.seq_len = model_seq_len(model)
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        use_bf16 = t.dtype == "bfloat16" and device.type == "cuda"
+        self.autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        )
+
+    # -- state --------------------------------------------------------------------------------
+    def _state(self, step: int, stats: dict) -> dict:
+        return {
+            "step": step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "adapter": self.adapter.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "stats": stats,
+        }
+
+    def _restore(self, state: dict) -> tuple[int, dict]:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.adapter.load_state_dict(state["adapter"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state.get("rng_cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return state["step"], state["stats"]
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> dict:
+        t = self.cfg
+        stats = {
+            "tokens": 0,
+            "wall_s": 0.0,
+            "step_s": 0.0,
+            "initial_loss": None,
+            "best_eval": None,
+            "last_eval": None,
+            "target": None,
+        }
+        step = 0
+        state = self.record.load_checkpoint()
+        if state is not None:
+            step, stats = self._restore(state)
+            self.record.truncate_metrics(step)
+        summary = {"status": "running", "steps": step, "error": None}
+        self.record.write_summary(summary)
+        self.model.train()
+        tokens_per_step = t.batch_size * self.seq_len
+        start = time.perf_counter() - stats["wall_s"]
+        window: list[float] = []
+        status, diverged_step = "completed", None
+        bar = _progress(t, step)
+        while step < t.max_steps:
+            t0 = time.perf_counter()
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * lr_factor(
+                    step, t.lr_schedule, t.warmup_steps, t.max_steps
+                )
+            x, y = get_batch(self.train_data, t.batch_size, self.seq_len, self.seed, step)
+            with self.autocast():
+                _, loss = self.model(x.to(self.device, non_blocking=True), y.to(self.device))
+            if t.inject_nan_at is not None and step + 1 == t.inject_nan_at:
+                loss = loss * float("nan")
+            loss_value = loss.item()
+            if stats["initial_loss"] is None:
+                stats["initial_loss"] = loss_value
+            if (
+                not math.isfinite(loss_value)
+                or loss_value > t.divergence_factor * stats["initial_loss"]
+            ):
+                status, diverged_step = "diverged", step + 1
+                self.record.log(
+                    {
+                        "step": step + 1,
+                        "tokens": stats["tokens"],
+                        "wall_s": time.perf_counter() - start,
+                        "train/loss": loss_value,
+                    }
+                )
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], clip
+            )
+            self.optimizer.step()
+            step += 1
+            extra = self.adapter.after_step(step, self.optimizer)
+            stats["tokens"] += tokens_per_step
+            stats["step_s"] += time.perf_counter() - t0
+            window.append(loss_value)
+            if bar is not None:
+                bar.update(1)
+                if step % t.log_every == 0:
+                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+
+            evaluating = step % t.eval_every == 0 or step == t.max_steps
+            if step % t.log_every == 0 or evaluating or extra:
+                row = {
+                    "step": step,
+                    "tokens": stats["tokens"],
+                    "wall_s": time.perf_counter() - start,
+                    "train/loss": sum(window) / len(window),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "grad_norm": float(grad_norm),
+                }
+                window = []
+                row.update(extra)
+                row.update(self.adapter.metrics())
+                if evaluating:
+                    row.update(self._evaluate(stats, row["wall_s"], step))
+                for hook in self.hooks:
+                    row.update(hook(step, self.model) or {})
+                self.record.log(row)
+                if self.logger is not None:
+                    self.logger.log(row)
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                stats["wall_s"] = time.perf_counter() - start
+                self.record.save_checkpoint(self._state(step, stats))
+        if bar is not None:
+            bar.close()
+        stats["wall_s"] = time.perf_counter() - start
+        summary = {
+            "status": status,
+            "steps": step,
+            "diverged_step": diverged_step,
+            "final_eval_loss": stats["last_eval"] if status == "completed" else None,
+            "best_eval_loss": stats["best_eval"],
+            "tokens": stats["tokens"],
+            "wall_s": stats["wall_s"],
+            "tokens_per_s": stats["tokens"] / stats["step_s"] if stats["step_s"] else None,
+            "peak_mem_mb": peak_memory_mb(self.device),
+            "error": f"loss {loss_value} at step {diverged_step}" if status == "diverged" else None,
+            **_target_summary(stats["target"]),
+        }
+        return summary
+
+    def _evaluate(self, stats: dict, wall_s: float, step: int) -> dict:
+        out = {}
+        for name, batches in self.eval_sets.items():
+            key = "eval/loss" + (f"_{name}" if name else "")
+            out[key] = evaluate(self.model, batches, self.device, self.autocast)
+        loss = out["eval/loss"]
+        stats["last_eval"] = loss
+        stats["best_eval"] = loss if stats["best_eval"] is None else min(stats["best_eval"], loss)
+        target = self.cfg.get("target_loss")
+        if isinstance(target, (int, float)) and stats["target"] is None and loss <= target:
+            stats["target"] = {
+                "steps_to_target": step,
+                "tokens_to_target": stats["tokens"],
+                "seconds_to_target": wall_s,
+            }
+        return out
+
+
+def _target_summary(target: dict | None) -> dict:
+    keys = ("steps_to_target", "tokens_to_target", "seconds_to_target")
+    return {k: (target or {}).get(k) for k in keys}
+
+
+def model_seq_len(model) -> int:
+    cfg = getattr(model, "cfg", None)
+    return cfg.seq_len if cfg is not None else model.config.max_position_embeddings
+
+
+def _progress(t, step: int):
+    if not t.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=t.max_steps, initial=step, mininterval=2.0, leave=False, dynamic_ncols=True)
