@@ -77,7 +77,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "builtin"  # builtin | text
-    domain: str = "stdlib_core"  # builtin corpus domain to train on
+    domain: str = "stdlib_docs"  # builtin corpus domain to train on (fine-tuning target)
     paths: list[str] = field(default_factory=list)  # data=text: the user's files
     eval_fraction: float = 0.1
     eval_batches: int = 4

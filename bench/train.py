@@ -164,7 +164,7 @@ class Trainer:
             )
             self.optimizer.step()
             step += 1
-            extra = self.adapter.after_step(step, self.optimizer)
+            self.adapter.after_step(step, self.optimizer)
             stats["tokens"] += tokens_per_step
             stats["step_s"] += time.perf_counter() - t0
             window.append(loss_value)
@@ -174,7 +174,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
 
             evaluating = step % t.eval_every == 0 or step == t.max_steps
-            if step % t.log_every == 0 or evaluating or extra:
+            if step % t.log_every == 0 or evaluating:
                 row = {
                     "step": step,
                     "tokens": stats["tokens"],
@@ -184,7 +184,6 @@ class Trainer:
                     "grad_norm": float(grad_norm),
                 }
                 window = []
-                row.update(extra)
                 row.update(self.adapter.metrics())
                 if evaluating:
                     row.update(self._evaluate(stats, row["wall_s"], step))

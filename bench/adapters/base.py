@@ -40,9 +40,8 @@ class Adapter:
     def apply(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
 
-    def after_step(self, step: int, optimizer) -> dict:
-        """Called after every optimizer step (step counts from 1); returns metrics to log."""
-        return {}
+    def after_step(self, step: int, optimizer) -> None:
+        """Called after every optimizer step (step counts from 1)."""
 
     def metrics(self) -> dict:
         """Metrics logged at every log step."""

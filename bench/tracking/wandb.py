@@ -25,6 +25,10 @@ class WandbLogger:
         run_id: str,
     ):
         self.run = None
+        if mode == "disabled":  # logger=none: no W&B files at all
+            return
+        # W&B's own switch wins over the config (`WANDB_MODE=disabled` in the test suite).
+        mode = os.environ.get("WANDB_MODE") or mode
         if mode == "disabled":
             return
         try:

@@ -1,0 +1,69 @@
+"""Shared test helpers: a tiny, fast configuration and ways to run the entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model and budget small enough for a run in about a second on one core.
+TINY = [
+    "model.init=scratch",
+    "model.d_model=32",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.seq_len=32",
+    "trainer.max_steps=12",
+    "trainer.batch_size=4",
+    "trainer.eval_every=6",
+    "trainer.log_every=3",
+    "trainer.checkpoint_every=6",
+    "trainer.progress=false",
+    "data.eval_batches=2",
+    "logger=none",
+]
+
+
+def compose(overrides: list[str]):
+    """The config `python -m bench.run <overrides>` would get, composed in-process."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from bench.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300):
+    """Run `python -m bench.run ARGS` in a subprocess from the repo root."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(out_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(out_dir).glob("*/*") if p.is_dir())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """Overrides for a tiny run writing under tmp_path."""
+    return [*TINY, f"out_dir={tmp_path / 'runs'}"]

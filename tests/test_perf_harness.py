@@ -1,0 +1,90 @@
+"""Benchmark (make perf): harness loop vs a bare PyTorch loop, interleaved in one process."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bench.adapters.full import Full
+from bench.data.corpus import get_batch, load_corpus
+from bench.metrics.cost import measure_matmul_peak, mfu
+from bench.models.gpt import GPT, GPTConfig
+from bench.tracking.record import RunRecord
+from bench.train import Trainer
+
+pytestmark = pytest.mark.perf
+STEPS, BATCH = 60, 16
+
+
+def bare_loop(model, data, steps):
+    """The 20-line loop a researcher would write: batch, forward, backward, clip, step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seq = model.cfg.seq_len
+    t0 = time.perf_counter()
+    for step in range(steps):
+        x, y = get_batch(data, BATCH, seq, 0, step)
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        loss.item()
+    return steps * BATCH * seq / (time.perf_counter() - t0)
+
+
+def harness_loop(model, corpus, steps, run_dir):
+    adapter = Full(OmegaConf.create({"target_modules": ["all"]}))
+    adapter.apply(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = OmegaConf.create(
+        {
+            "max_steps": steps,
+            "batch_size": BATCH,
+            "eval_every": steps,
+            "log_every": 10,
+            "checkpoint_every": 20,
+            "lr_schedule": "constant",
+            "warmup_steps": 0,
+            "grad_clip": 1.0,
+            "divergence_factor": 10.0,
+            "progress": True,
+            "inject_nan_at": None,
+            "dtype": "float32",
+            "eval_batches": 1,
+            "target_loss": None,
+        }
+    )
+    record = RunRecord(run_dir)
+    record.create({"bench": "perf"})
+    t0 = time.perf_counter()
+    Trainer(
+        model, opt, adapter, corpus.train, {"": corpus.eval}, cfg, record, 0, torch.device("cpu")
+    ).run()
+    record.close()
+    return steps * BATCH * model.cfg.seq_len / (time.perf_counter() - t0)
+
+
+def test_harness_throughput_vs_bare_loop(tmp_path):
+    corpus = load_corpus(domain="stdlib_core")
+    cfg = GPTConfig()  # gpt_tiny
+    peak = measure_matmul_peak()
+    bare, harness = [], []
+    for i in range(3):  # interleaved rounds, so machine noise hits both alike
+        torch.manual_seed(i)
+        bare.append(bare_loop(GPT(cfg), corpus.train, STEPS))
+        torch.manual_seed(i)
+        harness.append(harness_loop(GPT(cfg), corpus, STEPS, tmp_path / f"run{i}"))
+    ratio = max(harness) / max(bare)
+    fpt = GPT(cfg).flops_per_token()
+    print(
+        f"\n[perf] harness/bare throughput ratio: {ratio:.3f} "
+        f"(harness {max(harness):.0f} tok/s, bare {max(bare):.0f} tok/s)"
+    )
+    print(
+        f"[perf] matmul peak {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads); "
+        f"MFU bare {mfu(fpt, max(bare), peak):.1%}, harness {mfu(fpt, max(harness), peak):.1%}"
+    )
+    assert ratio >= 0.95

@@ -1,0 +1,200 @@
+"""The training loop and run record: determinism, resume after kill -9, divergence, skipping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from bench.run import run, run_id
+from bench.train import lr_factor
+from tests.conftest import ROOT, compose, read_jsonl, run_cli, run_dirs
+
+
+def _curve(run_dir):
+    return [
+        (r["step"], r["train/loss"], r.get("eval/loss"))
+        for r in read_jsonl(run_dir / "metrics.jsonl")
+    ]
+
+
+def test_same_seed_gives_the_same_curve(tmp_path, tiny):
+    a = run(compose([*tiny, f"out_dir={tmp_path / 'a'}"]))
+    b = run(compose([*tiny, f"out_dir={tmp_path / 'b'}"]))
+    c = run(compose([*tiny, f"out_dir={tmp_path / 'c'}", "seed=1"]))
+    (da,), (db,), (dc,) = (
+        run_dirs(tmp_path / "a"),
+        run_dirs(tmp_path / "b"),
+        run_dirs(tmp_path / "c"),
+    )
+    assert a["status"] == b["status"] == "completed"
+    assert _curve(da) == _curve(db)
+    assert _curve(da) != _curve(dc)
+
+
+def test_run_record_follows_the_contract(tmp_path, tiny):
+    summary = run(compose(tiny))
+    (d,) = run_dirs(tmp_path / "runs")
+    assert d.parent.name == "default"
+    assert {p.name for p in d.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.pt",
+    }
+    saved = json.loads((d / "summary.json").read_text())
+    assert saved["status"] == "completed" and saved == {**summary, **saved}
+    for key in (
+        "final_eval_loss",
+        "best_eval_loss",
+        "steps",
+        "steps_to_target",
+        "seconds_to_target",
+        "tokens_per_s",
+        "peak_mem_mb",
+        "error",
+    ):
+        assert key in saved
+    rows = read_jsonl(d / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [3, 6, 9, 12]
+    assert all(
+        {"step", "tokens", "wall_s", "train/loss", "lr", "grad_norm"} <= r.keys() for r in rows
+    )
+    assert (
+        rows[1]["eval/loss"] == saved["final_eval_loss"]
+        or rows[-1]["eval/loss"] == saved["final_eval_loss"]
+    )
+    assert rows[-1]["tokens"] == 12 * 4 * 32
+    import yaml
+
+    config = yaml.safe_load((d / "config.yaml").read_text())
+    assert config["meta"]["run_id"] == d.name
+    assert len(config["meta"]["data_hash"]) == 64
+    assert config["meta"]["versions"]["torch"].startswith("2.13")
+
+
+def test_run_id_depends_on_semantics_not_logging(tiny):
+    base = run_id(compose(tiny))
+    assert run_id(compose([*tiny, "trainer.log_every=1", "logger=wandb_offline"])) == base
+    assert run_id(compose([*tiny, "optimizer.lr=0.01"])) != base
+    assert run_id(compose([*tiny, "seed=3"])).endswith(base[-8:]) is False
+
+
+def test_completed_run_is_skipped_when_launched_again(tmp_path, tiny):
+    run(compose(tiny))
+    (d,) = run_dirs(tmp_path / "runs")
+    before = (d / "metrics.jsonl").read_text()
+    again = run(compose(tiny))
+    assert again["status"] == "completed"
+    assert (d / "metrics.jsonl").read_text() == before
+
+
+def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
+    args = [
+        "model.init=scratch",
+        "model.d_model=32",
+        "model.n_layer=1",
+        "model.n_head=2",
+        "model.seq_len=32",
+        "trainer.max_steps=400",
+        "trainer.batch_size=4",
+        "trainer.eval_every=100",
+        "trainer.log_every=20",
+        "trainer.checkpoint_every=40",
+        "trainer.progress=false",
+        "data.eval_batches=2",
+        "logger=none",
+        "trainer.threads=1",
+    ]
+    clean = run_cli([*args, f"out_dir={tmp_path / 'clean'}"])
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "killed"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *args, f"out_dir={out}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    checkpoint = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.glob("*/*/checkpoint.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.05)
+    assert checkpoint is not None and proc.poll() is None, "run ended before its first checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (killed_dir,) = run_dirs(out)
+    assert json.loads((killed_dir / "summary.json").read_text())["status"] == "running"
+    state = torch.load(checkpoint, weights_only=False)
+    assert 0 < state["step"] < 400
+    resumed = run_cli([*args, f"out_dir={out}"])
+    assert resumed.returncode == 0, resumed.stderr
+    (clean_dir,) = run_dirs(tmp_path / "clean")
+    a = json.loads((clean_dir / "summary.json").read_text())
+    b = json.loads((killed_dir / "summary.json").read_text())
+    assert b["status"] == "completed"
+    assert a["final_eval_loss"] == b["final_eval_loss"]  # bitwise: same float
+    assert [r["train/loss"] for r in read_jsonl(clean_dir / "metrics.jsonl")] == [
+        r["train/loss"] for r in read_jsonl(killed_dir / "metrics.jsonl")
+    ]
+
+
+def test_nan_in_one_run_of_a_sweep_marks_it_diverged_and_the_sweep_goes_on(tmp_path, tiny):
+    # inject_nan_at beyond max_steps never fires: three distinct runs, one of them diverges.
+    out = tmp_path / "runs"
+    proc = run_cli(
+        [
+            "-m",
+            *tiny,
+            f"out_dir={out}",
+            "trainer.inject_nan_at=5,100,200",
+            "hydra.sweeper.params={}",
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr
+    statuses = sorted(json.loads((d / "summary.json").read_text())["status"] for d in run_dirs(out))
+    assert statuses == ["completed", "completed", "diverged"]
+    diverged = [
+        d
+        for d in run_dirs(out)
+        if json.loads((d / "summary.json").read_text())["status"] == "diverged"
+    ]
+    summary = json.loads((diverged[0] / "summary.json").read_text())
+    assert summary["diverged_step"] == 5 and summary["final_eval_loss"] is None
+    plots = subprocess.run(
+        [sys.executable, "-m", "analysis", f"runs={out}", f"figures={tmp_path / 'figures'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert plots.returncode == 0, plots.stderr
+    table = next((tmp_path / "figures").glob("*summary.md")).read_text()
+    assert table.count("diverged") >= 1 and table.count("completed") >= 2
+
+
+def test_loss_explosion_counts_as_divergence(tmp_path, tiny):
+    summary = run(
+        compose([*tiny, "adapter.target_modules=[all]", "optimizer.lr=10", "trainer.grad_clip=0"])
+    )
+    assert summary["diverged_step"] > 1
+    assert summary["status"] == "diverged"
+
+
+def test_lr_schedules():
+    assert lr_factor(0, "constant", 10, 100) == 1.0
+    assert lr_factor(0, "warmup_constant", 10, 100) == 0.1
+    assert lr_factor(50, "warmup_constant", 10, 100) == 1.0
+    assert lr_factor(9, "warmup_cosine", 10, 100) == 1.0
+    assert abs(lr_factor(55, "warmup_cosine", 10, 100) - 0.5) < 1e-12
+    assert lr_factor(100, "warmup_cosine", 10, 100) < 1e-12

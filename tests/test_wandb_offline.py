@@ -1,0 +1,173 @@
+"""The W&B mirror (bench/tracking/wandb.py): what an offline run writes, and that W&B can fail.
+
+The offline run's `.wandb` transaction log is read back with W&B's own reader,
+`wandb leet inspect --json` (the wandb-core binary prints one JSON object per record), so the
+test checks what `wandb sync` would upload, not what our code meant to write.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.tracking.wandb import WandbLogger
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = [
+    "model.init=scratch", "model.d_model=32", "model.n_layer=1", "model.n_head=2",
+    "model.seq_len=32", "trainer.max_steps=12", "trainer.batch_size=4", "trainer.eval_every=6",
+    "trainer.log_every=3", "trainer.progress=false",
+]
+
+
+def wandb_env(tmp_path: Path, **extra: str) -> dict:
+    """The environment minus every WANDB_* variable (`make test` sets WANDB_MODE=disabled for
+    the whole suite, which would hide the offline run), with W&B's home kept in tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    home = tmp_path / "wandb_home"
+    env.update(
+        WANDB_SILENT="true",
+        WANDB_CONFIG_DIR=str(home / "config"),
+        WANDB_CACHE_DIR=str(home / "cache"),
+        WANDB_DATA_DIR=str(home / "data"),
+        **extra,
+    )
+    return env
+
+
+def bench_run(tmp_path: Path, logger: str) -> Path:
+    """One small run in a subprocess; returns its run directory."""
+    out_dir = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *FAST, f"logger={logger}", f"out_dir={out_dir}"],
+        cwd=REPO, env=wandb_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dirs = [p.parent for p in out_dir.glob("*/*/summary.json")]
+    assert len(run_dirs) == 1, run_dirs
+    summary = json.loads((run_dirs[0] / "summary.json").read_text())
+    assert summary["status"] == "completed", summary
+    return run_dirs[0]
+
+
+def read_wandb_log(path: Path, tmp_path: Path) -> list[dict]:
+    """Every record of a .wandb file, decoded by W&B itself (`wandb leet inspect --json`)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
+        # offline: wandb-core is started with --no-observability and reports to no server
+        cwd=tmp_path, env=wandb_env(tmp_path, WANDB_MODE="offline"), stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+def test_offline_run_files_hold_the_logged_metrics(tmp_path):
+    run_dir = bench_run(tmp_path, "wandb_offline")
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1, list(run_dir.rglob("*"))
+    records = read_wandb_log(files[0], tmp_path)
+    by_type: dict[str, list[dict]] = {}
+    for rec in records:
+        by_type.setdefault(rec["type"], []).append(rec[rec["type"]])
+    assert by_type["exit"][-1].get("exit_code", 0) == 0
+
+    # History: one record per metrics.jsonl row, same step, same values.
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = [h["item"] for h in by_type["history"]]
+    assert [h["step"] for h in history] == [r["step"] for r in rows]
+    assert len(rows) == 4 and all("train/loss" in r for r in rows)
+    for row, item in zip(rows, history, strict=True):
+        for key, value in row.items():
+            if value is None:  # WandbLogger drops None; metrics.jsonl keeps it as null
+                assert key not in item, key
+            else:
+                assert item[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+
+    # Run record: the resolved config (as config.yaml holds it), group = sweep, tags.
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run,) = by_type["run"]
+    logged = {k: v for k, v in run["config"]["update"].items() if k != "_wandb"}
+    assert logged == config
+    assert logged["adapter"]["name"] == "full" and logged["optimizer"]["name"] == "adamw"
+    assert run["run_id"] == run_dir.name == config["meta"]["run_id"]
+    assert run["run_group"] == config["sweep"] == run_dir.parent.name
+    assert run["tags"] == [config["adapter"]["name"], config["optimizer"]["name"]]
+    assert run["project"] == config["logger"]["project"]
+
+    # Summary: summary.json's values end up in the run's summary.
+    final: dict = {}
+    for update in by_type["summary"]:
+        final.update(update.get("update", {}))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key, value in summary.items():
+        if value is not None:
+            expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+            assert final[key] == expected, key
+
+
+def test_logger_none_leaves_no_wandb_files(tmp_path):
+    run_dir = bench_run(tmp_path, "none")
+    assert (run_dir / "metrics.jsonl").exists()
+    out_dir = tmp_path / "runs"
+    assert not [p for p in out_dir.rglob("*") if "wandb" in p.name.lower()]
+
+
+def logger_kwargs(tmp_path: Path) -> dict:
+    return dict(
+        mode="offline", project="lowrank-bench", entity=None, run_dir=tmp_path, name="x s0",
+        group="g", tags=["lora", "adamw"], config={"seed": 0}, run_id="x-s0-0",
+    )
+
+
+def test_wandb_failure_does_not_stop_training(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")  # WandbLogger sets it; restored afterwards
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("no W&B today")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.warns(UserWarning, match=r"W&B could not start \(RuntimeError: no W&B today\)"):
+        logger = WandbLogger(**logger_kwargs(tmp_path))
+    assert logger.run is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no exception
+        logger.log({"step": 1, "train/loss": 1.0})
+        logger.finish({"status": "completed"})
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_failing_mid_run_warns_once(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls = []
+
+    class BrokenRun:
+        summary: dict = {}
+
+        def define_metric(self, *args, **kwargs):
+            pass
+
+        def log(self, row):
+            calls.append(row)
+            raise OSError("disk full")
+
+        def finish(self, exit_code=0):
+            calls.append("finish")
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: BrokenRun())
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    with pytest.warns(UserWarning, match=r"W&B could not log \(OSError: disk full\)") as caught:
+        logger.log({"step": 1, "train/loss": 1.0, "eval/loss": None})
+        logger.log({"step": 2, "train/loss": 0.9})  # W&B is off now: a no-op
+        logger.finish({"status": "completed"})
+    assert len(caught) == 1
+    assert calls == [{"step": 1, "train/loss": 1.0}]
