@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -58,7 +59,9 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
 
     p = cfg.model.pretrain
     print(f"[bench] pretraining {cfg.model.name} on {p.domain} ({p.max_steps} steps) -> {folder}")
-    rng = torch.get_rng_state()
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    # Other workers wait on the lock meanwhile, so pretraining may use every core.
+    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(PRETRAIN_SEED)
     device = torch.device(
         "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"
@@ -107,3 +110,4 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda f: torch.save(state, f))
     torch.set_rng_state(rng)
+    torch.set_num_threads(threads)

@@ -1,0 +1,121 @@
+"""``python -m analysis`` (= ``make plots``): every figure and table, from the run records.
+
+    python -m analysis [runs=runs] [figures=figures] [sweep=<name>] [baseline=<method>]
+                       [source=local|wandb] [project=<entity/project>] [logy=false]
+                       [experiments=experiments] [timeout=10]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from omegaconf import OmegaConf
+
+DEFAULTS = {
+    "runs": "runs",
+    "figures": "figures",
+    "sweep": None,
+    "baseline": None,
+    "source": "local",
+    "project": None,
+    "logy": False,
+    "experiments": "experiments",
+    "timeout": 10,
+}
+
+
+def parse(argv: list[str]) -> dict:
+    """key=value arguments over DEFAULTS; an unknown key or a bad value is an ArgumentError."""
+    from analysis.records import ArgumentError
+
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_cli(argv))
+    except Exception as error:  # noqa: BLE001 - OmegaConf's grammar errors have many types
+        raise ArgumentError(f"cannot parse arguments {argv}: {error}") from error
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ArgumentError(f"unknown argument(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(f'{k}=' for k in DEFAULTS)}")
+    merged = {**DEFAULTS, **given}
+    args = {k: (v if v not in (None, "") else DEFAULTS[k]) for k, v in merged.items()}
+    if args["source"] not in ("local", "wandb"):
+        raise ArgumentError(f"source={args['source']}: allowed values are local, wandb")
+    if args["source"] == "wandb" and not args["project"]:
+        raise ArgumentError("source=wandb needs project=<entity/project>")
+    return args
+
+
+def run(args: dict) -> list[str]:
+    """Load, check, tabulate, draw and report; the paths written."""
+    from analysis.records import ArgumentError, check_compatible, lm_runs, load_curves, load_runs
+
+    if args["source"] == "wandb":
+        from analysis.wandb_source import load_wandb
+
+        runs, curves = load_wandb(str(args["project"]), args["sweep"], float(args["timeout"]))
+    else:
+        runs = load_runs(args["runs"], args["sweep"])
+        curves = None
+    check_compatible(lm_runs(runs))  # every sweep checked before anything is written
+    if curves is None:
+        curves = load_curves(runs)
+
+    from analysis.plots import draw_sweep
+    from analysis.report import write_report
+    from analysis.tables import write_summary
+    from analysis.tuning import tuned_table, write_tuned
+
+    baseline = args["baseline"]
+    if baseline and baseline not in set(runs["method"]):
+        raise ArgumentError(f"baseline {baseline!r} is not a method of these runs; "
+                         f"methods: {', '.join(sorted(runs['method'].unique()))}")
+    written, results = [], []
+    for sweep, sweep_runs in runs.groupby("sweep", sort=True):
+        sweep_curves = curves[curves["sweep"] == sweep]
+        files, table = [], None
+        if not lm_runs(sweep_runs).empty:
+            own = baseline if baseline in set(sweep_runs["method"]) else None
+            if baseline and own is None:
+                print(f"note: {sweep}: baseline {baseline} not in this sweep, using the default",
+                      file=sys.stderr)
+            table = tuned_table(sweep_runs, baseline=own)
+            files += write_tuned(table, args["figures"], sweep)
+            files += write_summary(sweep_runs, args["figures"], sweep)
+        files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, logy=args["logy"])
+        results.append({"sweep": sweep, "tuned": table, "files": files})
+        written += files
+    written.append(write_report(results, args["figures"], args["experiments"]))
+    return [str(p) for p in written]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis.records import AnalysisError
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse(argv)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths = run(args)
+    except AnalysisError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    for path in paths:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    if code != 0 and "wandb" in sys.modules:
+        # After a failed W&B request, wandb's atexit teardown can wait forever for its service
+        # process; the error is already printed, so leave without running exit handlers.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

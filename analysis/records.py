@@ -1,0 +1,233 @@
+"""Run records -> pandas.
+
+A run record (DESIGN.md §3) is a folder ``<runs>/<sweep>/<run-id>/`` holding ``config.yaml``,
+``metrics.jsonl`` and, once the run has ended, ``summary.json``. ``load_runs`` gives one row per
+run (config flattened to dotted column names, plus the summary), ``load_curves`` the logged
+metrics as a tidy long table. Nothing here imports the training code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+SUMMARY_KEYS = (
+    "status",
+    "final_eval_loss",
+    "best_eval_loss",
+    "steps",
+    "steps_to_target",
+    "tokens_to_target",
+    "seconds_to_target",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "error",
+    "diverged_step",
+    "trainable_params",
+)
+# A run whose summary.json is missing was killed (or is still going) before writing it.
+INCOMPLETE = "incomplete"
+BAD_STATUSES = ("diverged", "failed")
+CURVE_INDEX = ("step", "tokens", "wall_s")
+
+# Keys that may differ between the methods of one sweep: the attention geometry is a method.
+_COMPAT_PREFIXES = ("model.", "data.")
+_COMPAT_EXEMPT = ("model.attention.",)
+_COMPAT_EXTRA = ("meta.data_hash",)
+
+
+class AnalysisError(Exception):
+    """A problem with the run records that the user must fix; reported in one line."""
+
+
+class NoRunsError(AnalysisError):
+    pass
+
+
+class IncompatibleRunsError(AnalysisError):
+    pass
+
+
+class ArgumentError(AnalysisError, ValueError):
+    """A bad argument: unknown key or value, a baseline that is not a method of the runs."""
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"optimizer": {"lr": 1e-3}} -> {"optimizer.lr": 1e-3}; lists become "a,b,c" strings."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            scalar = all(not isinstance(v, dict | list | tuple) for v in value)
+            flat[name] = ",".join(map(str, value)) if scalar else json.dumps(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def derive_method(row: dict) -> str:
+    """The method name when the record does not state it: adapter/optimizer[/geometry][+block]."""
+    adapter = row.get("adapter.name") or "full"
+    optimizer = row.get("optimizer.name") or "adamw"
+    geometry = row.get("model.attention.geometry")
+    if not geometry or geometry == "euclidean":
+        geometry = row.get("adapter.geometry")
+    name = f"{adapter}/{optimizer}"
+    if geometry and geometry != "euclidean":
+        name += f"/{geometry}"
+        if row.get("model.attention.block") is True:
+            name += "+block"
+    return name
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_row(run_dir: Path) -> dict:
+    """One run record -> one flat row (config columns, summary columns, run_dir, method)."""
+    run_dir = Path(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    summary = _read_json(run_dir / "summary.json")
+    return make_row(config, summary, str(run_dir), run_dir.name, run_dir.parent.name)
+
+
+def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, sweep: str) -> dict:
+    """A resolved config and a summary (None: the run never wrote one) -> one flat row."""
+    row = flatten(config)
+    summary = summary if summary is not None else {"status": INCOMPLETE}
+    for key in SUMMARY_KEYS:
+        row[key] = summary.get(key)
+    row["status"] = row["status"] or INCOMPLETE
+    row["run_dir"] = run_dir
+    row["run_id"] = row.get("meta.run_id") or run_id
+    row["sweep"] = row.get("sweep") or sweep
+    row["task"] = row.get("task") or "lm"
+    row["method"] = row.get("meta.method") or derive_method(row)
+    return row
+
+
+def frame_from_rows(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> DataFrame with numeric summary columns and a stable order."""
+    df = pd.DataFrame(rows)
+    for key in SUMMARY_KEYS:
+        if key not in df:
+            df[key] = None
+        if key not in ("status", "error"):
+            df[key] = pd.to_numeric(df[key], errors="coerce")
+    sort = [c for c in ("sweep", "method", "optimizer.lr", "seed", "run_id") if c in df]
+    return df.sort_values(sort, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def load_runs(root: str | Path = "runs", sweep: str | None = None) -> pd.DataFrame:
+    """Every run record under ``root`` (only ``root/<sweep>`` when ``sweep`` is given)."""
+    root = Path(root)
+    base = root / sweep if sweep else root
+    pattern = "*/config.yaml" if sweep else "*/*/config.yaml"
+    configs = sorted(base.glob(pattern)) if base.is_dir() else []
+    if not configs:
+        raise NoRunsError(
+            f"no run records under {base} (expected <runs>/<sweep>/<run-id>/config.yaml); "
+            "make some with `make run` or `python -m bench.run`"
+        )
+    return frame_from_rows([record_row(path.parent) for path in configs])
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl lines; a line that does not parse (a killed run's last) is skipped."""
+    records = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "step" in record:
+            records.append(record)
+    return records
+
+
+def curves_from_records(run_id: str, sweep: str, records: list[dict]) -> pd.DataFrame:
+    """Logged dicts of one run -> long rows (numeric metrics only)."""
+    rows = []
+    for record in records:
+        index = {k: record.get(k) for k in CURVE_INDEX}
+        for metric, value in record.items():
+            if metric in CURVE_INDEX or metric.startswith("_"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            rows.append({"run_id": run_id, "sweep": sweep, **index, "metric": metric,
+                         "value": float(value)})
+    return pd.DataFrame(rows, columns=["run_id", "sweep", *CURVE_INDEX, "metric", "value"])
+
+
+def load_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Tidy table (run_id, sweep, step, tokens, wall_s, metric, value) of the runs in ``df``."""
+    parts = [
+        curves_from_records(run_id, sweep, read_metrics(Path(run_dir) / "metrics.jsonl"))
+        for run_id, sweep, run_dir in zip(df["run_id"], df["sweep"], df["run_dir"])
+    ]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return curves_from_records("", "", [])
+    curves = pd.concat(parts, ignore_index=True)
+    for col in CURVE_INDEX:
+        curves[col] = pd.to_numeric(curves[col], errors="coerce")
+    return curves
+
+
+def compat_keys(df: pd.DataFrame) -> list[str]:
+    """Columns that must agree between the runs of one sweep: architecture and data."""
+    return [
+        c for c in df.columns
+        if (c.startswith(_COMPAT_PREFIXES) and not c.startswith(_COMPAT_EXEMPT))
+        or c in _COMPAT_EXTRA
+    ]
+
+
+def check_compatible(df: pd.DataFrame) -> None:
+    """Refuse to compare runs of one sweep trained on different models or data.
+
+    A key missing from some records (older format) is not a difference; runs of different
+    sweeps, or of different tasks (toy, lm), are never compared, so the check is per both.
+    """
+    by = [c for c in ("sweep", "task") if c in df]
+    groups = df.groupby(by, sort=True) if by else [(("",), df)]
+    for (sweep, *_), runs in groups:
+        differing = {}
+        for key in compat_keys(runs):
+            values = {_hashable(v) for v in runs[key] if not _missing(v)}
+            if len(values) > 1:
+                differing[key] = sorted(values, key=str)
+        if differing:
+            detail = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in differing.items())
+            raise IncompatibleRunsError(
+                f"sweep {sweep!r} mixes runs of incompatible configs ({detail}); "
+                "put them in separate sweeps (sweep=<name>) or remove the stale records"
+            )
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _hashable(value):
+    return value if not isinstance(value, dict | list) else json.dumps(value, sort_keys=True)
+
+
+def lm_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The language-model runs (toy-study runs have their own figures)."""
+    return df[df["task"] != "toy"] if "task" in df else df

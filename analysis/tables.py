@@ -1,0 +1,56 @@
+"""The per-sweep summary table: every run, whatever its status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.markdown import markdown_table
+from analysis.records import lm_runs
+from analysis.tuning import best_runs, config_keys, config_label
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every run of a sweep, whatever its status: one row each."""
+    df = lm_runs(df)
+    chosen = set(best_runs(df)["run_id"]) if len(df) else set()
+    rows = []
+    for method, runs in df.groupby("method", sort=True):
+        keys = config_keys(runs) or [k for k in ("optimizer.lr",)
+                                     if k in runs and runs[k].notna().any()]
+        for run in runs.to_dict("records"):
+            error = run.get("error")
+            rows.append({
+                "method": method,
+                "hyperparameters": config_label(keys, [run.get(k) for k in keys]),
+                "seed": run.get("seed"),
+                "status": run.get("status"),
+                "steps": run.get("steps"),
+                "final loss": run.get("final_eval_loss"),
+                "best loss": run.get("best_eval_loss"),
+                "tokens/s": run.get("tokens_per_s"),
+                "tuned": "yes" if run["run_id"] in chosen else "",
+                "error": (str(error)[:80] if isinstance(error, str) and error else ""),
+                "run_id": run["run_id"],
+            })
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table["steps"] = table["steps"].astype("Int64")
+    return table
+
+
+def write_summary(df: pd.DataFrame, figures: str | Path, sweep: str) -> list[Path]:
+    """``figures/<sweep>_summary.md``."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    path = figures / f"{sweep}_summary.md"
+    table = summary_table(df)
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    path.write_text(
+        f"# {sweep}: every run\n\n{len(table)} runs ({status}). `tuned` marks the runs at each "
+        "method's tuned hyperparameters (the ones the figures show).\n\n"
+        + markdown_table(table) + "\n"
+    )
+    return [path]

@@ -1,0 +1,150 @@
+"""Local Hugging Face causal LMs (extra `hf`): `model=hf model.path=/path/to/model`.
+
+`load_hf(model_cfg)` loads any causal LM that `transformers.AutoModelForCausalLM` loads from a
+local directory (a `save_pretrained` folder: `config.json` plus weights); nothing is downloaded
+(`local_files_only=True`). The weights are loaded in float32; `trainer.dtype=bfloat16` still
+autocasts on CUDA. The model is wrapped so that it speaks the harness's contract:
+
+    logits, loss = model(x, y)   # x, y: (B, T) byte tokens, y = x shifted by one (data loader)
+    model.cfg.seq_len            # min(config.max_position_embeddings, model.seq_len)
+
+The loss is the plain cross-entropy of the logits against y (the data loader already shifted the
+targets; the model's own shifted loss is not used). Data is byte-level (vocabulary 256), so the
+model's vocabulary (its input embedding) must have at least 256 entries; the first 256 token ids
+are used as bytes, whatever the model's tokenizer called them.
+
+Which modules an adapter wraps (`adapter.target_modules`): our `lora`/`balora` adapters wrap
+`nn.Linear` modules whose name equals an entry or ends with `.<entry>` (bench/adapters/base.py;
+an unmatched list is an error that prints the model's Linear names).
+  - Llama, Mistral, Qwen2, Gemma, OLMo, ... (separate `nn.Linear` projections):
+      attention  `adapter.target_modules=[q_proj,k_proj,v_proj,o_proj]`
+      MLP        `adapter.target_modules=[gate_proj,up_proj,down_proj]` (the BaLoRA paper's choice)
+  - GPT-2 (and GPT-2-like models built from `transformers.Conv1D`): the attention is one fused
+    q/k/v `c_attn` plus the output `c_proj`, and the MLP is `c_fc` plus another `c_proj`. These
+    are `Conv1D` modules (a Linear with a transposed weight), not `nn.Linear`, so our adapters do
+    not wrap them; use a Llama-like model here, or PEFT on GPT-2 with
+    `LoraConfig(target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)` and
+    `bench.adapters.peft_interop.BalancedLoRACallback` for BaLoRA.
+`attention_modules(model)` lists the attention projections found by these name patterns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.config import ConfigError
+
+BYTE_VOCAB = 256  # byte-level data: token ids 0..255
+
+# Attention projections by module-name suffix: separate q/k/v/o (Llama-like) or fused (GPT-2).
+ATTENTION_PATTERNS = {
+    "q": ("q_proj", "query"),
+    "k": ("k_proj", "key"),
+    "v": ("v_proj", "value"),
+    "o": ("o_proj", "out_proj", "dense"),
+    "qkv": ("c_attn", "qkv_proj", "query_key_value", "Wqkv"),
+}
+
+
+@dataclass
+class HFModelInfo:
+    """What the harness reads from a model (`model.cfg`): the context length and vocabulary."""
+
+    name: str
+    path: str
+    seq_len: int
+    vocab_size: int
+
+
+class HFCausalLM(nn.Module):
+    """A `transformers` causal LM with the harness's interface: `model(x, y) -> (logits, loss)`."""
+
+    def __init__(self, model: nn.Module, info: HFModelInfo):
+        super().__init__()
+        self.model = model
+        self.cfg = info
+
+    @property
+    def config(self):
+        """The wrapped model's `transformers` config."""
+        return self.model.config
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        logits = self.model(input_ids=x, use_cache=False).logits  # (B, T, V)
+        loss = None
+        if y is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return logits, loss
+
+
+def _vocab_size(model: nn.Module) -> int:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and hasattr(emb, "num_embeddings"):
+        return int(emb.num_embeddings)
+    return int(getattr(model.config, "vocab_size", 0) or 0)
+
+
+def load_hf(model_cfg) -> HFCausalLM:
+    """Load the causal LM in the local directory `model_cfg.path`; raises ConfigError."""
+    path = model_cfg.path
+    if path is None or str(path).strip() == "":
+        raise ConfigError(
+            "model.path is not set: model=hf needs model.path=/path/to/a/local/model/directory "
+            "(a transformers `save_pretrained` folder; nothing is downloaded)"
+        )
+    directory = Path(str(path)).expanduser()
+    if not directory.is_dir():
+        raise ConfigError(f"model.path={str(path)!r} is not a directory")
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError as e:
+        raise ConfigError(
+            "model.kind=hf needs the `hf` extra (transformers): pip install -e '.[hf]'"
+        ) from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), local_files_only=True, dtype=torch.float32
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(
+            f"model.path={str(path)!r}: transformers cannot load a causal LM from this local "
+            f"directory ({type(e).__name__}: {e})"
+        ) from e
+    vocab = _vocab_size(model)
+    if vocab < BYTE_VOCAB:
+        raise ConfigError(
+            f"model.path={str(path)!r}: the model's vocabulary has {vocab} entries, but the data "
+            f"is byte-level and needs at least {BYTE_VOCAB}"
+        )
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    seq_len = int(model_cfg.seq_len) if max_pos is None else min(int(max_pos), model_cfg.seq_len)
+    info = HFModelInfo(
+        name=str(model_cfg.name), path=str(directory), seq_len=seq_len, vocab_size=vocab
+    )
+    return HFCausalLM(model, info)
+
+
+def attention_modules(model: nn.Module) -> dict[str, list[str]]:
+    """Names of the attention projections found by `ATTENTION_PATTERNS` (module-name suffix).
+
+    Returns {"q": [...], "k": [...], "v": [...], "o": [...], "qkv": [...]} (empty lists for the
+    kinds the model does not have). `dense` and `c_proj` are ambiguous (GPT-2's `c_proj` is the
+    attention output inside `attn` and the MLP output inside `mlp`), so output projections are
+    only taken inside a module whose name contains `attn` or `attention`.
+    """
+    found: dict[str, list[str]] = {kind: [] for kind in ATTENTION_PATTERNS}
+    for name, _ in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        parent = name.rsplit(".", 1)[0].lower() if "." in name else ""
+        in_attention = "attn" in parent or "attention" in parent
+        for kind, suffixes in ATTENTION_PATTERNS.items():
+            if last in suffixes and (kind != "o" or in_attention):
+                found[kind].append(name)
+        if last == "c_proj" and in_attention:
+            found["o"].append(name)
+    return found

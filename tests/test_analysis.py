@@ -1,0 +1,254 @@
+"""Run records on disk -> tables, figures and REPORT.md (`python -m analysis`)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from analysis.__main__ import main
+from analysis.records import (
+    IncompatibleRunsError,
+    NoRunsError,
+    check_compatible,
+    derive_method,
+    load_curves,
+    load_runs,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_run(root, sweep, adapter="lora", optimizer="adamw", lr=1e-3, seed=0, losses=(3, 2.5, 2),
+              status="completed", summary=True, truncate=False, extra_metrics=None, **config):
+    """A run record as training writes it (DESIGN.md §3); evals every 10 steps, 1 s per step."""
+    run_id = f"{adapter}-{optimizer}-lr{lr}-s{seed}"
+    run_dir = Path(root) / sweep / run_id
+    run_dir.mkdir(parents=True)
+    cfg = {
+        "seed": seed, "sweep": sweep, "out_dir": str(root), "task": config.pop("task", "lm"),
+        "model": {"name": "gpt_tiny", "d_model": config.pop("d_model", 32), "n_layer": 2,
+                  "n_head": 2, "attention": {"geometry": "euclidean", "block": False}},
+        "data": {"name": "builtin", "domain": "stdlib"},
+        "adapter": {"name": adapter, "r": 4, "alpha": 8, "target_modules": ["q", "k", "v", "o"]},
+        "optimizer": {"name": optimizer, "lr": lr, "manifold_lr": None, "weight_decay": 0.0},
+        "trainer": {"max_steps": 10 * (len(losses) - 1), "batch_size": 4},
+        "metrics": {"target_loss": 2.4},
+        "meta": {"run_id": run_id, "method": f"{adapter}/{optimizer}", "data_hash": "abc"},
+    }
+    cfg.update(config)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = []
+    for i, loss in enumerate(losses):
+        step = 10 * i
+        record = {"step": step, "tokens": 512 * step, "wall_s": float(step), "train/loss": loss,
+                  "eval/loss": loss, "lr": lr, **(extra_metrics or {})}
+        lines.append(json.dumps(record))
+    if truncate:
+        lines.append('{"step": 999, "train/lo')
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + ("" if truncate else "\n"))
+    if summary:
+        bad = status in ("diverged", "failed")
+        reached = [10 * i for i, v in enumerate(losses) if v <= 2.4]
+        (run_dir / "summary.json").write_text(json.dumps({
+            "status": status, "final_eval_loss": None if bad else losses[-1],
+            "best_eval_loss": min(losses), "steps": 10 * (len(losses) - 1),
+            "steps_to_target": reached[0] if reached and not bad else None,
+            "tokens_per_s": 1000.0, "error": "loss is nan" if bad else None,
+            "diverged_step": 10 * (len(losses) - 1) if bad else None,
+        }))
+    return run_dir
+
+
+def comparison(root, sweep="cmp"):
+    """LoRA/AdamW vs LoRA/Riemannian Adam, 3 seeds each; one AdamW seed diverged."""
+    for seed in range(3):
+        write_run(root, sweep, seed=seed, losses=(3, 2.5, 2.0 + 0.01 * seed),
+                  status="diverged" if seed == 2 else "completed")
+        write_run(root, sweep, optimizer="riemannian_adam", seed=seed,
+                  losses=(3, 2.2, 1.8 + 0.01 * seed), extra_metrics={"cond/kappa": 10.0 + seed})
+
+
+def test_load_runs_flattens_config_and_summary(tmp_path):
+    comparison(tmp_path)
+    write_run(tmp_path, "other", seed=0)
+    df = load_runs(tmp_path)
+    assert len(df) == 7
+    assert {"optimizer.lr", "model.d_model", "adapter.target_modules", "status", "final_eval_loss",
+            "run_dir", "method", "sweep"} <= set(df.columns)
+    assert df["adapter.target_modules"].iloc[0] == "q,k,v,o"
+    assert set(df["method"]) == {"lora/adamw", "lora/riemannian_adam"}
+    assert len(load_runs(tmp_path, sweep="other")) == 1
+
+
+def test_load_curves_is_tidy(tmp_path):
+    comparison(tmp_path)
+    curves = load_curves(load_runs(tmp_path))
+    assert list(curves.columns) == ["run_id", "sweep", "step", "tokens", "wall_s", "metric",
+                                    "value"]
+    kappa = curves[curves["metric"] == "cond/kappa"]
+    assert len(kappa) == 9 and set(kappa["value"]) == {10.0, 11.0, 12.0}
+
+
+def test_truncated_last_metrics_line_is_skipped(tmp_path):
+    write_run(tmp_path, "s", truncate=True, summary=False)
+    df = load_runs(tmp_path)
+    assert df.loc[0, "status"] == "incomplete"
+    curves = load_curves(df)
+    assert curves["step"].max() == 20
+
+
+@pytest.mark.parametrize("make", [lambda p: p, lambda p: p / "missing"])
+def test_empty_or_missing_runs_dir_raises_a_clear_error(tmp_path, make):
+    with pytest.raises(NoRunsError, match=r"no run records under .*make run"):
+        load_runs(make(tmp_path))
+
+
+def test_incompatible_configs_are_refused_naming_the_key(tmp_path, capsys):
+    write_run(tmp_path, "s", d_model=32)
+    write_run(tmp_path, "s", optimizer="sgd", d_model=64)
+    with pytest.raises(IncompatibleRunsError, match=r"model\.d_model: 32, 64"):
+        check_compatible(load_runs(tmp_path))
+    assert main([f"runs={tmp_path}", f"figures={tmp_path / 'fig'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.d_model" in err[0]
+    assert not (tmp_path / "fig").exists()
+
+
+def test_method_is_derived_when_the_record_does_not_name_it():
+    row = {"adapter.name": "full", "optimizer.name": "riemannian_adam",
+           "model.attention.geometry": "fixed_rank_embedded", "model.attention.block": True}
+    assert derive_method(row) == "full/riemannian_adam/fixed_rank_embedded+block"
+    assert derive_method({"adapter.name": "lora"}) == "lora/adamw"
+
+
+def test_cli_writes_figures_tables_and_report(tmp_path, capsys):
+    comparison(tmp_path / "runs")
+    write_run(tmp_path / "runs", "cmp", optimizer="riemannian_adam", lr=1e-2, seed=0,
+              losses=(3, 2.9, 2.8))  # another LR, worse: not drawn, still listed
+    write_run(tmp_path / "runs", "cmp", adapter="toy", task="toy", seed=0)  # not an LM run
+    study = tmp_path / "experiments" / "cmp"
+    study.mkdir(parents=True)
+    study.joinpath("README.md").write_text(
+        "# cmp\n\n**Question:** does geometry help LoRA?\n\n## Protocol\n\nthree seeds\n")
+    fig = tmp_path / "fig"
+    code = main([f"runs={tmp_path / 'runs'}", f"figures={fig}",
+                 f"experiments={tmp_path / 'experiments'}", "logy=true"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for name in ("cmp_loss_vs_step.png", "cmp_loss_vs_step.pdf", "cmp_loss_vs_time.png",
+                 "cmp_loss_vs_time.pdf", "cmp_steps_to_target.png", "cmp_kappa_vs_step.png",
+                 "cmp_summary.md", "cmp_tuned.md", "cmp_tuned.csv", "REPORT.md"):
+        assert (fig / name).stat().st_size > 0, name
+        assert str(fig / name) in out
+    assert not (fig / "cmp_balora_gap_vs_step.png").exists()  # no balora/gap logged
+
+    summary = (fig / "cmp_summary.md").read_text()
+    diverged = [line for line in summary.splitlines() if "| diverged |" in line]
+    assert len(diverged) == 1 and "lora/adamw" in diverged[0] and "loss is nan" in diverged[0]
+    assert summary.count("| lora/riemannian_adam |") == 4  # every run listed, not only the tuned
+
+    tuned = (fig / "cmp_tuned.md").read_text()
+    assert "lora/riemannian_adam" in tuned and "baseline" in tuned
+
+    report = (fig / "REPORT.md").read_text()
+    assert "does geometry help LoRA?" in report
+    for name in ("cmp_loss_vs_step.png", "cmp_loss_vs_time.png", "cmp_steps_to_target.png"):
+        assert f"]({name})" in report
+    assert "lora/riemannian_adam" in report and "| diverged |" in report
+
+
+def test_balora_gap_is_drawn_when_logged(tmp_path, capsys):
+    for seed in range(2):
+        write_run(tmp_path, "b", adapter="balora", seed=seed, extra_metrics={"balora/gap": 0.0})
+    assert main([f"runs={tmp_path}", f"figures={tmp_path / 'fig'}", "sweep=b"]) == 0
+    assert (tmp_path / "fig" / "b_balora_gap_vs_step.png").exists()
+    report = (tmp_path / "fig" / "REPORT.md").read_text()
+    assert "b_balora_gap_vs_step.png" in report and "Runs of sweep `b`" in report
+
+
+def test_all_runs_diverged_are_still_drawn_and_reported(tmp_path, capsys):
+    for seed in range(2):
+        write_run(tmp_path, "d", seed=seed, losses=(3.0,), status="diverged")
+    assert main([f"runs={tmp_path}", f"figures={tmp_path / 'fig'}"]) == 0
+    assert (tmp_path / "fig" / "d_loss_vs_step.png").exists()
+    assert "diverged or failed at every setting" in (tmp_path / "fig" / "REPORT.md").read_text()
+
+
+def test_cli_rejects_unknown_arguments_and_missing_runs(tmp_path, capsys):
+    assert main(["bogus=1"]) == 2
+    assert "unknown argument" in capsys.readouterr().err
+    assert main([f"runs={tmp_path / 'none'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no run records" in err[0]
+
+
+class FakeRun:
+    def __init__(self, run_dir):
+        self.id = self.name = run_dir.name
+        self.group, self.state = "w", "finished"
+        self.config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        self.summary_metrics = json.loads((run_dir / "summary.json").read_text())
+        self.lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+
+    def scan_history(self):
+        return [{"_step": i, **json.loads(line)} for i, line in enumerate(self.lines)]
+
+
+class FakeApi:
+    def __init__(self, root):
+        self.root = root
+
+    def runs(self, project, filters=None):
+        return [FakeRun(p.parent) for p in sorted(self.root.glob("*/*/config.yaml"))]
+
+
+def test_wandb_source_rebuilds_the_same_table(tmp_path):
+    from analysis.wandb_source import load_wandb
+
+    comparison(tmp_path, sweep="w")
+    local = load_runs(tmp_path)
+    runs, curves = load_wandb("x/y", api=FakeApi(tmp_path))
+    assert list(runs["run_id"]) == list(local["run_id"])
+    assert list(runs["status"]) == list(local["status"])
+    assert runs["final_eval_loss"].equals(local["final_eval_loss"])
+    local_curves = load_curves(local)
+    assert len(curves) == len(local_curves)
+    assert set(curves["metric"]) == set(local_curves["metric"])
+
+
+@pytest.mark.parametrize(("api_key", "args"), [(None, []), ("0" * 40, ["timeout=3"])])
+def test_wandb_source_without_server_fails_fast_with_one_line(tmp_path, api_key, args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_BASE_URL="http://127.0.0.1:9", WANDB_MODE="offline", HOME=str(tmp_path),
+               WANDB_CONFIG_DIR=str(tmp_path / "wandb"), WANDB_DIR=str(tmp_path))
+    if api_key:
+        env["WANDB_API_KEY"] = api_key
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis", "source=wandb", "project=x/y", *args,
+         f"figures={tmp_path / 'fig'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert time.monotonic() - start < 20
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach W&B ("), proc.stderr
+    assert not (tmp_path / "fig").exists()
+
+
+@pytest.mark.parametrize("readme", [
+    "# s\n\n## Question\n\nIs BaLoRA faster?\n\n## Protocol\n\nx\n",
+    "# s\n\nQuestion: Is BaLoRA faster?\n",
+    "# s\n\nIs BaLoRA faster?\n\nMore text.\n",
+])
+def test_report_question_comes_from_the_study_readme(tmp_path, readme):
+    from analysis.report import question
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "README.md").write_text(readme)
+    assert question("s", tmp_path) == "Is BaLoRA faster?"
+    assert "no study README" in question("other", tmp_path)

@@ -1,0 +1,178 @@
+"""The tuning protocol (DESIGN.md §8) on run tables with known answers."""
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.records import ArgumentError, IncompatibleRunsError
+from analysis.tuning import GridEdgeWarning, best_runs, bootstrap_diff, tuned_table
+
+N_BOOT = 2000  # enough for the clear cases here, and fast
+_ids = itertools.count()
+
+
+def run(method, lr, seed, loss, status="completed", sweep="s", **extra):
+    adapter, optimizer = method.split("/")[:2]
+    return {
+        "sweep": sweep, "run_id": f"run{next(_ids)}", "method": method,
+        "adapter.name": adapter, "optimizer.name": optimizer, "optimizer.lr": lr, "seed": seed,
+        "status": status, "final_eval_loss": loss if status == "completed" else math.nan,
+        "model.d_model": 32, "data.name": "builtin", **extra,
+    }
+
+
+def table(rows, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GridEdgeWarning)
+        return tuned_table(pd.DataFrame(rows), n_boot=N_BOOT, **kwargs).set_index("method")
+
+
+def seeds(method, lr, losses, **extra):
+    return [run(method, lr, i, loss, **extra) for i, loss in enumerate(losses)]
+
+
+def test_clear_winner_is_conclusive_with_the_right_sign():
+    rows = (seeds("lora/adamw", 1e-3, [2.00, 2.01, 1.99])
+            + seeds("lora/riemannian_adam", 1e-3, [1.80, 1.81, 1.79])
+            + seeds("lora/sgd", 1e-3, [2.50, 2.52, 2.49]))
+    t = table(rows)
+    assert t.loc["lora/adamw", "conclusive"] == "baseline"
+    better = t.loc["lora/riemannian_adam"]
+    assert better["conclusive"] == "yes" and better["baseline"] == "lora/adamw"
+    assert better["delta"] == pytest.approx(-0.2) and better["ci_high"] < 0
+    worse = t.loc["lora/sgd"]
+    assert worse["conclusive"] == "yes" and worse["ci_low"] > 0
+    assert t.loc["lora/adamw", "n_seeds"] == 3
+    assert t.loc["lora/adamw", "std"] == pytest.approx(0.01)
+
+
+def test_tie_inside_noise_is_not_conclusive():
+    rows = (seeds("lora/adamw", 1e-3, [2.00, 2.10, 1.90, 2.05])
+            + seeds("lora/riemannian_adam", 1e-3, [2.02, 1.92, 2.08, 1.98]))
+    row = table(rows).loc["lora/riemannian_adam"]
+    assert row["conclusive"] == "no"
+    assert row["ci_low"] < 0 < row["ci_high"]
+
+
+def test_one_seed_per_side_is_never_conclusive():
+    rows = seeds("lora/adamw", 1e-3, [2.0]) + seeds("lora/riemannian_adam", 1e-3, [1.0])
+    assert table(rows).loc["lora/riemannian_adam", "conclusive"] == "no"
+
+
+def test_config_with_a_diverged_seed_is_not_chosen():
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.1, 2.0])
+            + seeds("lora/adamw", 1e-2, [1.5, 1.5])
+            + [run("lora/adamw", 1e-2, 2, None, "diverged")])
+    row = table(rows).loc["lora/adamw"]
+    assert row["optimizer.lr"] == 1e-3
+    assert row["n_configs"] == 2 and row["n_diverged"] == 0
+    assert row["mean"] == pytest.approx(2.0333, abs=1e-3)
+
+
+def test_all_configs_diverged_gives_infinite_mean():
+    rows = ([run("full/adamw", lr, s, None, "diverged") for lr in (1e-2, 1e-1) for s in (0, 1)]
+            + seeds("full/riemannian_sgd", 1e-3, [2.0, 2.0]))
+    t = table(rows)
+    assert t.loc["full/adamw", "mean"] == math.inf
+    assert t.loc["full/adamw", "n_diverged"] == 2
+    # Beating a baseline that diverged everywhere is conclusive.
+    assert t.loc["full/riemannian_sgd", "conclusive"] == "yes"
+    assert t.loc["full/riemannian_sgd", "delta"] == -math.inf
+
+
+def test_failed_runs_count_like_diverged_and_incomplete_runs_are_ignored():
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.0]) + [run("lora/adamw", 1e-3, 2, None, "failed")]
+            + seeds("lora/adamw", 3e-3, [2.2, 2.2])
+            + [run("lora/adamw", 3e-3, 2, None, "incomplete")])
+    row = table(rows).loc["lora/adamw"]
+    assert row["optimizer.lr"] == 3e-3 and row["n_seeds"] == 2
+
+
+def test_best_value_on_grid_edge_warns_and_is_marked():
+    rows = sum((seeds("lora/adamw", lr, [loss, loss + 0.01])
+                for lr, loss in [(1e-4, 3.0), (1e-3, 2.5), (1e-2, 2.0)]), [])
+    with pytest.warns(GridEdgeWarning, match=r"lora/adamw: best optimizer.lr=0.01"):
+        t = tuned_table(pd.DataFrame(rows), n_boot=N_BOOT)
+    assert t.loc[0, "edge"] == "optimizer.lr"
+
+
+def test_best_value_inside_grid_or_short_grid_does_not_warn():
+    inside = sum((seeds("lora/adamw", lr, [loss]) for lr, loss in
+                  [(1e-4, 3.0), (1e-3, 2.0), (1e-2, 2.5)]), [])
+    short = sum((seeds("lora/adamw", lr, [loss]) for lr, loss in [(1e-3, 3.0), (1e-2, 2.0)]), [])
+    for rows in (inside, short):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", GridEdgeWarning)
+            t = tuned_table(pd.DataFrame(rows), n_boot=N_BOOT)
+        assert t.loc[0, "edge"] == ""
+
+
+def test_alpha_and_manifold_lr_are_tuned_when_they_vary():
+    rows = []
+    for alpha, mlr, loss in [(8, 0.1, 2.2), (16, 0.1, 2.0), (8, 0.3, 2.1), (16, 0.3, 2.3)]:
+        rows += seeds("lora/riemannian_adam", 1e-3, [loss, loss],
+                      **{"adapter.alpha": alpha, "optimizer.manifold_lr": mlr})
+    row = table(rows).loc["lora/riemannian_adam"]
+    assert (row["adapter.alpha"], row["optimizer.manifold_lr"]) == (16, 0.1)
+    assert row["n_configs"] == 4
+    assert "adapter.alpha=16" in row["hyperparameters"]
+    assert "optimizer.manifold_lr=0.1" in row["hyperparameters"]
+
+
+def test_named_baseline_is_used_for_every_row():
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.0]) + seeds("full/adamw", 1e-3, [1.5, 1.6])
+            + seeds("lora/riemannian_adam", 1e-3, [1.8, 1.8]))
+    t = table(rows, baseline="full/adamw")
+    assert set(t["baseline"]) == {"full/adamw"}
+    assert t.loc["full/adamw", "conclusive"] == "baseline"
+    assert t.loc["lora/riemannian_adam", "delta"] > 0
+    with pytest.raises(ArgumentError, match="baseline 'nope/adamw'"):
+        table(rows, baseline="nope/adamw")
+
+
+def test_default_baseline_is_adamw_on_the_same_adapter():
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.0]) + seeds("full/adamw", 1e-3, [1.5, 1.6])
+            + seeds("full/riemannian_adam", 1e-3, [1.8, 1.8])
+            + seeds("balora/riemannian_adam", 1e-3, [1.8, 1.8]))
+    t = table(rows)
+    assert t.loc["full/riemannian_adam", "baseline"] == "full/adamw"
+    assert t.loc["balora/riemannian_adam", "baseline"] == ""
+    assert t.loc["balora/riemannian_adam", "conclusive"] == "n/a"
+
+
+def test_incompatible_architectures_are_refused_naming_the_key():
+    rows = (seeds("lora/adamw", 1e-3, [2.0])
+            + seeds("lora/sgd", 1e-3, [2.0], **{"model.d_model": 64}))
+    with pytest.raises(IncompatibleRunsError, match="model.d_model"):
+        table(rows)
+
+
+def test_attention_geometry_may_differ_between_methods():
+    rows = (seeds("full/adamw", 1e-3, [2.0], **{"model.attention.geometry": "euclidean"})
+            + seeds("full/riemannian_adam/fixed_rank_embedded", 1e-3, [2.0],
+                    **{"model.attention.geometry": "fixed_rank_embedded"}))
+    assert len(table(rows)) == 2
+
+
+def test_sweeps_are_tabulated_separately():
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.0]) + seeds("lora/adamw", 1e-3, [2.0, 2.0], sweep="t",
+                                                           **{"model.d_model": 64}))
+    t = tuned_table(pd.DataFrame(rows), n_boot=N_BOOT)
+    assert list(t["sweep"]) == ["s", "t"]
+
+
+def test_bootstrap_is_seeded_and_brackets_the_difference():
+    x, y = np.array([1.0, 1.2, 0.9, 1.1]), np.array([2.0, 2.1, 1.9])
+    assert bootstrap_diff(x, y, 1000, seed=3) == bootstrap_diff(x, y, 1000, seed=3)
+    low, high = bootstrap_diff(x, y, 1000)
+    assert low < x.mean() - y.mean() < high < 0
+
+
+def test_best_runs_are_all_seeds_of_the_chosen_config():
+    rows = seeds("lora/adamw", 1e-3, [2.0, 2.0]) + seeds("lora/adamw", 1e-2, [2.5, 2.5])
+    chosen = best_runs(pd.DataFrame(rows))
+    assert set(chosen["optimizer.lr"]) == {1e-3} and len(chosen) == 2
