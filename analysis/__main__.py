@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 import warnings
 
 from omegaconf import OmegaConf
@@ -63,6 +64,7 @@ def run(args: dict) -> list[str]:
         curves = load_curves(runs)
 
     from analysis.plots import draw_sweep
+    from analysis.toy import toy_figures
     from analysis.report import write_report
     from analysis.tables import write_summary
     from analysis.tuning import tuned_table, write_tuned
@@ -84,6 +86,8 @@ def run(args: dict) -> list[str]:
             files += write_tuned(table, args["figures"], sweep)
             files += write_summary(sweep_runs, args["figures"], sweep)
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, logy=args["logy"])
+        if args["source"] == "local":  # the toy's per-init arrays live in toy.json files
+            files += toy_figures(Path(args["runs"]) / str(sweep), Path(args["figures"]))
         results.append({"sweep": sweep, "tuned": table, "files": files})
         written += files
     written.append(write_report(results, args["figures"], args["experiments"]))

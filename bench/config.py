@@ -46,7 +46,7 @@ class AttentionConfig:
 class PretrainConfig:
     domain: str = "stdlib_core"  # corpus domain the base model is pretrained on
     max_steps: int = 300
-    batch_size: int = 16
+    batch_size: int = 8
     lr: float = 3e-3
     cache_dir: str = ".cache/pretrained"
 
@@ -118,7 +118,7 @@ class OptimizerConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 200
-    batch_size: int = 16
+    batch_size: int = 8
     eval_every: int = 50
     log_every: int = 10
     checkpoint_every: int = 100

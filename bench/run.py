@@ -83,17 +83,23 @@ def _git_commit() -> str | None:
 
 
 def _setup_threads(cfg) -> None:
-    """Parallel workers divide the machine's cores instead of oversubscribing them."""
-    workers = 1
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    """Parallel workers divide the machine's cores instead of oversubscribing them.
 
-        hc = HydraConfig.get()
-        if hc.mode.name == "MULTIRUN":
-            workers = int(hc.launcher.get("n_jobs", 1) or 1)
-    except (ValueError, AttributeError):
-        pass
-    threads = cfg.trainer.threads or max(1, (os.cpu_count() or 1) // workers)
+    joblib (hydra/launcher=local): cores // n_jobs; submitit (slurm): the task's cpus_per_task.
+    """
+    threads = cfg.trainer.threads
+    if not threads:
+        workers, cpus = 1, None
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+            if hc.mode.name == "MULTIRUN":
+                workers = int(hc.launcher.get("n_jobs", 1) or 1)
+                cpus = hc.launcher.get("cpus_per_task")
+        except (ValueError, AttributeError):
+            pass
+        threads = cpus or max(1, (os.cpu_count() or 1) // workers)
     torch.set_num_threads(threads)
 
 

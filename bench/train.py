@@ -128,6 +128,12 @@ class Trainer:
         window: list[float] = []
         status, diverged_step = "completed", None
         bar = _progress(t, step)
+        if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
+            row = {"step": 0, "tokens": 0, "wall_s": 0.0}
+            row.update(self._evaluate(stats, 0.0, 0))
+            self.record.log(row)
+            if self.logger is not None:
+                self.logger.log(row)
         while step < t.max_steps:
             t0 = time.perf_counter()
             for group in self.optimizer.param_groups:

@@ -56,7 +56,8 @@ def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300):
 
 
 def run_dirs(out_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(out_dir).glob("*/*") if p.is_dir())
+    """Run directories under out_dir (those with a config.yaml; not Hydra's or submitit's)."""
+    return sorted(p.parent for p in Path(out_dir).glob("*/*/config.yaml"))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,0 +1,244 @@
+"""Figures and table of the `balora_toy` study (experiments/balora_toy/README.md).
+
+Reads the toy runs' records only (``config.yaml`` and ``toy.json``, written by bench/toy.py):
+
+- ``<sweep>_excess_loss.png/.pdf`` (the BaLoRA paper's Fig. 3): one panel per optimizer, median
+  and interquartile band over inits of the excess loss over the optimal rank-r loss vs step, log
+  y, one line per variant (LoRA, BaLoRA with procrustes / sign / none alignment);
+- ``<sweep>_kappa_hist.png/.pdf`` (the paper's Fig. 6): histograms over inits of the exact
+  Hessian condition number at the end points, log x, per optimizer;
+- ``<sweep>_toy.md``: median final excess loss and median kappa per (variant, optimizer), and
+  LoRA's median final excess loss over each variant's (the "GD gap" for optimizer gd).
+
+Inits of every seed of a (variant, optimizer) are pooled. Entry point: ``toy_figures``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from analysis.markdown import markdown_table  # noqa: E402
+
+OPTIMIZERS = {"gd": "GD", "sign_gd": "sign-GD (the paper's \"Adam\")", "adam": "Adam"}
+VARIANTS = {  # (adapter, alignment) -> label, colour, line style; the order of legends and rows
+    ("lora", None): ("LoRA", "tab:red", "-"),
+    ("balora", "procrustes"): ("BaLoRA", "tab:blue", "-"),
+    ("balora", "sign"): ("BaLoRA (sign)", "tab:green", "--"),
+    ("balora", "none"): ("BaLoRA (none)", "tab:purple", ":"),
+}
+# GD is equivariant under B -> B O, A -> O^T A (O orthogonal) and sign-GD under signed
+# permutations, so some alignments give identical curves there: the styles keep both visible.
+TINY = 1e-16  # excess losses are clipped here for the log axis (rounding can make them <= 0)
+
+
+def _variant(adapter: str, alignment: str | None) -> str:
+    key = (adapter, alignment if adapter == "balora" else None)
+    return VARIANTS[key][0] if key in VARIANTS else f"{adapter}:{alignment}"
+
+
+def is_toy_run(run_dir: Path) -> bool:
+    """A run record of the toy task that has finished writing its toy.json."""
+    run_dir = Path(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return config.get("task") == "toy" and (run_dir / "toy.json").is_file()
+
+
+def load_toy(run_dirs: Iterable[Path]) -> pd.DataFrame:
+    """One row per (run, init): variant, optimizer, seed, lr, the excess-loss curve (an array of
+    steps + 1 values), kappa, lambda_max, gap. Inits without a kept LR have a NaN curve."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        toy = json.loads((run_dir / "toy.json").read_text())
+        label = _variant(toy["adapter"], toy.get("alignment"))
+        for i, curve in enumerate(toy["excess"]):
+            rows.append({
+                "run_dir": str(run_dir),
+                "variant": label,
+                "optimizer": toy["optimizer"],
+                "method": toy["method"],
+                "seed": config.get("seed"),
+                "init": i,
+                "lr": toy["lr"][i],
+                "curve": np.array([np.nan if v is None else v for v in curve], dtype=float),
+                "kappa": toy["kappa"][i],
+                "lambda_max": toy["lambda_max"][i],
+                "gap": toy["gap"][i],
+            })
+    df = pd.DataFrame(rows)
+    for col in ("lr", "kappa", "lambda_max", "gap"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _order(df: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Optimizers and variants present, in the canonical order (unknown ones last)."""
+    opts = [o for o in OPTIMIZERS if o in set(df["optimizer"])]
+    opts += sorted(set(df["optimizer"]) - set(opts))
+    known = [label for label, _, _ in VARIANTS.values()]
+    variants = [v for v in known if v in set(df["variant"])]
+    variants += sorted(set(df["variant"]) - set(variants))
+    return opts, variants
+
+
+def _style(variant: str) -> tuple[str, str]:
+    """(colour, line style) of a variant."""
+    return next(((c, ls) for label, c, ls in VARIANTS.values() if label == variant),
+                ("tab:gray", "-."))
+
+
+def _save(fig, figures: Path, stem: str) -> list[Path]:
+    figures.mkdir(parents=True, exist_ok=True)
+    paths = [figures / f"{stem}.png", figures / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def draw_excess_loss(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
+    """Paper Fig. 3: median and interquartile band of the excess loss vs step, per optimizer."""
+    opts, variants = _order(df)
+    fig, axes = plt.subplots(1, len(opts), figsize=(4.2 * len(opts), 3.4), squeeze=False)
+    for ax, opt in zip(axes[0], opts):
+        for variant in variants:
+            sel = df[(df["optimizer"] == opt) & (df["variant"] == variant)]
+            if sel.empty:
+                continue
+            curves = np.maximum(np.stack(sel["curve"].to_list()), TINY)  # (inits, steps + 1)
+            curves = curves[~np.isnan(curves).all(axis=1)]
+            if not len(curves):
+                continue
+            q25, med, q75 = np.nanquantile(curves, [0.25, 0.5, 0.75], axis=0)
+            steps = np.arange(curves.shape[1])
+            color, ls = _style(variant)
+            ax.plot(steps, med, color=color, ls=ls, lw=1.6, label=f"{variant} (n={len(curves)})")
+            ax.fill_between(steps, q25, q75, color=color, alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_title(OPTIMIZERS.get(opt, opt))
+        ax.set_xlabel("step")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel("excess loss over the best rank-r loss")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{sweep}: median and interquartile range over inits, LR tuned per init")
+    fig.tight_layout()
+    return _save(fig, figures, f"{sweep}_excess_loss")
+
+
+def draw_kappa_hist(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
+    """Paper Fig. 6: histograms of the end points' exact condition numbers, per optimizer."""
+    opts, variants = _order(df)
+    fig, axes = plt.subplots(1, len(opts), figsize=(4.2 * len(opts), 3.2), squeeze=False)
+    for ax, opt in zip(axes[0], opts):
+        sel = df[df["optimizer"] == opt]
+        finite = sel["kappa"][np.isfinite(sel["kappa"]) & (sel["kappa"] > 0)]
+        if finite.empty:
+            ax.set_title(OPTIMIZERS.get(opt, opt) + " (no finite kappa)")
+            continue
+        lo, hi = np.log10(finite.min()), np.log10(finite.max())
+        bins = np.logspace(lo - 0.05, hi + 0.05, 25)
+        for variant in variants:
+            kappa = sel.loc[sel["variant"] == variant, "kappa"]
+            ok = kappa[np.isfinite(kappa) & (kappa > 0)]
+            missing = len(kappa) - len(ok)
+            if kappa.empty:
+                continue
+            label = variant + (f" ({missing} not finite)" if missing else "")
+            color, ls = _style(variant)
+            if ls == "-":  # LoRA and BaLoRA filled, the other alignments as outlines
+                ax.hist(ok, bins=bins, color=color, alpha=0.45, label=label)
+            else:
+                ax.hist(ok, bins=bins, color=color, ls=ls, lw=1.6, histtype="step", label=label)
+        ax.set_xscale("log")
+        ax.set_title(OPTIMIZERS.get(opt, opt))
+        ax.set_xlabel(r"$\kappa = \lambda_{max} / \lambda_{r^2+1}$ at the end point")
+    axes[0][0].set_ylabel("inits")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{sweep}: exact Hessian condition number after the last step")
+    fig.tight_layout()
+    return _save(fig, figures, f"{sweep}_kappa_hist")
+
+
+def toy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, optimizer): inits, median final excess loss and IQR, median kappa, median
+    chosen LR, and LoRA's median final excess loss over this row's ("LoRA / this")."""
+    opts, variants = _order(df)
+    rows = []
+    for opt in opts:
+        lora = None
+        for variant in variants:
+            sel = df[(df["optimizer"] == opt) & (df["variant"] == variant)]
+            if sel.empty:
+                continue
+            final = np.array([c[-1] for c in sel["curve"]], dtype=float)
+            final = final[np.isfinite(final)]
+            med = float(np.median(final)) if len(final) else math.nan
+            if variant == "LoRA":
+                lora = med
+            q25, q75 = (np.quantile(final, [0.25, 0.75]) if len(final) else (math.nan,) * 2)
+            kappa = sel["kappa"][np.isfinite(sel["kappa"])]
+            rows.append({
+                "optimizer": opt,
+                "variant": variant,
+                "inits": len(final),
+                "median final excess": med,
+                "IQR": f"{q25:.3g} - {q75:.3g}",
+                "median kappa": float(kappa.median()) if len(kappa) else math.nan,
+                "median lr": float(sel["lr"].median()),
+                "LoRA / this": (lora / med if lora is not None and med > 0 else math.nan),
+            })
+    return pd.DataFrame(rows)
+
+
+def write_toy_table(df: pd.DataFrame, figures: Path, sweep: str) -> Path:
+    table = toy_table(df)
+    lines = [f"# {sweep}: final excess loss and condition number", "",
+             "Median over inits (all seeds pooled) at each init's tuned LR, after the last "
+             "step; kappa is the exact Hessian condition number at the end point.", "",
+             markdown_table(table), ""]
+    gd = table[(table["optimizer"] == "gd") & (table["variant"] == "BaLoRA")]
+    if not gd.empty and math.isfinite(gd["LoRA / this"].iloc[0]):
+        ratio = gd["LoRA / this"].iloc[0]
+        lines.append(f"GD gap: LoRA's median final excess loss is {ratio:.3g}x BaLoRA's "
+                     f"(the paper's claim: at least 10x).")
+        lines.append("")
+    figures.mkdir(parents=True, exist_ok=True)
+    path = figures / f"{sweep}_toy.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def draw_toy(run_dirs: Iterable[Path], figures: str | Path, sweep: str) -> list[Path]:
+    """Both figures and the table of these toy run records; the paths written ([] if none)."""
+    run_dirs = [Path(d) for d in run_dirs if is_toy_run(d)]
+    if not run_dirs:
+        return []
+    figures = Path(figures)
+    df = load_toy(run_dirs)
+    return [*draw_excess_loss(df, figures, sweep), *draw_kappa_hist(df, figures, sweep),
+            write_toy_table(df, figures, sweep)]
+
+
+def toy_figures(sweep_dir: str | Path, figures: str | Path) -> list[Path]:
+    """Every toy figure of the sweep folder ``<runs>/<sweep>`` (its runs with ``task: toy``);
+    files are named after the folder. Returns the paths written, [] when it holds no toy run."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    return draw_toy(sorted(p for p in sweep_dir.iterdir() if p.is_dir()), figures,
+                    sweep_dir.name)

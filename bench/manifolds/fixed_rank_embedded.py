@@ -1,0 +1,134 @@
+"""R1: rank-r matrices as an embedded submanifold of R^{n x m} (knight.md §3, R1)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import LowRankManifold, euclidean_inner, orthonormality_error
+from .linalg import embedded_tangent, factored_svd, mT, qr_pos, truncated_retraction
+
+
+class FixedRankEmbedded(LowRankManifold):
+    r"""Fixed-rank matrices W = U S V^T, embedded in R^{n x m} with the Frobenius metric.
+
+    Point: U in St(n, r), V in St(m, r), S invertible r x r (not necessarily diagonal),
+    packed as [U; V; S] of shape (..., n + m + r, r). factors(x) = (U S, V).
+
+    Tangent vectors (Vandereycken 2013, Prop. 2.1; Absil & Oseledets 2015):
+        xi = U M V^T + U_p V^T + U V_p^T,   U^T U_p = 0,  V^T V_p = 0,
+    stored as [U_p; V_p; M]. The Frobenius metric of the dense matrices is then the plain
+    Euclidean product of the packed blocks: <xi, eta> = <U_p, U_p'> + <V_p, V_p'> + <M, M'>.
+
+    Riemannian gradient = orthogonal projection of G = dL/dW, which is never formed: from the
+    factor gradients of W = U S V^T (G_U = G V S^T, G_V = G^T U S, G_S = U^T G V),
+        G V = G_U S^{-T},   G^T U = G_V S^{-1},   U^T G V = G_S,
+        M = G_S,   U_p = (I - U U^T) G V,   V_p = (I - V V^T) G^T U.
+    Retraction: the best rank-r approximation of W + xi, from thin QRs of U_p, V_p and the SVD
+    of a 2r x 2r core (`truncated_retraction`). Transport: orthogonal projection of the dense
+    tangent vector onto the new tangent space, in factored form. Every operation costs
+    O((n + m) r^2 + r^3).
+
+    `repair` re-orthonormalises U and V by QR (absorbing the triangular factors into S, so W is
+    unchanged) and floors S's singular values at `sigma_floor * sigma_max`
+    (default sqrt(machine epsilon)), which bounds the error of the solves with S.
+    """
+
+    name = "fixed_rank_embedded"
+
+    def __init__(self, n: int, m: int, r: int, sigma_floor: float | None = None):
+        super().__init__(n, m, r)
+        self.sigma_floor = sigma_floor
+
+    @property
+    def block_rows(self):
+        return (self.n, self.m, self.r)
+
+    def factors(self, x):
+        u, v, s = self.unpack(x)
+        return u @ s, v
+
+    def tangent_to_dense(self, x, u):
+        uu, vv, _ = self.unpack(x)
+        up, vp, mm = self.unpack(u)
+        return (uu @ mm + up) @ mT(vv) + uu @ mT(vp)
+
+    # ----------------------------------------------------------------- points
+    def from_factors(self, left, right):
+        """W = L R^T as U diag(sigma) V^T (thin QRs and an r x r SVD); returns (x, None)."""
+        u, sigma, v = factored_svd(left, right)
+        return self.pack(u, v, torch.diag_embed(sigma)), None
+
+    def projx(self, x):
+        """Re-orthonormalise U, V by QR and absorb the triangular factors into S (W kept)."""
+        u, v, s = self.unpack(x)
+        qu, ru = qr_pos(u)  # (..., n, r), (..., r, r)
+        qv, rv = qr_pos(v)  # (..., m, r), (..., r, r)
+        return self.pack(qu, qv, ru @ s @ mT(rv))
+
+    def repair(self, x):
+        u, v, s = self.unpack(self.projx(x))
+        a, sigma, bh = torch.linalg.svd(s)  # (..., r, r), (..., r), (..., r, r)
+        floor = self.sigma_floor
+        if floor is None:
+            floor = torch.finfo(x.dtype).eps ** 0.5
+        sigma = torch.maximum(sigma, floor * sigma[..., :1])
+        return self.pack(u, v, a @ (sigma.unsqueeze(-1) * bh))
+
+    # --------------------------------------------------------------- geometry
+    def _proju_blocks(self, x, u):
+        uu, vv, _ = self.unpack(x)
+        up, vp, mm = self.unpack(u)
+        return up - uu @ (mT(uu) @ up), vp - vv @ (mT(vv) @ vp), mm
+
+    def proju(self, x, u):
+        return self.pack(*self._proju_blocks(x, u))
+
+    def egrad2rgrad(self, x, u):
+        uu, vv, s = self.unpack(x)
+        gu, gv, gs = self.unpack(u)
+        # one r x r inverse and products: much cheaper than solves with n right-hand sides
+        s_inv = torch.linalg.inv(s)  # (..., r, r)
+        zv = gu @ mT(s_inv)  # G V = G_U S^{-T}: (..., n, r)
+        ztu = gv @ s_inv  # G^T U = G_V S^{-1}: (..., m, r)
+        return self.pack(*embedded_tangent(uu, vv, zv, ztu, gs))
+
+    def inner(self, x, u, v=None, *, keepdim=False):
+        return euclidean_inner(u, v, keepdim)
+
+    def retr(self, x, u):
+        uu, vv, s = self.unpack(x)
+        up, vp, mm = self._proju_blocks(x, u)
+        u_new, sigma, v_new = truncated_retraction(uu, vv, s + mm, up, vp)
+        return self.pack(u_new, v_new, torch.diag_embed(sigma))
+
+    def transp(self, x, y, v):
+        uu, vv, _ = self.unpack(x)
+        up, vp, mm = self.unpack(v)
+        u2, v2, _ = self.unpack(y)
+        # dense Z = A V^T + U V_p^T with A = U M + U_p; project onto T_y from Z V2, Z^T U2.
+        a = uu @ mm + up  # (..., n, r)
+        zv = a @ (mT(vv) @ v2) + uu @ (mT(vp) @ v2)  # (..., n, r)
+        ztu = vv @ (mT(a) @ u2) + vp @ (mT(uu) @ u2)  # (..., m, r)
+        return self.pack(*embedded_tangent(u2, v2, zv, ztu, mT(u2) @ zv))
+
+    # ----------------------------------------------------------------- checks
+    def _check_point_on_manifold(self, x, *, atol=1e-5, rtol=1e-5):
+        u, v, s = self.unpack(x)
+        for label, f in (("U", u), ("V", v)):
+            err = orthonormality_error(f)
+            if not err <= atol:
+                return False, f"{label} is not orthonormal: max|{label}^T {label} - I| = {err:.3g}"
+        sigma = torch.linalg.svdvals(s)
+        if not bool(torch.isfinite(sigma).all() and (sigma[..., -1] > 0).all()):
+            return False, "S is singular or not finite (W must have rank r)"
+        return True, None
+
+    def _check_vector_on_tangent(self, x, u, *, atol=1e-5, rtol=1e-5):
+        uu, vv, _ = self.unpack(x)
+        up, vp, _ = self.unpack(u)
+        scale = u.abs().amax()
+        if not self._small(mT(uu) @ up, atol, rtol, scale):
+            return False, "U^T U_p != 0"
+        if not self._small(mT(vv) @ vp, atol, rtol, scale):
+            return False, "V^T V_p != 0"
+        return True, None

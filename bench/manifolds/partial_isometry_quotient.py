@@ -1,0 +1,35 @@
+"""P2: partial isometries as St(n, r) x St(m, r) / O(r), Euclidean metric (knight.md §3, P2)."""
+
+from __future__ import annotations
+
+from .base import PartialIsometryBase
+from .linalg import polar
+
+
+class PartialIsometryQuotient(PartialIsometryBase):
+    r"""Partial isometries W = U V^T as the quotient St(n, r) x St(m, r) / O(r).
+
+    (U, V) ~ (U Q, V Q) for Q in O(r); each Stiefel factor carries the Euclidean metric
+    (geoopt's `EuclideanStiefel`), so <u, v> is the plain product of the packed blocks
+    (kappa = 2 in `PartialIsometryBase`). Riemannian gradient: the Stiefel projections
+    G_U - U sym(U^T G_U), G_V - V sym(V^T G_V) minus their vertical part (U A, V A), which
+    gives U_dot = U_p + U skew(U^T G V), V_dot = V_p - V skew(U^T G V) (Absil, Mahony &
+    Sepulchre 2008, §3.6 for quotient manifolds).
+
+    Retraction: the polar factor of each factor, U' = (U + U_dot)(I + U_dot^T U_dot)^{-1/2}
+    (r x r eigendecomposition). We use the polar rather than the QR retraction of geoopt's
+    `EuclideanStiefel` because polar(A Q) = polar(A) Q: the retraction is then well defined
+    on the quotient (QR would make U'V'^T depend on the representative). Transport: the
+    orthogonal projection onto the horizontal space at the new point. Cost O((n + m) r^2 + r^3).
+    """
+
+    name = "partial_isometry_quotient"
+    kappa = 2.0
+
+    def retr(self, x, u):
+        uu, vv = self.unpack(x)
+        ud, vd = self._proju_blocks(x, u)
+        return self.pack(polar(uu + ud), polar(vv + vd))
+
+    def transp(self, x, y, v):
+        return self.proju(y, v)

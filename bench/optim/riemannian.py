@@ -1,0 +1,156 @@
+"""Riemannian optimizers for the low-rank geometries (papers/knight.md §1, §5).
+
+`RiemannianNormalized` is the paper's step template: transported momentum with a trust-region
+normalisation. geoopt's `RiemannianSGD` (momentum) and `RiemannianAdam` are the extra points of
+comparison; `build_riemannian` makes any of the three by name.
+"""
+
+from __future__ import annotations
+
+import geoopt
+import torch
+
+RIEMANNIAN_OPTIMIZERS: tuple[str, ...] = (
+    "riemannian_normalized",
+    "riemannian_sgd",
+    "riemannian_adam",
+)
+
+
+class _EuclideanPoint:
+    """A plain tensor seen as one point of a Euclidean space (Frobenius norm over all of it)."""
+
+    @staticmethod
+    def egrad2rgrad(x, u):
+        return u
+
+    @staticmethod
+    def norm(x, u, keepdim=False):
+        return u.norm()
+
+    @staticmethod
+    def retr_transp(x, u, v):
+        return x + u, v
+
+
+class RiemannianNormalized(torch.optim.Optimizer):
+    r"""Transported momentum with a trust-region normalisation (knight.md §1, the template).
+
+    For every point x (each packed point of a `geoopt.ManifoldParameter`; a leading batch of
+    points is stepped point by point, each with its own norm):
+        G_R = egrad2rgrad(x, dL/dx)                    Riemannian gradient
+        M  <- nu M + (1 - nu) G_R                      momentum (a tangent vector at x)
+        T   = -lr M / max(||M||_x, c)                  ||M||_x = sqrt(inner(x, M, M))
+        x  <- retr(x, T);   M <- transp(x_old -> x, M)
+    so the step has Riemannian length exactly lr whenever ||M||_x > c (a trust region of radius
+    lr), and shrinks with M below the floor c. Every `repair_every` steps the point is repaired
+    (`manifold.repair`: QR re-orthonormalisation, S floor, R2 rebalancing) and M transported to
+    the repaired point. Plain tensors in `params` are treated as Euclidean points (Frobenius norm
+    of the whole tensor, additive step).
+
+    State per parameter: `momentum` (packed like the point), `step`, and `step_norm` (the
+    Riemannian length of the last step, one per point, shape (..., 1, 1); a tensor).
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        c: float = 1e-3,
+        repair_every: int | None = 100,
+    ):
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum (nu) must be in [0, 1), got {momentum}")
+        if not c > 0:
+            raise ValueError(f"c (the trust-region floor) must be positive, got {c}")
+        if repair_every is not None and repair_every < 1:
+            raise ValueError(f"repair_every must be >= 1 or None, got {repair_every}")
+        defaults = dict(lr=lr, momentum=momentum, c=c, repair_every=repair_every)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, nu, c = group["lr"], group["momentum"], group["c"]
+            repair_every = group["repair_every"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("RiemannianNormalized does not support sparse gradients")
+                manifold = getattr(p, "manifold", None)
+                if manifold is None or isinstance(manifold, geoopt.Euclidean):
+                    manifold = _EuclideanPoint
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                mom = state["momentum"]
+
+                rgrad = manifold.egrad2rgrad(p, p.grad)
+                mom.mul_(nu).add_(rgrad, alpha=1 - nu)
+                norm = manifold.norm(p, mom, keepdim=True)  # (..., 1, 1): one norm per point
+                scale = lr / norm.clamp_min(c)
+                new_p, new_mom = manifold.retr_transp(p, mom * -scale, mom)
+                state["step_norm"] = norm * scale
+                if (
+                    repair_every is not None
+                    and state["step"] % repair_every == 0
+                    and hasattr(manifold, "repair")
+                ):
+                    repaired = manifold.repair(new_p)
+                    new_mom = manifold.transp(new_p, repaired, new_mom)
+                    new_p = repaired
+                p.copy_(new_p)
+                mom.copy_(new_mom)
+        return loss
+
+
+def _flat_params(params) -> list:
+    """The parameters of `params` (tensors or param-group dicts), in order."""
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            group = item["params"]
+            out.extend([group] if isinstance(group, torch.Tensor) else list(group))
+        else:
+            out.append(item)
+    return out
+
+
+def build_riemannian(name: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+    """A Riemannian optimizer by name, for params that include geoopt.ManifoldParameters.
+
+    riemannian_normalized: `RiemannianNormalized(params, lr, **kwargs)`;
+    riemannian_sgd: geoopt `RiemannianSGD` (momentum 0.9 unless given);
+    riemannian_adam: geoopt `RiemannianAdam` (note: its weight decay is coupled L2).
+    """
+    if name not in RIEMANNIAN_OPTIMIZERS:
+        raise ValueError(
+            f"unknown Riemannian optimizer {name!r}; allowed: {', '.join(RIEMANNIAN_OPTIMIZERS)}"
+        )
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    params = list(params)
+    if not any(isinstance(p, geoopt.ManifoldParameter) for p in _flat_params(params)):
+        raise ValueError(
+            f"Riemannian optimizer {name!r} has no manifold parameters: give it the "
+            "geoopt.ManifoldParameter tensors of the low-rank weights (the rest belongs to AdamW)"
+        )
+    if name == "riemannian_normalized":
+        return RiemannianNormalized(params, lr, **kwargs)
+    if name == "riemannian_sgd":
+        kwargs.setdefault("momentum", 0.9)
+        return geoopt.optim.RiemannianSGD(params, lr, **kwargs)
+    return geoopt.optim.RiemannianAdam(params, lr, **kwargs)
+
+
+__all__ = ["RIEMANNIAN_OPTIMIZERS", "RiemannianNormalized", "build_riemannian"]

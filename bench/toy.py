@@ -1,0 +1,327 @@
+"""The `balora_toy` study: the BaLoRA paper's Fig. 3 and Fig. 6 through the harness.
+
+A one-layer "model" W = W0 + s B A (PEFT notation: B = lora_B (n x r), A = lora_A (r x m),
+s = alpha / r) fitted to a target T by the loss
+
+    L(A, B) = 1/2 ||W0 + s B A - T||_F^2,   T, W0 ~ N(0, 1)^{n x m}      (papers/balora.md §5)
+
+from LoRA's init (B = 0, A ~ N(0, 1)). One run is one (adapter, optimizer) pair; it evaluates
+every init x learning rate of the grid at once: the factors carry leading dimensions
+(inits, lrs), so 8 inits x 50 LRs = 400 trajectories are stepped together in float64 with
+closed-form gradients. Per init, the LR with the lowest final loss is kept (trajectories whose
+loss went above `toy.drop_above` or non-finite are dropped), and the run records the excess loss
+over the optimal rank-r loss 1/2 sum_{i>r} sigma_i(T - W0)^2 at those LRs, plus the exact
+Hessian condition number, sharpness and balancing gap at each init's end point (balora.md §4).
+The experiment sets adapter.alpha = adapter.r, so s = 1 as in the paper.
+
+Optimizers (`toy.method`), all with a constant LR:
+  gd       A <- A - lr g_A
+  sign_gd  A <- A - lr g_A / (|g_A| + 1e-8), no momentum (the paper's toy "adam")
+  adam     Adam, betas 0.9 / 0.999, eps 1e-8, bias-corrected; moments untouched by the projection
+BaLoRA (`adapter=balora`, `adapter.alignment`) projects (A, B) onto A A^T = B^T B after every
+step, never before the first (at B = 0 the projection would give the saddle (0, 0)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bench.adapters.balora import balancing_gap, project_balanced
+
+F64 = torch.float64
+METHODS = ("gd", "sign_gd", "adam")
+SIGN_EPS = 1e-8
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------- the problem
+@dataclass
+class ToyProblem:
+    W0: Tensor  # (n, m)
+    T: Tensor  # (n, m)
+    A0: Tensor  # (inits, r, m): each init's lora_A; lora_B starts at 0
+    optimal_loss: float  # 1/2 sum_{i > r} sigma_i(T - W0)^2: the best rank-r loss
+
+    @property
+    def r(self) -> int:
+        return self.A0.shape[-2]
+
+
+def make_problem(n: int, m: int, r: int, inits: int, seed: int) -> ToyProblem:
+    """T, W0 ~ N(0, 1)^{n x m} drawn once from `seed` (one problem for every init, as in the
+    paper's 8 trajectories), then one A ~ N(0, 1)^{r x m} per init."""
+    g = torch.Generator().manual_seed(seed)
+    T = torch.randn(n, m, generator=g, dtype=F64)
+    W0 = torch.randn(n, m, generator=g, dtype=F64)
+    A0 = torch.randn(inits, r, m, generator=g, dtype=F64)
+    sigma = torch.linalg.svdvals(T - W0)
+    return ToyProblem(W0, T, A0, 0.5 * float((sigma[r:] ** 2).sum()))
+
+
+def residual(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> Tensor:
+    """E = W0 + s B A - T, batched over the leading dimensions of A (..., r, m), B (..., n, r)."""
+    return W0 + s * (B @ A) - T
+
+
+def loss_and_grads(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float):
+    """L = 1/2 ||E||^2 per problem and its closed-form gradients, with G = s E:
+    grad_A = B^T G, grad_B = G A^T. Returns (L (...), grad_A, grad_B)."""
+    E = residual(A, B, W0, T, s)
+    G = s * E
+    return 0.5 * (E * E).sum((-2, -1)), B.mT @ G, G @ A.mT
+
+
+def toy_loss(W0: Tensor, T: Tensor, s: float):
+    """(A, B) -> 1/2 ||W0 + s B A - T||^2 for one problem (for autograd and exact Hessians)."""
+    def loss(A: Tensor, B: Tensor) -> Tensor:
+        E = residual(A, B, W0, T, s)
+        return 0.5 * (E * E).sum()
+    return loss
+
+
+# ------------------------------------------------------------------------------ optimizers
+class Stepper:
+    """One optimizer over a batch of factor pairs; `lr` broadcasts against the batch (..., 1, 1)."""
+
+    def __init__(self, method: str, lr: Tensor):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method, self.lr, self.t = method, lr, 0
+        self.moments: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def direction(self, name: str, g: Tensor) -> Tensor:
+        if self.method == "gd":
+            return g
+        if self.method == "sign_gd":
+            return g / (g.abs() + SIGN_EPS)
+        b1, b2 = ADAM_BETAS
+        m, v = self.moments.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        self.moments[name] = (m, v)
+        m_hat, v_hat = m / (1 - b1**self.t), v / (1 - b2**self.t)
+        return m_hat / (v_hat.sqrt() + ADAM_EPS)
+
+    def step(self, A: Tensor, B: Tensor, grad_A: Tensor, grad_B: Tensor):
+        self.t += 1
+        return (A - self.lr * self.direction("A", grad_A),
+                B - self.lr * self.direction("B", grad_B))
+
+
+# ------------------------------------------------------------------------------ the sweep
+@dataclass
+class Trajectories:
+    losses: Tensor  # (steps + 1, inits, lrs): loss after each step, step 0 first
+    kept: Tensor  # (inits, lrs) bool: never above drop_above, always finite
+    A: Tensor  # (inits, lrs, r, m): final factors (frozen where dropped)
+    B: Tensor  # (inits, lrs, n, r)
+
+
+def simulate(problem: ToyProblem, lrs: Tensor, s: float, steps: int, method: str,
+             balanced: bool, alignment: str = "procrustes",
+             drop_above: float = 1e5) -> Trajectories:
+    """Every init x LR of `problem` for `steps` steps of `method`, as one batch.
+
+    A trajectory is dropped (and frozen, so that it cannot produce NaNs) as soon as its loss is
+    non-finite or above `drop_above`. With `balanced`, (A, B) is projected onto the balanced
+    manifold after every step (`project_balanced`, keeps B A); the optimizer state is left alone.
+    """
+    inits, r, m = problem.A0.shape
+    n = problem.W0.shape[-2]
+    L = lrs.numel()
+    A = problem.A0[:, None].expand(inits, L, r, m).clone()
+    B = torch.zeros(inits, L, n, r, dtype=F64)
+    opt = Stepper(method, lrs.to(F64).view(1, L, 1, 1))
+    loss, grad_A, grad_B = loss_and_grads(A, B, problem.W0, problem.T, s)
+    kept = torch.isfinite(loss) & (loss <= drop_above)
+    losses = [loss]
+    for _ in range(steps):
+        A_new, B_new = opt.step(A, B, grad_A, grad_B)
+        finite = torch.isfinite(A_new).all((-2, -1)) & torch.isfinite(B_new).all((-2, -1))
+        kept = kept & finite
+        keep = kept[..., None, None]
+        A_new, B_new = torch.where(keep, A_new, A), torch.where(keep, B_new, B)
+        if balanced:
+            A_new, B_new = project_balanced(A_new, B_new, alignment)
+            A_new, B_new = torch.where(keep, A_new, A), torch.where(keep, B_new, B)
+        A, B = A_new, B_new
+        loss, grad_A, grad_B = loss_and_grads(A, B, problem.W0, problem.T, s)
+        kept = kept & torch.isfinite(loss) & (loss <= drop_above)
+        losses.append(loss)
+    return Trajectories(torch.stack(losses), kept, A, B)
+
+
+def choose_lr(traj: Trajectories) -> Tensor:
+    """Per init, the index of the kept LR with the lowest final loss; -1 when none was kept."""
+    final = torch.where(traj.kept, traj.losses[-1], math.inf)
+    best = final.argmin(-1)
+    return torch.where(traj.kept.any(-1), best, -1)
+
+
+def end_point_spectrum(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> dict:
+    """Exact Hessian of the loss in all entries of (A, B) at one end point (balora.md §4):
+    kappa = lambda_max / lambda_(r^2 + 1), the r^2 GL(r) zero modes skipped."""
+    from bench.metrics.hessian import condition_number, exact_eigenvalues
+
+    eigs = exact_eigenvalues(toy_loss(W0, T, s), [A, B])
+    r2 = A.shape[-2] ** 2
+    return {"kappa": condition_number(eigs, r2), "lambda_max": eigs[-1].item(),
+            "lambda_min": eigs[r2].item()}
+
+
+def toy_results(problem: ToyProblem, lrs: Tensor, s: float, steps: int, method: str,
+                balanced: bool, alignment: str, drop_above: float) -> dict:
+    """Simulate, choose each init's LR and measure its end point: the content of toy.json."""
+    traj = simulate(problem, lrs, s, steps, method, balanced, alignment, drop_above)
+    chosen = choose_lr(traj)
+    excess = traj.losses - problem.optimal_loss  # (steps + 1, inits, lrs)
+    per_init: dict[str, list] = {k: [] for k in ("lr_index", "lr", "excess", "kappa",
+                                                  "lambda_max", "lambda_min", "gap")}
+    for i, j in enumerate(chosen.tolist()):
+        if j < 0:  # every LR dropped for this init
+            for key, values in per_init.items():
+                values.append(None if key != "excess" else [None] * (steps + 1))
+            continue
+        spec = end_point_spectrum(traj.A[i, j], traj.B[i, j], problem.W0, problem.T, s)
+        per_init["lr_index"].append(j)
+        per_init["lr"].append(lrs[j].item())
+        per_init["excess"].append(excess[:, i, j].tolist())
+        per_init["kappa"].append(spec["kappa"])
+        per_init["lambda_max"].append(spec["lambda_max"])
+        per_init["lambda_min"].append(spec["lambda_min"])
+        per_init["gap"].append(balancing_gap(traj.A[i, j], traj.B[i, j]))
+    final = torch.where(traj.kept, excess[-1], math.nan)
+    return {
+        "optimal_loss": problem.optimal_loss,
+        "lr_grid": lrs.tolist(),
+        **per_init,
+        "dropped": (~traj.kept).sum(-1).tolist(),  # per init: LRs dropped
+        "final_excess_by_lr": final.tolist(),  # (inits, lrs), null where dropped
+    }
+
+
+# --------------------------------------------------------------------------- run record
+def _quantiles(values: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    q = torch.nanquantile(values, torch.tensor([0.25, 0.5, 0.75], dtype=F64), dim=dim)
+    return q[1], q[0], q[2]
+
+
+def _median(values: list) -> float | None:
+    """The median (mean of the middle two for an even count) of the finite values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return torch.tensor(finite, dtype=F64).quantile(0.5).item() if finite else None
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def toy_method(cfg) -> str:
+    """"lora/gd", "balora/sign_gd", "balora:sign/adam", "balora:none/gd"."""
+    adapter = cfg.adapter.name
+    if adapter == "balora" and cfg.adapter.alignment != "procrustes":
+        adapter += ":" + cfg.adapter.alignment
+    return f"{adapter}/{cfg.toy.method}"
+
+
+def check_toy(cfg) -> None:
+    """The toy's own config checks (bench.config.validate covers the shared keys)."""
+    from bench.config import ConfigError
+
+    t = cfg.toy
+    if cfg.adapter.name not in ("lora", "balora"):
+        raise ConfigError(f"task=toy needs adapter.name lora or balora, got {cfg.adapter.name!r}")
+    for key in ("n", "m", "r", "steps", "inits", "lr_grid", "lr_min", "lr_max", "drop_above"):
+        if not t[key] > 0:
+            raise ConfigError(f"toy.{key}={t[key]!r} must be > 0")
+    if t.lr_min > t.lr_max:
+        raise ConfigError(f"toy.lr_min={t.lr_min} must be <= toy.lr_max={t.lr_max}")
+    if t.r > min(t.n, t.m):
+        raise ConfigError(f"toy.r={t.r} must be <= min(toy.n, toy.m) = {min(t.n, t.m)}")
+    if t.r != cfg.adapter.r:
+        raise ConfigError(f"toy.r={t.r} must equal adapter.r={cfg.adapter.r} "
+                          "(s = adapter.alpha / adapter.r scales the toy's B A)")
+
+
+def run_toy(cfg) -> dict:
+    """One toy run (one adapter x one optimizer, all inits x LRs): writes the run record
+    `<out_dir>/<sweep>/<run-id>/` (config.yaml, metrics.jsonl, summary.json, toy.json) and
+    returns the summary. A completed record is left alone."""
+    from omegaconf import OmegaConf
+
+    from bench import __version__
+    from bench.run import _git_commit, run_id
+    from bench.tracking.record import RunRecord, atomic_write
+
+    check_toy(cfg)
+    method = toy_method(cfg)
+    digest = run_id(cfg).rsplit("-", 1)[-1]  # the hash of every semantic key
+    rid = f"{method.replace('/', '-').replace(':', '_')}-s{cfg.seed}-{digest}"
+    record = RunRecord(Path(cfg.out_dir) / cfg.sweep / rid)
+    if record.is_complete():
+        print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+        return record.read_summary()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["meta"] = {
+        "run_id": rid,
+        "method": method,
+        "device": "cpu",
+        "versions": {"bench": __version__, "torch": str(torch.__version__),
+                     "python": platform.python_version(), "git_commit": _git_commit()},
+    }
+    record.create(resolved)
+    record.metrics_path.unlink(missing_ok=True)  # a rerun of an unfinished run starts over
+    t = cfg.toy
+    start = time.perf_counter()
+    try:
+        problem = make_problem(t.n, t.m, t.r, t.inits, cfg.seed)
+        lrs = torch.linspace(t.lr_min, t.lr_max, t.lr_grid, dtype=F64)
+        s = cfg.adapter.alpha / cfg.adapter.r
+        out = toy_results(problem, lrs, s, t.steps, t.method, cfg.adapter.name == "balora",
+                          cfg.adapter.alignment, t.drop_above)
+        out.update(method=method, adapter=cfg.adapter.name, alignment=cfg.adapter.alignment
+                   if cfg.adapter.name == "balora" else None, optimizer=t.method, scale=s,
+                   seed=cfg.seed)
+        curves = torch.tensor([[math.nan if v is None else v for v in c] for c in out["excess"]],
+                              dtype=F64).reshape(t.inits, t.steps + 1)
+        median, q25, q75 = _quantiles(curves, dim=0)
+        for step in range(t.steps + 1):
+            record.log({"step": step, "toy/excess_median": median[step].item(),
+                        "toy/excess_q25": q25[step].item(), "toy/excess_q75": q75[step].item()})
+        text = json.dumps({k: _finite_or_none(v) for k, v in out.items()}).encode()
+        atomic_write(record.dir / "toy.json", lambda f: f.write(text))
+        final = median[-1].item()
+        summary = {
+            "status": "completed" if math.isfinite(final) else "diverged",
+            "final_excess_median": final,
+            "steps": t.steps,
+            "cond/kappa_median": _median(out["kappa"]),
+            "sharpness/median": _median(out["lambda_max"]),
+            "balora/gap_median": _median(out["gap"]),
+            "lr_median": _median(out["lr"]),
+            "wall_s": time.perf_counter() - start,
+            "error": None if math.isfinite(final) else "every learning rate dropped",
+        }
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        import traceback
+
+        traceback.print_exc()
+        summary = {"status": "failed", "steps": t.steps, "error": f"{type(e).__name__}: {e}"}
+    record.write_summary(summary)
+    record.close()
+    final = summary.get("final_excess_median")
+    print(f"[bench] {rid}: {summary['status']}"
+          + (f", median excess loss {final:.3g}" if final is not None else ""))
+    return summary

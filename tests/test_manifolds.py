@@ -1,0 +1,406 @@
+"""Generic checks that every low-rank geometry must pass (geoopt style), in float64.
+
+Each test runs on every geometry and on two shapes: one attention head (n = m = 12, r = 3) and
+one grouped-query KV group whose three query heads are stacked on the shared factor
+(n = 3 * 12, m = 12, r = 3; papers/knight.md §4).
+"""
+
+from __future__ import annotations
+
+import geoopt
+import pytest
+import torch
+
+from bench.manifolds import FIXED_RANK, GEOMETRIES, PARTIAL_ISOMETRY, make
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The matrices here are tiny: one thread avoids OpenMP overhead (and noise on busy hosts)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+SHAPES = {"per_head": (12, 12, 3), "per_kv_group": (36, 12, 3)}
+EMBEDDED = ("fixed_rank_embedded", "partial_isometry_embedded")
+
+
+@pytest.fixture(params=GEOMETRIES)
+def name(request):
+    return request.param
+
+
+@pytest.fixture(params=list(SHAPES), ids=list(SHAPES))
+def shape(request):
+    return SHAPES[request.param]
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def manifold(name, shape):
+    return make(name, *shape)
+
+
+@pytest.fixture
+def x(manifold, gen):
+    return manifold.random_point(dtype=torch.float64, generator=gen)
+
+
+def randn_like(t, gen):
+    return torch.randn(t.shape, dtype=t.dtype, generator=gen)
+
+
+def assert_on_manifold(manifold, x):
+    assert manifold.check_point(x)
+    assert manifold.check_point_on_manifold(x, atol=1e-10, rtol=1e-10)
+
+
+def assert_tangent(manifold, x, u):
+    ok, reason = manifold.check_vector_on_tangent(
+        x, u, ok_point=True, explain=True, atol=1e-10, rtol=1e-10
+    )
+    assert ok, reason
+
+
+def loss_of_dense(w: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A smooth, non-quadratic loss of W (what a model computes through the factors)."""
+    return torch.sin(w).sum() + 0.5 * ((w - target) ** 2).sum()
+
+
+def loss_and_egrad(manifold, x, target):
+    """f(x) and autograd's gradient of the packed tensor, f computed from factors(x)."""
+    x = x.detach().requires_grad_(True)
+    left, right = manifold.factors(x)
+    f = loss_of_dense(left @ right.T, target)
+    (g,) = torch.autograd.grad(f, x)
+    return f.detach(), g
+
+
+# ---------------------------------------------------------------------- points and layout
+def test_random_point_is_on_manifold(manifold, x):
+    assert x.shape == manifold.point_shape
+    assert x.dtype == torch.float64
+    assert_on_manifold(manifold, x)
+    batch = manifold.random_point(4, 2, dtype=torch.float32)
+    assert batch.shape == (4, 2, *manifold.point_shape) and batch.dtype == torch.float32
+    assert isinstance(manifold.random(), geoopt.ManifoldTensor)
+
+
+def test_pack_unpack_round_trip_and_factors(manifold, x):
+    n, m, r = manifold.n, manifold.m, manifold.r
+    blocks = manifold.unpack(x)
+    assert torch.equal(manifold.pack(*blocks), x)
+    left, right = manifold.factors(x)
+    assert left.shape == (n, r) and right.shape == (m, r)
+    w = manifold.to_dense(x)
+    assert w.shape == (n, m)
+    torch.testing.assert_close(w, left @ right.T)
+    if manifold.name == "fixed_rank_embedded":
+        u, v, s = blocks
+        torch.testing.assert_close(left, u @ s)
+        torch.testing.assert_close(right, v)
+
+
+def test_projx_lands_on_manifold(manifold, x, gen):
+    y = manifold.projx(x + 0.1 * randn_like(x, gen))
+    assert_on_manifold(manifold, y)
+    # a point already on the manifold keeps its matrix
+    torch.testing.assert_close(manifold.to_dense(manifold.projx(x)), manifold.to_dense(x))
+
+
+def test_repair_keeps_the_matrix_and_fixes_drift(manifold, x, gen):
+    torch.testing.assert_close(manifold.to_dense(manifold.repair(x)), manifold.to_dense(x))
+    drifted = x + 1e-6 * randn_like(x, gen)
+    repaired = manifold.repair(drifted)
+    assert_on_manifold(manifold, repaired)
+    torch.testing.assert_close(manifold.to_dense(repaired), manifold.to_dense(x), atol=1e-4, rtol=0)
+
+
+def test_repair_floors_small_singular_values():
+    manifold = make("fixed_rank_embedded", 12, 12, 3)
+    x = manifold.random_point(generator=torch.Generator().manual_seed(1))
+    u, v, _ = manifold.unpack(x)
+    s = torch.diag(torch.tensor([2.0, 1.0, 1e-12], dtype=torch.float64))
+    sigma = torch.linalg.svdvals(manifold.unpack(manifold.repair(manifold.pack(u, v, s)))[2])
+    assert sigma[-1] >= 2.0 * torch.finfo(torch.float64).eps ** 0.5 * 0.999
+
+
+# ------------------------------------------------------------------ tangent spaces
+def test_proju_is_idempotent_and_tangent(manifold, x, gen):
+    u = manifold.proju(x, randn_like(x, gen))
+    assert_tangent(manifold, x, u)
+    torch.testing.assert_close(manifold.proju(x, u), u)
+
+
+def test_egrad2rgrad_is_tangent(manifold, x, gen):
+    _, egrad = loss_and_egrad(manifold, x, randn_like(manifold.to_dense(x), gen))
+    assert_tangent(manifold, x, manifold.egrad2rgrad(x, egrad))
+
+
+def test_inner_is_symmetric_and_positive(manifold, x, gen):
+    u = manifold.random_tangent(x, generator=gen)
+    v = manifold.random_tangent(x, generator=gen)
+    torch.testing.assert_close(manifold.inner(x, u, v), manifold.inner(x, v, u))
+    assert manifold.inner(x, u) > 0
+    torch.testing.assert_close(manifold.inner(x, u), manifold.inner(x, u, u))
+    torch.testing.assert_close(manifold.norm(x, u) ** 2, manifold.inner(x, u))
+    assert manifold.inner(x, u, keepdim=True).shape == (1, 1)
+    assert manifold.component_inner(x, u).shape == x.shape
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_embedded_metric_is_frobenius_of_dense_tangents(name, shape, gen):
+    manifold = make(name, *shape)
+    x = manifold.random_point(generator=gen)
+    u = manifold.random_tangent(x, generator=gen)
+    v = manifold.random_tangent(x, generator=gen)
+    du, dv = manifold.tangent_to_dense(x, u), manifold.tangent_to_dense(x, v)
+    torch.testing.assert_close(manifold.inner(x, u, v), (du * dv).sum())
+
+
+@pytest.mark.parametrize(
+    "name, stiefel",
+    [
+        ("partial_isometry_quotient", geoopt.EuclideanStiefel()),
+        ("partial_isometry_canonical", geoopt.CanonicalStiefel()),
+    ],
+)
+def test_quotient_geometry_is_geoopts_stiefel_per_factor(name, stiefel, shape, gen):
+    """P2/P3: metric and gradient of geoopt's (Euclidean / canonical) Stiefel on each factor."""
+    manifold = make(name, *shape)
+    x = manifold.random_point(generator=gen)
+    u = manifold.random_tangent(x, generator=gen)
+    v = manifold.random_tangent(x, generator=gen)
+    factors, us, vs = manifold.unpack(x), manifold.unpack(u), manifold.unpack(v)
+    expected = sum(stiefel.inner(f, a, b) for f, a, b in zip(factors, us, vs))
+    torch.testing.assert_close(manifold.inner(x, u, v), expected)
+    # for a loss of W alone the Stiefel gradients of the two factors are already horizontal
+    _, egrad = loss_and_egrad(manifold, x, randn_like(manifold.to_dense(x), gen))
+    expected = [stiefel.egrad2rgrad(f, g) for f, g in zip(factors, manifold.unpack(egrad))]
+    torch.testing.assert_close(manifold.egrad2rgrad(x, egrad), manifold.pack(*expected))
+
+
+# ------------------------------------------------------------------------ retraction
+def test_retraction_stays_on_manifold(manifold, x, gen):
+    u = manifold.random_tangent(x, generator=gen)
+    u = 0.3 * u / manifold.norm(x, u)
+    assert_on_manifold(manifold, manifold.retr(x, u))
+    # an arbitrary (non-tangent) direction, like RiemannianAdam's, is projected first
+    assert_on_manifold(manifold, manifold.retr(x, 0.05 * randn_like(x, gen)))
+    torch.testing.assert_close(
+        manifold.to_dense(manifold.retr(x, torch.zeros_like(x))), manifold.to_dense(x)
+    )
+
+
+def test_retraction_is_first_order(manifold, x, gen):
+    v = manifold.random_tangent(x, generator=gen)
+    t = 1e-5
+    fd = manifold.to_dense(manifold.retr(x, t * v)) - manifold.to_dense(manifold.retr(x, -t * v))
+    torch.testing.assert_close(fd / (2 * t), manifold.tangent_to_dense(x, v), atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_embedded_retraction_is_the_truncated_svd(name, shape, gen):
+    manifold = make(name, *shape)
+    x = manifold.random_point(generator=gen)
+    u = manifold.random_tangent(x, generator=gen)
+    target = manifold.to_dense(x) + manifold.tangent_to_dense(x, u)
+    a, sigma, bh = torch.linalg.svd(target)
+    r = manifold.r
+    kept = sigma[:r] if name == "fixed_rank_embedded" else torch.ones_like(sigma[:r])
+    expected = (a[:, :r] * kept) @ bh[:r]
+    torch.testing.assert_close(manifold.to_dense(manifold.retr(x, u)), expected)
+
+
+# ------------------------------------------------------------------------- transport
+def test_transport_lands_in_new_tangent_space(manifold, x, gen):
+    u = manifold.random_tangent(x, generator=gen)
+    v = manifold.random_tangent(x, generator=gen)
+    y = manifold.retr(x, 0.3 * u / manifold.norm(x, u))
+    w = manifold.transp(x, y, v)
+    assert_tangent(manifold, y, w)
+    y2, w2 = manifold.retr_transp(x, 0.3 * u / manifold.norm(x, u), v)
+    torch.testing.assert_close(y2, y)
+    torch.testing.assert_close(w2, w)
+
+
+def test_transport_to_the_same_point_is_identity(manifold, x, gen):
+    v = manifold.random_tangent(x, generator=gen)
+    torch.testing.assert_close(manifold.transp(x, x, v), v)
+
+
+def test_transport_to_a_repaired_point_keeps_the_dense_vector(manifold, x, gen):
+    v = manifold.random_tangent(x, generator=gen)
+    y = manifold.repair(x)
+    torch.testing.assert_close(
+        manifold.tangent_to_dense(y, manifold.transp(x, y, v)), manifold.tangent_to_dense(x, v)
+    )
+
+
+# -------------------------------------------------------------------------- gradient
+def test_rgrad_matches_directional_derivative(manifold, x, gen):
+    """<grad f(x), v>_x = d/dt f(retr(x, t v)) at t = 0, central differences."""
+    target = randn_like(manifold.to_dense(x), gen)
+    _, egrad = loss_and_egrad(manifold, x, target)
+    rgrad = manifold.egrad2rgrad(x, egrad)
+    for _ in range(3):
+        v = manifold.random_tangent(x, generator=gen)
+        t = 1e-6
+        f_plus = loss_of_dense(manifold.to_dense(manifold.retr(x, t * v)), target)
+        f_minus = loss_of_dense(manifold.to_dense(manifold.retr(x, -t * v)), target)
+        fd = (f_plus - f_minus) / (2 * t)
+        torch.testing.assert_close(manifold.inner(x, rgrad, v), fd, atol=1e-6, rtol=1e-6)
+
+
+def test_quotient_rgrad_is_gram_preconditioned_factor_gradient(shape, gen):
+    """R2 (knight.md §3): grad = (G R (R^T R)^{-1}, G^T L (L^T L)^{-1}), G = dL/dW."""
+    manifold = make("fixed_rank_quotient", *shape)
+    x = manifold.random_point(generator=gen)
+    target = randn_like(manifold.to_dense(x), gen)
+    w = manifold.to_dense(x).requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_of_dense(w, target), w)
+    left, right = manifold.unpack(x)
+    expected = manifold.pack(
+        g @ right @ torch.linalg.inv(right.T @ right), g.T @ left @ torch.linalg.inv(left.T @ left)
+    )
+    _, egrad = loss_and_egrad(manifold, x, target)
+    torch.testing.assert_close(manifold.egrad2rgrad(x, egrad), expected)
+
+
+def test_rgrad_is_steepest_ascent(manifold, x, gen):
+    """The Riemannian gradient's norm is the largest directional derivative per unit step."""
+    target = randn_like(manifold.to_dense(x), gen)
+    _, egrad = loss_and_egrad(manifold, x, target)
+    rgrad = manifold.egrad2rgrad(x, egrad)
+    best = manifold.norm(x, rgrad)
+    for _ in range(5):
+        v = manifold.random_tangent(x, generator=gen)
+        assert manifold.inner(x, rgrad, v) / manifold.norm(x, v) <= best * (1 + 1e-12)
+
+
+# ------------------------------------------------------------------- batched points
+def test_batched_points_match_one_by_one(manifold, gen):
+    xs = manifold.random_point(2, dtype=torch.float64, generator=gen)
+    gs = randn_like(xs, gen)
+    us = torch.stack([manifold.random_tangent(xs[i], generator=gen) for i in range(2)])
+    ys = manifold.retr(xs, 0.1 * us)
+    rg = manifold.egrad2rgrad(xs, gs)
+    tr = manifold.transp(xs, ys, us)
+    inner = manifold.inner(xs, us, keepdim=True)
+    assert inner.shape == (2, 1, 1)
+    for i in range(2):
+        torch.testing.assert_close(ys[i], manifold.retr(xs[i], 0.1 * us[i]))
+        torch.testing.assert_close(rg[i], manifold.egrad2rgrad(xs[i], gs[i]))
+        torch.testing.assert_close(tr[i], manifold.transp(xs[i], ys[i], us[i]))
+        torch.testing.assert_close(inner[i, 0, 0], manifold.inner(xs[i], us[i]))
+
+
+# -------------------------------------------------------------------- from_factors
+def test_from_factors(manifold, gen):
+    n, m, r = manifold.n, manifold.m, manifold.r
+    left = torch.randn(n, r, dtype=torch.float64, generator=gen)
+    right = torch.randn(m, r, dtype=torch.float64, generator=gen)
+    x, scale = manifold.from_factors(left, right)
+    assert_on_manifold(manifold, x)
+    w = left @ right.T
+    if manifold.name in FIXED_RANK:
+        assert scale is None
+        torch.testing.assert_close(manifold.to_dense(x), w)
+    else:
+        a, sigma, bh = torch.linalg.svd(w)
+        torch.testing.assert_close(manifold.to_dense(x), a[:, :r] @ bh[:r])
+        torch.testing.assert_close(scale, sigma[:r].norm() / r**0.5)
+
+
+# -------------------------------------------------------------------------- errors
+def test_make_rejects_unknown_geometry():
+    with pytest.raises(ValueError) as err:
+        make("fixed_rank", 12, 12, 3)
+    for allowed in GEOMETRIES:
+        assert allowed in str(err.value)
+
+
+@pytest.mark.parametrize("n, m, r", [(12, 12, 0), (12, 12, 13), (36, 12, 13), (4, 12, -1)])
+def test_make_rejects_bad_rank(name, n, m, r):
+    with pytest.raises(ValueError) as err:
+        make(name, n, m, r)
+    message = str(err.value)
+    assert f"r={r}" in message and f"n={n}" in message and f"m={m}" in message
+
+
+@pytest.mark.parametrize("name", PARTIAL_ISOMETRY)
+def test_non_orthonormal_partial_isometry_is_rejected(name, gen):
+    manifold = make(name, 12, 12, 3)
+    u, v = manifold.unpack(manifold.random_point(generator=gen))
+    bad = manifold.pack(2.0 * u, v)
+    with pytest.raises(ValueError, match="not orthonormal"):
+        manifold.check_point(bad)
+    with pytest.raises(ValueError):
+        geoopt.ManifoldParameter(bad, manifold=manifold).manifold.assert_check_point_on_manifold(
+            bad
+        )
+
+
+def test_wrong_shape_is_rejected(manifold):
+    with pytest.raises(ValueError, match="shape"):
+        manifold.check_point(torch.zeros(5, manifold.r, dtype=torch.float64))
+
+
+# -------------------------------------------------------------------------- memory
+def _peak_rss_since_reset() -> int | None:
+    """Linux: reset the peak-RSS counter (VmHWM) and return a reader of its growth."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        with open("/proc/self/status") as f:
+            status = f.read()
+    except OSError:
+        return None
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmHWM:")[1].split()[0]) * 1024
+
+
+def test_large_steps_never_allocate_an_n_by_m_matrix():
+    """n = m = 20000, r = 8: one RiemannianAdam and one RiemannianNormalized step per geometry.
+
+    An n x m float32 matrix would take n * m * 4 = 1.6 GB; the peak resident memory may grow
+    by less than half of that while the steps run (the whole point set is ~1.3 MB).
+    """
+    from bench.optim.riemannian import RiemannianNormalized
+
+    n = m = 20000
+    r = 8
+    gen = torch.Generator().manual_seed(0)
+    dense_bytes = n * m * 4
+    baseline = _peak_rss_since_reset()
+    if baseline is None:
+        pytest.skip("peak RSS cannot be reset on this system")
+    for name in GEOMETRIES:
+        manifold = make(name, n, m, r)
+        t_left = torch.randn(n, r, generator=gen) / n**0.5
+        t_right = torch.randn(m, r, generator=gen) / m**0.5
+        for opt_cls in (geoopt.optim.RiemannianAdam, RiemannianNormalized):
+            p = geoopt.ManifoldParameter(
+                manifold.random_point(dtype=torch.float32, generator=gen), manifold=manifold
+            )
+            opt = opt_cls([p], lr=1e-2)
+            left, right = manifold.factors(p)
+            # 1/2 ||L R^T - T_L T_R^T||^2 in factored form (r x r Gram products only)
+            loss = 0.5 * (
+                ((left.T @ left) * (right.T @ right)).sum()
+                - 2 * ((left.T @ t_left) * (right.T @ t_right)).sum()
+            )
+            loss.backward()
+            opt.step()
+            assert manifold.check_point(p.detach())
+    growth = _peak_rss() - baseline
+    assert growth < 0.5 * dense_bytes, f"peak RSS grew by {growth / 1e6:.0f} MB"

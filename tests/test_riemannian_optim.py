@@ -1,0 +1,183 @@
+"""Riemannian optimizers on every geometry: a small low-rank matrix approximation is solved,
+points stay on their manifold, and the normalized step has the length the template says."""
+
+from __future__ import annotations
+
+import copy
+
+import geoopt
+import pytest
+import torch
+
+from bench.manifolds import FIXED_RANK, GEOMETRIES, make
+from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, RiemannianNormalized, build_riemannian
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The matrices here are tiny: one thread avoids OpenMP overhead (and noise on busy hosts)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+N, M, R = 20, 15, 3
+LR = {"riemannian_normalized": 0.02, "riemannian_sgd": 0.05, "riemannian_adam": 0.03}
+
+
+def approximation_problem(name: str, seed: int = 0, dtype=torch.float64):
+    """Manifold, target T, start point and scale s for min 1/2 ||s L R^T - T||^2.
+
+    Fixed rank: T of rank 3 (singular values 3, 2, 1), s = 1. Partial isometries: T = 2 U0 V0^T
+    and the (Euclidean, model-owned) scale fixed at its optimum s = 2. Optimal loss: 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    manifold = make(name, N, M, R)
+    qa = torch.linalg.qr(torch.randn(N, R, generator=g, dtype=dtype))[0]
+    qb = torch.linalg.qr(torch.randn(M, R, generator=g, dtype=dtype))[0]
+    fixed = name in FIXED_RANK
+    sigma = torch.tensor([3.0, 2.0, 1.0] if fixed else [2.0] * 3, dtype=dtype)
+    target = (qa * sigma) @ qb.T
+    x0 = manifold.random_point(dtype=dtype, generator=g)
+    return manifold, target, x0, 1.0 if fixed else 2.0
+
+
+def loss_fn(manifold, p, target, scale):
+    left, right = manifold.factors(p)
+    return 0.5 * ((scale * left @ right.T - target) ** 2).sum()
+
+
+@pytest.mark.parametrize("opt_name", RIEMANNIAN_OPTIMIZERS)
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_optimizer_solves_low_rank_approximation(name, opt_name):
+    manifold, target, x0, scale = approximation_problem(name)
+    p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
+    opt = build_riemannian(opt_name, [p], LR[opt_name])
+    first = loss_fn(manifold, p, target, scale).item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss_fn(manifold, p, target, scale).backward()
+        opt.step()
+    last = loss_fn(manifold, p, target, scale).item()
+    assert last < 1e-3 * first, (first, last)
+    assert manifold.check_point(p.detach())
+
+
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_normalized_step_length_is_lr(name):
+    manifold, target, x0, scale = approximation_problem(name)
+    p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
+    lr = 0.1
+    opt = RiemannianNormalized([p], lr=lr, momentum=0.9, c=1e-3)
+    loss_fn(manifold, p, target, scale).backward()
+    rgrad = manifold.egrad2rgrad(x0, p.grad)
+    opt.step()
+    # first step: M = (1 - nu) G_R, T = -lr M / ||M|| (||M|| > c here)
+    step = -lr * rgrad / manifold.norm(x0, rgrad)
+    torch.testing.assert_close(manifold.norm(x0, step), torch.tensor(lr, dtype=torch.float64))
+    torch.testing.assert_close(p.detach(), manifold.retr(x0, step))
+    torch.testing.assert_close(opt.state[p]["step_norm"], torch.full((1, 1), lr, dtype=p.dtype))
+    # the momentum was transported to the new point
+    ok, reason = manifold.check_vector_on_tangent(
+        p.detach(), opt.state[p]["momentum"], explain=True, atol=1e-10, rtol=1e-10
+    )
+    assert ok, reason
+
+
+def test_normalized_step_below_the_floor_is_not_normalized():
+    manifold, _, x0, _ = approximation_problem("fixed_rank_embedded")
+    p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
+    opt = RiemannianNormalized([p], lr=0.1, momentum=0.0, c=1.0)
+    p.grad = 1e-3 * manifold.random_tangent(x0, generator=torch.Generator().manual_seed(3))
+    opt.step()
+    norm = manifold.norm(x0, manifold.egrad2rgrad(x0, p.grad))
+    torch.testing.assert_close(opt.state[p]["step_norm"][0, 0], 0.1 * norm)
+
+
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_normalized_steps_each_point_of_a_batch_by_its_own_norm(name):
+    manifold = make(name, N, M, R)
+    g = torch.Generator().manual_seed(0)
+    p = geoopt.ManifoldParameter(manifold.random_point(4, generator=g), manifold=manifold)
+    opt = RiemannianNormalized([p], lr=0.05)
+    scales = torch.tensor([1e-2, 1.0, 10.0, 100.0], dtype=torch.float64).view(4, 1, 1)
+    p.grad = scales * torch.randn(p.shape, dtype=p.dtype, generator=g)
+    opt.step()
+    torch.testing.assert_close(
+        opt.state[p]["step_norm"], torch.full((4, 1, 1), 0.05, dtype=torch.float64)
+    )
+    assert manifold.check_point(p.detach())
+
+
+@pytest.mark.parametrize("name", GEOMETRIES)
+def test_float32_with_repair_stays_on_manifold(name):
+    manifold, target, x0, scale = approximation_problem(name, dtype=torch.float32)
+    p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
+    opt = RiemannianNormalized([p], lr=0.05, repair_every=10)
+    for _ in range(100):
+        opt.zero_grad()
+        loss_fn(manifold, p, target, scale).backward()
+        opt.step()
+    assert manifold.check_point(p.detach())
+
+
+def test_state_dict_resume_is_bitwise():
+    manifold, target, x0, scale = approximation_problem("partial_isometry_quotient")
+
+    def run(p, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            loss_fn(manifold, p, target, scale).backward()
+            opt.step()
+
+    p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
+    opt = RiemannianNormalized([p], lr=0.05, repair_every=3)
+    run(p, opt, 5)
+    saved_p, saved_opt = p.detach().clone(), copy.deepcopy(opt.state_dict())
+    run(p, opt, 5)
+
+    q = geoopt.ManifoldParameter(saved_p, manifold=manifold)
+    opt2 = RiemannianNormalized([q], lr=0.05, repair_every=3)
+    opt2.load_state_dict(saved_opt)
+    run(q, opt2, 5)
+    assert torch.equal(p.detach(), q.detach())
+
+
+def test_plain_tensors_take_a_euclidean_normalized_step():
+    w = torch.nn.Parameter(torch.zeros(3, 4, dtype=torch.float64))
+    opt = RiemannianNormalized([w], lr=0.5, momentum=0.0)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    torch.testing.assert_close(w.detach().norm(), torch.tensor(0.5, dtype=torch.float64))
+
+
+def test_build_riemannian_rejects_unknown_name():
+    p = geoopt.ManifoldParameter(
+        make("fixed_rank_quotient", 4, 4, 2).random_point(),
+        manifold=make("fixed_rank_quotient", 4, 4, 2),
+    )
+    with pytest.raises(ValueError) as err:
+        build_riemannian("riemannian_lbfgs", [p], 0.1)
+    for allowed in RIEMANNIAN_OPTIMIZERS:
+        assert allowed in str(err.value)
+
+
+@pytest.mark.parametrize("opt_name", RIEMANNIAN_OPTIMIZERS)
+def test_build_riemannian_needs_manifold_parameters(opt_name):
+    with pytest.raises(ValueError, match="has no manifold parameters"):
+        build_riemannian(opt_name, [torch.nn.Parameter(torch.zeros(3))], 0.1)
+    with pytest.raises(ValueError, match="has no manifold parameters"):
+        build_riemannian(opt_name, [], 0.1)
+
+
+def test_build_riemannian_accepts_param_groups_and_generators():
+    manifold = make("partial_isometry_canonical", 6, 5, 2)
+    p = geoopt.ManifoldParameter(manifold.random_point(), manifold=manifold)
+    opt = build_riemannian("riemannian_sgd", [{"params": [p], "lr": 0.2}], 0.1)
+    assert isinstance(opt, geoopt.optim.RiemannianSGD)
+    assert opt.param_groups[0]["lr"] == 0.2 and opt.param_groups[0]["momentum"] == 0.9
+    opt = build_riemannian("riemannian_adam", (q for q in [p]), 0.1)
+    assert isinstance(opt, geoopt.optim.RiemannianAdam)
+    opt = build_riemannian("riemannian_normalized", [p], 0.1, momentum=0.5, c=1e-2)
+    assert isinstance(opt, RiemannianNormalized)
+    assert opt.param_groups[0]["momentum"] == 0.5

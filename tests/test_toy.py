@@ -1,0 +1,212 @@
+"""The balora_toy study (bench/toy.py, analysis/toy.py): maths, run records, figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+import yaml
+from conftest import compose, read_jsonl, run_cli, run_dirs
+
+from analysis.toy import load_toy, toy_figures, toy_table
+from bench.adapters.balora import balancing_gap
+from bench.config import ConfigError
+from bench.toy import (
+    Stepper,
+    choose_lr,
+    loss_and_grads,
+    make_problem,
+    run_toy,
+    simulate,
+    toy_loss,
+)
+
+F64 = torch.float64
+SMALL = ["toy.inits=2", "toy.lr_grid=5", "toy.steps=20"]
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread, as a sweep worker has (tiny ops, shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_closed_form_gradients_match_autograd():
+    g = torch.Generator().manual_seed(0)
+    n, m, r, s = 7, 5, 3, 0.7
+    W0, T = torch.randn(n, m, generator=g, dtype=F64), torch.randn(n, m, generator=g, dtype=F64)
+    A = torch.randn(2, 3, r, m, generator=g, dtype=F64, requires_grad=True)
+    B = torch.randn(2, 3, n, r, generator=g, dtype=F64, requires_grad=True)
+    loss, grad_A, grad_B = loss_and_grads(A.detach(), B.detach(), W0, T, s)
+    expected = torch.stack([toy_loss(W0, T, s)(A[i, j], B[i, j])
+                            for i in range(2) for j in range(3)]).view(2, 3)
+    auto_A, auto_B = torch.autograd.grad(expected.sum(), [A, B])
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_A, auto_A, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_B, auto_B, rtol=1e-12, atol=1e-12)
+
+
+def test_optimal_loss_is_the_truncated_svd_loss():
+    problem = make_problem(8, 6, 2, inits=1, seed=3)
+    U, S, Vh = torch.linalg.svd(problem.T - problem.W0)
+    B, A = U[:, :2] * S[:2], Vh[:2]  # the best rank-2 fit of T - W0
+    assert toy_loss(problem.W0, problem.T, 1.0)(A, B).item() == pytest.approx(
+        problem.optimal_loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", ["gd", "sign_gd", "adam"])
+def test_balora_step_keeps_product_and_balances(method):
+    """One BaLoRA step = one LoRA step followed by the projection: same B A, balanced factors."""
+    problem = make_problem(10, 8, 3, inits=2, seed=1)
+    lrs = torch.tensor([1e-3, 1e-2, 5e-2], dtype=F64)
+    lora = simulate(problem, lrs, 1.0, 1, method, balanced=False)
+    balora = simulate(problem, lrs, 1.0, 1, method, balanced=True)
+    torch.testing.assert_close(balora.B @ balora.A, lora.B @ lora.A, rtol=0, atol=1e-12)
+    torch.testing.assert_close(balora.losses, lora.losses, rtol=1e-12, atol=1e-12)
+    BtB, AAt = balora.B.mT @ balora.B, balora.A @ balora.A.mT
+    torch.testing.assert_close(BtB, AAt, rtol=0, atol=1e-10 * AAt.abs().max().item())
+    assert balancing_gap(lora.A, lora.B) > 1.0  # LoRA's init (B = 0, A random) is unbalanced
+
+
+def test_no_projection_before_the_first_step():
+    problem = make_problem(6, 6, 2, inits=1, seed=0)
+    traj = simulate(problem, torch.tensor([0.1], dtype=F64), 1.0, 0, "gd", balanced=True)
+    assert torch.equal(traj.A[0, 0], problem.A0[0]) and not traj.B.any()
+
+
+def test_adam_first_step_is_a_sign_step():
+    g = torch.tensor([[-2.0, 0.5], [3e-3, 0.0]], dtype=F64)
+    A = torch.zeros(2, 2, dtype=F64)
+    adam_A, _ = Stepper("adam", torch.tensor(0.1, dtype=F64)).step(A, A, g, g)
+    sign_A, _ = Stepper("sign_gd", torch.tensor(0.1, dtype=F64)).step(A, A, g, g)
+    torch.testing.assert_close(adam_A, -0.1 * torch.sign(g), rtol=1e-5, atol=0)
+    torch.testing.assert_close(sign_A, adam_A, rtol=1e-5, atol=0)
+
+
+def test_diverging_learning_rates_are_dropped_without_nans():
+    problem = make_problem(20, 20, 4, inits=2, seed=0)
+    lrs = torch.tensor([0.02, 5.0], dtype=F64)
+    for balanced in (False, True):
+        traj = simulate(problem, lrs, 1.0, 30, "gd", balanced, drop_above=1e5)
+        assert traj.kept[:, 0].all() and not traj.kept[:, 1].any()
+        assert torch.isfinite(traj.A).all() and torch.isfinite(traj.B).all()
+        assert choose_lr(traj).tolist() == [0, 0]
+
+
+def test_toy_rank_must_match_adapter_rank(tmp_path, one_thread):
+    cfg = compose(["+experiment=balora_toy", "toy.r=3", f"out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="toy.r=3 must equal adapter.r=4"):
+        run_toy(cfg)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_toy_run_is_deterministic(tmp_path, one_thread):
+    outs = []
+    for name in ("a", "b"):
+        cfg = compose(["+experiment=balora_toy", "adapter=balora_sign", "toy.method=adam",
+                       *SMALL, f"out_dir={tmp_path / name}"])
+        run_toy(cfg)
+        (run,) = run_dirs(tmp_path / name)
+        outs.append((run.name, (run / "toy.json").read_text()))
+    assert outs[0] == outs[1]
+    assert outs[0][0].startswith("balora_sign-adam-s0-")
+
+
+def test_reduced_study_writes_records_and_figures(tmp_path, one_thread):
+    out = tmp_path / "runs"
+    args = ["-m", "+experiment=balora_toy", "adapter=lora,balora", "toy.method=gd", "seed=0", *SMALL,
+            f"out_dir={out}"]
+    start = time.perf_counter()
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    elapsed = time.perf_counter() - start
+    dirs = run_dirs(out)
+    assert [d.parent.name for d in dirs] == ["balora_toy"] * 2
+    methods = {}
+    for d in dirs:
+        config = yaml.safe_load((d / "config.yaml").read_text())
+        assert config["task"] == "toy" and config["meta"]["run_id"] == d.name
+        assert config["adapter"]["alpha"] == config["adapter"]["r"] == config["toy"]["r"] == 4
+        methods[config["meta"]["method"]] = d
+        rows = read_jsonl(d / "metrics.jsonl")
+        assert [row["step"] for row in rows] == list(range(21))
+        for row in rows:
+            assert row["toy/excess_q25"] <= row["toy/excess_median"] <= row["toy/excess_q75"]
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["error"] is None
+        assert summary["steps"] == 20
+        assert summary["final_excess_median"] == pytest.approx(rows[-1]["toy/excess_median"])
+        toy = json.loads((d / "toy.json").read_text())
+        assert toy["method"] == config["meta"]["method"] and toy["optimal_loss"] > 0
+        assert len(toy["lr"]) == len(toy["excess"]) == len(toy["kappa"]) == 2
+        assert all(len(curve) == 21 for curve in toy["excess"])
+        assert all(lr in toy["lr_grid"] for lr in toy["lr"])
+        assert all(math.isfinite(k) and k >= 1 for k in toy["kappa"])
+        assert all(lam > 0 for lam in toy["lambda_max"])
+        assert summary["cond/kappa_median"] >= 1
+    assert set(methods) == {"lora/gd", "balora/gd"}
+    assert json.loads((methods["balora/gd"] / "toy.json").read_text())["alignment"] == "procrustes"
+    assert max(json.loads((methods["balora/gd"] / "toy.json").read_text())["gap"]) < 1e-8
+    assert min(json.loads((methods["lora/gd"] / "toy.json").read_text())["gap"]) > 1.0
+
+    # a rerun of the same config finds its completed record (same run id) and leaves it alone
+    before = (methods["balora/gd"] / "toy.json").stat().st_mtime_ns
+    cfg = compose(["+experiment=balora_toy", "adapter=balora", "toy.method=gd", *SMALL,
+                   f"out_dir={out}"])
+    summary = run_toy(cfg)
+    assert summary == json.loads((methods["balora/gd"] / "summary.json").read_text())
+    assert (methods["balora/gd"] / "toy.json").stat().st_mtime_ns == before
+    assert len(run_dirs(out)) == 2
+
+    figures = toy_figures(out / "balora_toy", tmp_path / "figures")
+    names = sorted(p.name for p in figures)
+    assert names == ["balora_toy_excess_loss.pdf", "balora_toy_excess_loss.png",
+                     "balora_toy_kappa_hist.pdf", "balora_toy_kappa_hist.png",
+                     "balora_toy_toy.md"]
+    assert all(p.stat().st_size > 0 for p in figures)
+    assert elapsed < 60
+
+
+def test_toy_figures_ignore_folders_without_toy_runs(tmp_path):
+    (tmp_path / "sweep" / "run").mkdir(parents=True)
+    (tmp_path / "sweep" / "run" / "config.yaml").write_text("task: lm\n")
+    assert toy_figures(tmp_path / "sweep", tmp_path / "figures") == []
+    assert toy_figures(tmp_path / "missing", tmp_path / "figures") == []
+
+
+# ------------------------------------------------------------------------ the full study
+@pytest.fixture(scope="module")
+def full_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy") / "runs"
+    start = time.perf_counter()
+    proc = run_cli(["-m", "+experiment=balora_toy", f"out_dir={out}"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "balora_toy", time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_full_study_completes_in_time_and_balora_wins_with_gd(full_study):
+    sweep_dir, elapsed = full_study
+    runs = run_dirs(sweep_dir.parent)
+    assert len(runs) == 12 and elapsed < 300
+    for d in runs:
+        assert json.loads((d / "summary.json").read_text())["status"] == "completed"
+    table = toy_table(load_toy(runs)).set_index(["optimizer", "variant"])
+    assert table.loc[("gd", "BaLoRA"), "LoRA / this"] > 1
+    assert table.loc[("gd", "LoRA"), "median kappa"] > table.loc[("gd", "BaLoRA"), "median kappa"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reproduced at seed 0: LoRA / BaLoRA = 2.3x with GD "
+                   "(experiments/balora_toy/README.md); the gap depends on sigma_r - sigma_r+1 "
+                   "of the one (T, W0) draw")
+def test_full_study_gd_gap_is_at_least_10x(full_study):
+    sweep_dir, _ = full_study
+    table = toy_table(load_toy(run_dirs(sweep_dir.parent))).set_index(["optimizer", "variant"])
+    assert table.loc[("gd", "BaLoRA"), "LoRA / this"] >= 10
