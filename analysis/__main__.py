@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -64,9 +64,9 @@ def run(args: dict) -> list[str]:
         curves = load_curves(runs)
 
     from analysis.plots import draw_sweep
-    from analysis.toy import toy_figures
     from analysis.report import write_report
     from analysis.tables import write_summary
+    from analysis.toy import toy_figures
     from analysis.tuning import tuned_table, write_tuned
 
     baseline = args["baseline"]

@@ -120,7 +120,8 @@ def test_toy_run_is_deterministic(tmp_path, one_thread):
 
 def test_reduced_study_writes_records_and_figures(tmp_path, one_thread):
     out = tmp_path / "runs"
-    args = ["-m", "+experiment=balora_toy", "adapter=lora,balora", "toy.method=gd", "seed=0", *SMALL,
+    args = ["-m", "+experiment=balora_toy", "adapter=lora,balora", "toy.method=gd", "seed=0",
+            *SMALL,
             f"out_dir={out}"]
     start = time.perf_counter()
     proc = run_cli(args)
