@@ -246,3 +246,41 @@ def kappa_vs_step(runs, curves, figures, sweep, **_):
 def balora_gap_vs_step(runs, curves, figures, sweep, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "balora/gap", "balora_gap_vs_step",
                            "balance gap ||B^T B - A A^T||_F")
+
+
+@figure("lr_scale_heatmap")
+def lr_scale_heatmap(runs, curves, figures, sweep, **_):
+    """Mean final eval loss over seeds on the grid learning rate x alpha/r, one panel per method
+    that swept both (BaLoRA paper Fig. 4). A cell where any seed diverged or failed is hatched."""
+    lm = lm_runs(runs)
+    needed = {"optimizer.lr", "adapter.alpha", "adapter.r", "final_eval_loss"}
+    if lm.empty or not needed <= set(lm.columns):
+        return []
+    lm = lm.assign(scale=lm["adapter.alpha"] / lm["adapter.r"],
+                   bad=lm["status"].isin(BAD_STATUSES))
+    panels = [m for m, g in lm.groupby("method")
+              if g["optimizer.lr"].nunique() > 1 and g["scale"].nunique() > 1]
+    if not panels:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    vmin, vmax = lm["final_eval_loss"].min(), lm["final_eval_loss"].quantile(0.9)
+    for ax, method in zip(axes[0], panels):
+        g = lm[lm["method"] == method]
+        mean = g.pivot_table(index="scale", columns="optimizer.lr", values="final_eval_loss",
+                             aggfunc="mean")
+        bad = g.pivot_table(index="scale", columns="optimizer.lr", values="bad", aggfunc="any")
+        image = ax.imshow(mean.to_numpy(dtype=float), origin="lower", cmap="viridis_r",
+                          vmin=vmin, vmax=vmax, aspect="auto")
+        for (i, j), value in np.ndenumerate(mean.to_numpy(dtype=float)):
+            failed = bool(bad.to_numpy()[i, j])
+            text = "div." if failed or not np.isfinite(value) else f"{value:.3f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6,
+                    color="red" if failed else "white")
+        ax.set_xticks(range(mean.shape[1]), [f"{v:g}" for v in mean.columns], rotation=45)
+        ax.set_yticks(range(mean.shape[0]), [f"{v:g}" for v in mean.index])
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("alpha / r")
+        ax.set_title(method, fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), label="final eval loss (mean over seeds)")
+    fig.suptitle(f"{sweep}: final eval loss over learning rate x alpha/r", fontsize=10)
+    return save(fig, figures, f"{sweep}_lr_scale_heatmap")

@@ -252,3 +252,22 @@ def test_report_question_comes_from_the_study_readme(tmp_path, readme):
     (tmp_path / "s" / "README.md").write_text(readme)
     assert question("s", tmp_path) == "Is BaLoRA faster?"
     assert "no study README" in question("other", tmp_path)
+
+
+def test_heatmap_over_lr_and_scale_marks_diverged_cells(tmp_path):
+    import yaml as _yaml
+
+    from analysis.plots import lr_scale_heatmap
+
+    for i, alpha in enumerate((4, 16)):
+        for lr in (1e-3, 1e-2):
+            diverged = alpha == 16 and lr == 1e-2
+            run_dir = write_run(tmp_path, "hm", lr=lr, seed=i, losses=(3, 2.0 + lr + alpha / 100),
+                                status="diverged" if diverged else "completed")
+            cfg = _yaml.safe_load((run_dir / "config.yaml").read_text())
+            cfg["adapter"]["alpha"] = alpha
+            (run_dir / "config.yaml").write_text(_yaml.safe_dump(cfg))
+    df = load_runs(tmp_path)
+    paths = lr_scale_heatmap(df, None, tmp_path / "fig", "hm")
+    assert [p.name for p in paths] == ["hm_lr_scale_heatmap.png", "hm_lr_scale_heatmap.pdf"]
+    assert lr_scale_heatmap(load_runs(tmp_path).head(1), None, tmp_path / "fig2", "x") == []
