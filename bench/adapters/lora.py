@@ -51,6 +51,42 @@ class LoRALinear(nn.Module):
             self.merged = False
 
 
+class ManifoldLoRALinear(nn.Module):
+    """Riemannian LoRA: the update s * dW with dW = L R^T a point of a rank-r manifold.
+
+    dW = 0 is not on a fixed-rank manifold, so the point starts at a small random rank-r dW0
+    (entries ~ init_scale) and s * dW0 is subtracted from the frozen base weight: the function at
+    init is unchanged (issue: Riemannian LoRA). x (..., in) -> base(x) + s (x R) L^T.
+    """
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, geometry: str, init_scale: float):
+        super().__init__()
+        import geoopt
+
+        from bench.manifolds import PARTIAL_ISOMETRY, make
+
+        if geometry in PARTIAL_ISOMETRY:
+            raise ConfigError(
+                f"adapter.geometry={geometry!r}: a LoRA update is a rank-r matrix, use "
+                "fixed_rank_embedded or fixed_rank_quotient"
+            )
+        out_f, in_f = base.weight.shape
+        self.base, self.r, self.scaling = base, r, alpha / r
+        self.manifold = make(geometry, out_f, in_f, r)
+        x0 = self.manifold.random_point(dtype=torch.float64)
+        left, right = self.manifold.factors(x0)  # (out, r), (in, r), entries ~ 1 / sqrt(dim)
+        c = init_scale * (out_f * in_f) ** 0.25  # so that dW0 = c^2 L R^T has entries ~ init_scale
+        x0, _ = self.manifold.from_factors(c * left, c * right)
+        self.point = geoopt.ManifoldParameter(x0.to(base.weight.dtype), manifold=self.manifold)
+        with torch.no_grad():
+            left, right = self.manifold.factors(self.point)
+            base.weight -= self.scaling * (left @ right.T)  # keep the function at init
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = self.manifold.factors(self.point)  # (out, r), (in, r)
+        return self.base(x) + (x @ right) @ left.T * self.scaling
+
+
 def gap(layer: LoRALinear) -> torch.Tensor:
     """||B^T B - A A^T||_F, two r x r Grams (papers/balora.md §2)."""
     A, B = layer.lora_A.detach(), layer.lora_B.detach()
@@ -83,10 +119,14 @@ class LoRA(Adapter):
         return model
 
     def make_layer(self, linear: nn.Linear) -> nn.Module:
-        return LoRALinear(linear, self.cfg.r, self.cfg.alpha, self.cfg.dropout)
+        c = self.cfg
+        if c.get("geometry", "euclidean") != "euclidean":
+            return ManifoldLoRALinear(linear, c.r, c.alpha, c.geometry, c.init_scale)
+        return LoRALinear(linear, c.r, c.alpha, c.dropout)
 
     def layers(self) -> list[LoRALinear]:
-        return [layer for _, layer in self.targets]
+        """The (A, B)-factored layers (not the Riemannian ones, which have no A and B)."""
+        return [layer for _, layer in self.targets if isinstance(layer, LoRALinear)]
 
     def metrics(self) -> dict:
         gaps = [gap(layer) for layer in self.layers()]

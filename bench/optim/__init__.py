@@ -73,16 +73,17 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
 
         on_manifold = [p for p in params if isinstance(p, geoopt.ManifoldParameter)]
         rest = [p for p in params if not isinstance(p, geoopt.ManifoldParameter)]
+        # Each optimizer's own knobs; repairs (QR re-orthonormalisation) every repair_every.
+        kwargs = {
+            "riemannian_normalized": {"momentum": cfg.momentum, "c": cfg.trust_floor,
+                                      "repair_every": cfg.repair_every},
+            "riemannian_sgd": {"momentum": cfg.momentum, "stabilize": cfg.repair_every},
+            "riemannian_adam": {"betas": tuple(cfg.betas), "eps": cfg.eps,
+                                "stabilize": cfg.repair_every},
+        }[cfg.name]
         opts = {
             "riemannian": build_riemannian(
-                cfg.name,
-                on_manifold,
-                lr=cfg.manifold_lr or cfg.lr,
-                momentum=cfg.momentum,
-                betas=tuple(cfg.betas),
-                eps=cfg.eps,
-                c=cfg.trust_floor,
-                repair_every=cfg.repair_every,
+                cfg.name, on_manifold, lr=cfg.manifold_lr or cfg.lr, **kwargs
             )
         }
         if rest:

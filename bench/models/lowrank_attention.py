@@ -1,0 +1,99 @@
+"""Attention whose per-head products are points of a low-rank manifold (papers/knight.md §2-§4).
+
+Per head h (width D, model width C) the logits are X A_h X^T with A_h = W_Q,h^T W_K,h and the
+value path P_h X B_h with B_h = W_V,h^T W_O,h^T: two C x C matrices of rank D, stored here as
+manifold points (factors L, R with A = L R^T) and stepped by a Riemannian optimizer. The model
+still computes in factored form, q = X L, k = X R (never C x C):
+
+  QK point of head h:  L = W_Q,h^T (C x D),  R = W_K,g(h)^T (C x D)
+  VO point of head h:  L = W_V,g(h)^T (C x D), R = W_O,h (C x D), the head's columns of W_O
+
+`block=true` (knight.md §4): with grouped-query attention the k query heads of KV group g share
+W_K,g and W_V,g, so [A_h1; ...; A_hk] (k C x C) = [L_h1; ...; L_hk] R_g^T is ONE rank-D point per
+group (and [B_h1 ... B_hk] = L_g [R_h1; ...; R_hk]^T likewise); one retraction per group. Without
+`block`, every head is its own point, so a GQA group's shared K and V factors are copied into each
+of its heads (the per-head geometry cannot share a factor between points). For MHA both coincide.
+
+Initialisation keeps the Euclidean model's function for the fixed-rank geometries (the same
+L R^T); partial isometries start from the polar factor of L R^T with the scale s = ||Sigma||_F /
+sqrt(D) (a Euclidean parameter per point, on AdamW).
+"""
+
+from __future__ import annotations
+
+import geoopt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.config import ConfigError
+from bench.manifolds import PARTIAL_ISOMETRY, make
+from bench.models.gpt import GPT, CausalSelfAttention
+
+
+def _heads(weight: torch.Tensor, n: int, d: int) -> torch.Tensor:
+    """Rows of a projection weight (n * D, C) split per head -> (n, C, D), each W_h^T."""
+    return weight.detach().view(n, d, -1).transpose(1, 2)
+
+
+class ManifoldAttention(nn.Module):
+    def __init__(self, attn: CausalSelfAttention, geometry: str, block: bool):
+        super().__init__()
+        if attn.q.bias is not None:
+            raise ConfigError("model.bias must be false with a manifold attention geometry")
+        H, G, D = attn.n_head, attn.n_kv, attn.head_dim
+        C = attn.q.weight.shape[1]
+        self.n_head, self.n_kv, self.head_dim, self.dropout = H, G, D, attn.dropout
+        self.block, self.k = block and G < H, H // G
+        wq = _heads(attn.q.weight, H, D)  # (H, C, D): W_Q,h^T
+        wk = _heads(attn.k.weight, G, D)  # (G, C, D)
+        wv = _heads(attn.v.weight, G, D)  # (G, C, D)
+        wo = attn.o.weight.detach().view(C, H, D).transpose(0, 1)  # (H, C, D): W_O,h
+        group = torch.arange(H) // self.k  # KV group of each query head
+        if self.block:  # one point per KV group: query heads (and their W_O,h) stacked
+            qk = (wq.reshape(G, self.k * C, D), wk)
+            vo = (wv, wo.reshape(G, self.k * C, D))
+            shape_qk, shape_vo = (self.k * C, C), (C, self.k * C)
+        else:  # one point per head: the group's K and V factors copied into each head
+            qk, vo = (wq, wk[group]), (wv[group], wo)
+            shape_qk = shape_vo = (C, C)
+        self.qk_manifold = make(geometry, *shape_qk, D)
+        self.vo_manifold = make(geometry, *shape_vo, D)
+        x_qk, s_qk = self.qk_manifold.from_factors(*(t.double() for t in qk))
+        x_vo, s_vo = self.vo_manifold.from_factors(*(t.double() for t in vo))
+        dtype = attn.q.weight.dtype
+        self.qk = geoopt.ManifoldParameter(x_qk.to(dtype), manifold=self.qk_manifold)
+        self.vo = geoopt.ManifoldParameter(x_vo.to(dtype), manifold=self.vo_manifold)
+        if geometry in PARTIAL_ISOMETRY:  # attention needs a temperature: s per point
+            self.qk_scale = nn.Parameter(s_qk.to(dtype))
+            self.vo_scale = nn.Parameter(s_vo.to(dtype))
+        else:
+            self.qk_scale = self.vo_scale = None
+
+    def _per_head(self, t: torch.Tensor) -> torch.Tensor:
+        """(G, k C, D) stacked factors of a group -> (H, C, D) per head."""
+        return t.reshape(self.n_head, -1, t.shape[-1]) if self.block else t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C)."""
+        lq, rk = self.qk_manifold.factors(self.qk)  # (P, n, D), (P, m, D)
+        lv, ro = self.vo_manifold.factors(self.vo)
+        if self.qk_scale is not None:
+            lq = lq * self.qk_scale[:, None, None]
+            lv = lv * self.vo_scale[:, None, None]
+        q = torch.einsum("btc,hcd->bhtd", x, self._per_head(lq))  # (B, H, T, D)
+        k = torch.einsum("btc,pcd->bptd", x, rk)  # (B, G or H, T, D)
+        v = torch.einsum("btc,pcd->bptd", x, lv)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=k.shape[1] != self.n_head,
+        )  # (B, H, T, D)
+        return torch.einsum("bhtd,hcd->btc", y, self._per_head(ro))  # sum_h y_h W_O,h^T
+
+
+def to_manifold_attention(model: GPT, geometry: str, block: bool) -> GPT:
+    """Replace every attention layer's q, k, v, o by manifold points (same function at init for
+    the fixed-rank geometries)."""
+    for blk in model.blocks:
+        blk.attn = ManifoldAttention(blk.attn, geometry, block)
+    return model
