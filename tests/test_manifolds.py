@@ -13,6 +13,7 @@ import torch
 
 from bench.manifolds import FIXED_RANK, GEOMETRIES, PARTIAL_ISOMETRY, make
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """The matrices here are tiny: one thread avoids OpenMP overhead (and noise on busy hosts)."""

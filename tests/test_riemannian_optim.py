@@ -12,6 +12,7 @@ import torch
 from bench.manifolds import FIXED_RANK, GEOMETRIES, make
 from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, RiemannianNormalized, build_riemannian
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """The matrices here are tiny: one thread avoids OpenMP overhead (and noise on busy hosts)."""
@@ -178,6 +179,31 @@ def test_build_riemannian_accepts_param_groups_and_generators():
     assert opt.param_groups[0]["lr"] == 0.2 and opt.param_groups[0]["momentum"] == 0.9
     opt = build_riemannian("riemannian_adam", (q for q in [p]), 0.1)
     assert isinstance(opt, geoopt.optim.RiemannianAdam)
+    assert opt.param_groups[0]["params"] == [p] and opt.param_groups[0]["stabilize"] == 100
+    opt = build_riemannian("riemannian_adam", [{"params": (q for q in [p])}], 0.1)
+    assert opt.param_groups[0]["params"] == [p]
     opt = build_riemannian("riemannian_normalized", [p], 0.1, momentum=0.5, c=1e-2)
     assert isinstance(opt, RiemannianNormalized)
     assert opt.param_groups[0]["momentum"] == 0.5
+
+
+def test_normalized_rejects_weight_decay():
+    manifold = make("fixed_rank_embedded", 6, 5, 2)
+    p = geoopt.ManifoldParameter(manifold.random_point(), manifold=manifold)
+    with pytest.raises(ValueError, match="no weight decay"):
+        build_riemannian("riemannian_normalized", [p], 0.1, weight_decay=0.1)
+
+
+def test_build_riemannian_routes_the_union_of_options():
+    """One config carries every option; each optimizer takes its own, repair_every -> stabilize."""
+    manifold = make("fixed_rank_embedded", 6, 5, 2)
+    p = geoopt.ManifoldParameter(manifold.random_point(), manifold=manifold)
+    common = dict(momentum=0.8, betas=[0.8, 0.99], eps=1e-7, c=1e-2, repair_every=50)
+    group = build_riemannian("riemannian_normalized", [p], 0.1, **common).param_groups[0]
+    assert (group["momentum"], group["c"], group["repair_every"]) == (0.8, 1e-2, 50)
+    group = build_riemannian("riemannian_sgd", [p], 0.1, **common).param_groups[0]
+    assert (group["momentum"], group["stabilize"]) == (0.8, 50)
+    group = build_riemannian("riemannian_adam", [p], 0.1, **common).param_groups[0]
+    assert (group["betas"], group["eps"], group["stabilize"]) == ((0.8, 0.99), 1e-7, 50)
+    with pytest.raises(ValueError, match="unknown option"):
+        build_riemannian("riemannian_adam", [p], 0.1, mommentum=0.9)

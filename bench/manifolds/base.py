@@ -12,6 +12,7 @@ gradient in O((n + m) r^2 + r^3). Geometries and references: papers/knight.md §
 from __future__ import annotations
 
 import math
+import numbers
 
 import geoopt
 import torch
@@ -22,8 +23,8 @@ from .linalg import factored_svd, frob, mT, polar_svd, qr_pos, skew, sym
 def check_dims(n: int, m: int, r: int) -> None:
     """Reject sizes that cannot describe an n x m matrix of rank r."""
     for label, value in (("n", n), ("m", m), ("r", r)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{label} must be an int, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{label} must be an integer, got {value!r}")
     if n < 1 or m < 1:
         raise ValueError(f"matrix sizes must be positive, got n={n}, m={m}")
     if not 1 <= r <= min(n, m):
@@ -60,7 +61,7 @@ class LowRankManifold(geoopt.Manifold):
     def __init__(self, n: int, m: int, r: int):
         super().__init__()
         check_dims(n, m, r)
-        self.n, self.m, self.r = n, m, r
+        self.n, self.m, self.r = int(n), int(m), int(r)
 
     # ----------------------------------------------------------------- layout
     @property
@@ -177,6 +178,11 @@ class LowRankManifold(geoopt.Manifold):
     def component_inner(self, x, u, v=None):
         return u * (u if v is None else v)
 
+    def retr_transp(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
+        """Retract along u (projected onto the tangent space first) and transport v there."""
+        y = self.retr(x, u)
+        return y, self.transp(x, y, v)
+
     def expmap(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """No closed-form exponential map is used: the retraction stands in (as in geoopt)."""
         return self.retr(x, u)
@@ -217,7 +223,7 @@ class PartialIsometryBase(LowRankManifold):
         U_dot = (I - U U^T) G_U + (2 / kappa) U theta,
         V_dot = (I - V V^T) G_V - (2 / kappa) V theta,
         theta = (skew(U^T G_U) - skew(V^T G_V)) / 2   (= skew(U^T G V)).
-    Subclasses set `kappa` and define `retr`, `transp` and `inner`.
+    Subclasses set `kappa` and define `retr` and `transp`.
     """
 
     kappa = 2.0

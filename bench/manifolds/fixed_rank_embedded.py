@@ -30,7 +30,7 @@ class FixedRankEmbedded(LowRankManifold):
 
     `repair` re-orthonormalises U and V by QR (absorbing the triangular factors into S, so W is
     unchanged) and floors S's singular values at `sigma_floor * sigma_max`
-    (default sqrt(machine epsilon)), which bounds the error of the solves with S.
+    (default sqrt(machine epsilon)), which bounds the error of the products with S^{-1}.
     """
 
     name = "fixed_rank_embedded"

@@ -59,6 +59,7 @@ class RiemannianNormalized(torch.optim.Optimizer):
         momentum: float = 0.9,
         c: float = 1e-3,
         repair_every: int | None = 100,
+        weight_decay: float = 0.0,
     ):
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -66,6 +67,11 @@ class RiemannianNormalized(torch.optim.Optimizer):
             raise ValueError(f"momentum (nu) must be in [0, 1), got {momentum}")
         if not c > 0:
             raise ValueError(f"c (the trust-region floor) must be positive, got {c}")
+        if weight_decay != 0:
+            raise ValueError(
+                "RiemannianNormalized has no weight decay (the paper's template has none); "
+                f"got weight_decay={weight_decay}"
+            )
         if repair_every is not None and repair_every < 1:
             raise ValueError(f"repair_every must be >= 1 or None, got {repair_every}")
         defaults = dict(lr=lr, momentum=momentum, c=c, repair_every=repair_every)
@@ -114,42 +120,72 @@ class RiemannianNormalized(torch.optim.Optimizer):
         return loss
 
 
-def _flat_params(params) -> list:
-    """The parameters of `params` (tensors or param-group dicts), in order."""
+def _materialise(params) -> list:
+    """`params` as a list of tensors and param-group dicts whose "params" are lists."""
+    if isinstance(params, torch.Tensor):
+        return [params]
     out = []
     for item in params:
         if isinstance(item, dict):
             group = item["params"]
-            out.extend([group] if isinstance(group, torch.Tensor) else list(group))
+            group = [group] if isinstance(group, torch.Tensor) else list(group)
+            out.append({**item, "params": group})
         else:
             out.append(item)
     return out
 
 
-def build_riemannian(name: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+def _flat_params(params: list) -> list:
+    return [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+
+
+# The options each optimizer takes. build_riemannian accepts their union, so one config can
+# carry all of them; an option of another Riemannian optimizer is ignored.
+_OPTIONS = {
+    "riemannian_normalized": {"momentum", "c", "repair_every", "weight_decay"},
+    "riemannian_sgd": {"momentum", "dampening", "weight_decay", "nesterov", "stabilize"},
+    "riemannian_adam": {"betas", "eps", "weight_decay", "amsgrad", "stabilize"},
+}
+_ALL_OPTIONS = set().union(*_OPTIONS.values())
+
+
+def build_riemannian(name: str, params, lr: float, **options) -> torch.optim.Optimizer:
     """A Riemannian optimizer by name, for params that include geoopt.ManifoldParameters.
 
-    riemannian_normalized: `RiemannianNormalized(params, lr, **kwargs)`;
-    riemannian_sgd: geoopt `RiemannianSGD` (momentum 0.9 unless given);
-    riemannian_adam: geoopt `RiemannianAdam` (note: its weight decay is coupled L2).
+    riemannian_normalized: `RiemannianNormalized` (momentum, c, repair_every);
+    riemannian_sgd: geoopt `RiemannianSGD` (momentum, default 0.9; dampening, nesterov);
+    riemannian_adam: geoopt `RiemannianAdam` (betas, eps, amsgrad; its weight decay is coupled
+    L2, papers/knight.md §5).
+    Options of the other optimizers are ignored, unknown ones rejected. For the geoopt
+    optimizers `repair_every` (default 100) becomes geoopt's `stabilize`: every that many steps
+    the points are re-projected (`projx`: QR re-orthonormalisation) and so are the momenta.
     """
     if name not in RIEMANNIAN_OPTIMIZERS:
         raise ValueError(
             f"unknown Riemannian optimizer {name!r}; allowed: {', '.join(RIEMANNIAN_OPTIMIZERS)}"
         )
-    if isinstance(params, torch.Tensor):
-        params = [params]
-    params = list(params)
+    unknown = set(options) - _ALL_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(sorted(unknown))} for Riemannian optimizer {name!r}; "
+            f"allowed: {', '.join(sorted(_ALL_OPTIONS))}"
+        )
+    params = _materialise(params)
     if not any(isinstance(p, geoopt.ManifoldParameter) for p in _flat_params(params)):
         raise ValueError(
             f"Riemannian optimizer {name!r} has no manifold parameters: give it the "
             "geoopt.ManifoldParameter tensors of the low-rank weights (the rest belongs to AdamW)"
         )
+    repair_every = options.get("repair_every", 100)
+    kwargs = {k: v for k, v in options.items() if k in _OPTIONS[name]}
     if name == "riemannian_normalized":
         return RiemannianNormalized(params, lr, **kwargs)
+    kwargs.setdefault("stabilize", repair_every)
     if name == "riemannian_sgd":
         kwargs.setdefault("momentum", 0.9)
         return geoopt.optim.RiemannianSGD(params, lr, **kwargs)
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
     return geoopt.optim.RiemannianAdam(params, lr, **kwargs)
 
 
