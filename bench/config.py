@@ -260,9 +260,15 @@ def validate(cfg: Any) -> None:
             f"adapter.moments=transport needs an optimizer with moment estimates (adamw); "
             f"optimizer.name={cfg.optimizer.name!r} has none"
         )
-    if cfg.adapter.geometry != "euclidean" and cfg.adapter.name != "lora":
+    if cfg.adapter.name == "balora" and cfg.adapter.geometry not in ("euclidean",
+                                                                     "fixed_rank_quotient"):
         raise ConfigError(
-            f"adapter.geometry={cfg.adapter.geometry!r} needs adapter=lora "
+            f"adapter.geometry={cfg.adapter.geometry!r} with adapter=balora: allowed values: "
+            "euclidean, fixed_rank_quotient (the balanced manifold is a section of its quotient)"
+        )
+    if cfg.adapter.geometry != "euclidean" and cfg.adapter.name == "full":
+        raise ConfigError(
+            f"adapter.geometry={cfg.adapter.geometry!r} needs adapter=lora or balora "
             f"(got {cfg.adapter.name!r})"
         )
     riemannian = cfg.optimizer.name.startswith("riemannian")

@@ -103,6 +103,16 @@ def _setup_threads(cfg) -> None:
     torch.set_num_threads(threads)
 
 
+def task_overrides() -> list[str]:
+    """The command-line (or sweep) overrides of this run, as Hydra passed them."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ValueError, AttributeError):
+        return []
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available; use auto or cpu")
@@ -163,6 +173,7 @@ def run(cfg: DictConfig) -> dict | None:
         "method": method_name(cfg),
         "data_hash": parts["corpus"].content_hash,
         "trainable_params": parts["trainable"],
+        "overrides": task_overrides(),
         "device": str(parts["device"]),
         "versions": {
             "bench": __version__,

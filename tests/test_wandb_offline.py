@@ -81,7 +81,8 @@ def test_offline_run_files_hold_the_logged_metrics(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     history = [h["item"] for h in by_type["history"]]
     assert [h["step"] for h in history] == [r["step"] for r in rows]
-    assert len(rows) == 4 and all("train/loss" in r for r in rows)
+    assert len(rows) == 5 and "train/loss" not in rows[0]  # step 0: the eval before training
+    assert all("train/loss" in r for r in rows[1:])
     for row, item in zip(rows, history, strict=True):
         for key, value in row.items():
             if value is None:  # WandbLogger drops None; metrics.jsonl keeps it as null

@@ -155,7 +155,7 @@ def balancing_gap(A: Tensor, B: Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 # The adapter: LoRA plus a projection after every optimizer step (papers/balora.md §3).
 # ---------------------------------------------------------------------------------------------
-from bench.adapters.lora import LoRA, gap  # noqa: E402  (the functions above need only torch)
+from bench.adapters.lora import LoRA, LoRALinear, ManifoldLoRALinear  # noqa: E402  (the functions above need only torch)
 
 
 def _adam_state(optimizer, p) -> dict | None:
@@ -180,24 +180,34 @@ class BaLoRA(LoRA):
         super().__init__(cfg)
         self._gap: float | None = None
 
+    def factor_pairs(self) -> list[tuple[Tensor, Tensor, object]]:
+        """(A, B, layer) of every adapted layer: lora_A/lora_B, or for Riemannian LoRA on the
+        quotient geometry R2 (W = L R^T) the views A = R^T, B = L into the packed point."""
+        pairs = [(layer.lora_A, layer.lora_B, layer) for layer in self.layers()]
+        for _, layer in self.targets:
+            if isinstance(layer, ManifoldLoRALinear):
+                left, right = layer.manifold.unpack(layer.point)
+                pairs.append((right.mT, left, layer))
+        return pairs
+
     @torch.no_grad()
     def after_step(self, step: int, optimizer) -> None:
         c = self.cfg
         if step < c.start_step or (step - c.start_step) % c.project_every:
             return
-        layers = self.layers()
-        self._gap = float(torch.stack([gap(layer) for layer in layers]).mean())
+        pairs = self.factor_pairs()
+        self._gap = sum(balancing_gap(A, B) for A, B, _ in pairs) / len(pairs)
         by_shape: dict[tuple, list] = {}
-        for layer in layers:
-            by_shape.setdefault((layer.lora_A.shape, layer.lora_B.shape), []).append(layer)
+        for pair in pairs:
+            by_shape.setdefault((pair[0].shape, pair[1].shape), []).append(pair)
         for group in by_shape.values():
-            A = torch.stack([layer.lora_A for layer in group])  # (L, r, in)
-            B = torch.stack([layer.lora_B for layer in group])  # (L, out, r)
+            A = torch.stack([a for a, _, _ in group])  # (L, r, in)
+            B = torch.stack([b for _, b, _ in group])  # (L, out, r)
             A_new, B_new, R = project_balanced_with_rotation(A, B, c.alignment)
-            for i, layer in enumerate(group):
-                layer.lora_A.copy_(A_new[i])
-                layer.lora_B.copy_(B_new[i])
-                if c.moments == "transport":
+            for i, (a, b, layer) in enumerate(group):
+                a.copy_(A_new[i])  # in place: views into the packed point for R2 layers
+                b.copy_(B_new[i])
+                if c.moments == "transport" and isinstance(layer, LoRALinear):
                     self._transport(optimizer, layer, R[i])
 
     @staticmethod

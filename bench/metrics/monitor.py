@@ -1,0 +1,335 @@
+"""Hessian spectra logged during training: condition numbers and sharpness (DESIGN.md §7 (b)).
+
+`HessianMonitor` is a trainer hook, `hook(step, model) -> dict`. At the steps it fires it runs
+Lanczos (`bench.metrics.hessian.lanczos`) on Hessian-vector products of the model's loss on one
+fixed batch, with respect to the trainable tensors of the adapted layers:
+
+* LoRA-type adapters (every matched target has `lora_A` (r x in) and `lora_B` (out x r)): the
+  Hessian in the factor entries, restricted to the horizontal space of each layer (orthogonal
+  to the GL(r) invariance directions (-L A, B L), `flat_horizontal_projector`), so the r^2 zero
+  modes per layer never enter. Logged:
+      cond/lambda_max, cond/lambda_min_h, cond/kappa      all matched layers jointly
+      sharpness/lambda_max                                 = cond/lambda_max
+      cond/<layer>/lambda_max, cond/<layer>/kappa          each matched layer alone (per_layer)
+  kappa = lambda_max / lambda_min_h, None when lambda_min_h <= 0 (not a minimum across the
+  invariance orbits, as early in training at B ~ 0; lambda_min_h is still logged).
+  The per-layer estimate of layer l is Lanczos on the diagonal block H_ll (the other layers held
+  fixed); each costs about one more Lanczos run, so they are computed only when asked for
+  (`per_layer`, by default when `layers` names layers explicitly).
+* Everything else (`full`, dense weights of the targeted modules or, with target_modules=[all],
+  every trainable parameter; Riemannian adapters without A, B factors): Lanczos over those
+  tensors without projection; the dense Hessian is indefinite, so no kappa. Logged:
+      sharpness/lambda_max, cond/lanczos_min               the largest and smallest Ritz values
+* Always, when it fires: cost/hessian_s, the seconds the estimate took.
+
+`layers` patterns select layers by name (module names as in `adapter.targets`, e.g.
+`blocks.0.attn.q`): a layer matches a pattern when its name equals the pattern, ends with
+`.<pattern>` (PEFT's rule: `q` matches every `...attn.q`) or matches it as a glob on the whole
+name (`blocks.0.*`, `*.attn.[qk]`). An empty list means every adapted layer.
+
+Measuring never changes training: the Hessian is taken at detached copies of the parameters
+through `torch.func.functional_call` and `torch.autograd.grad`, so no `.grad` is written and no
+`requires_grad` flag is touched; the model is put in eval mode (dropout off: the Hessian of a
+deterministic loss) and every module's mode is restored; the Lanczos start vector comes from a
+private generator seeded with `seed`, never from the global RNG. Attention runs on PyTorch's math
+SDPA kernel during the estimate (the fused kernels have no double backward).
+
+A non-finite estimate (NaN/inf in the weights or the loss) logs None for its values, warns, and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from bench.config import ConfigError
+from bench.metrics.hessian import flat_horizontal_projector, flatten, lanczos, unflatten
+
+# Krylov bases up to this many entries (dim x iters) are kept in float64 (cheap at adapter sizes);
+# larger ones (dense full fine-tuning of big models) in the parameters' own dtype.
+_FLOAT64_BASIS_MAX = 2**26
+
+
+# ------------------------------------------------------------------------------- layers
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
+
+
+def _has_factors(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "lora_A", None), nn.Parameter) and isinstance(
+        getattr(module, "lora_B", None), nn.Parameter
+    )
+
+
+def adapted_layers(adapter, model: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+    """The layers a Hessian estimate can cover: `adapter.targets`, or, for an adapter without
+    targets (full fine-tuning with target_modules=[all]), the modules of `model` that own
+    trainable parameters directly (`model` is required then)."""
+    targets = list(getattr(adapter, "targets", None) or [])
+    if targets:
+        return targets
+    if model is None:
+        raise ValueError("the adapter has no targets (every parameter trains): pass model=")
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if any(p.requires_grad for p in module.parameters(recurse=False))
+    ]
+
+
+def check_layers(adapter, layers: Sequence[str], model: nn.Module | None = None,
+                 ) -> list[tuple[str, nn.Module]]:
+    """The adapted layers selected by the `metrics.hessian.layers` patterns (all when empty).
+
+    Raises ConfigError, listing the adapted layer names, when a pattern matches none of them.
+    For an adapter without targets (full, target_modules=[all]) the candidates are the modules
+    of `model` owning trainable parameters; with empty `layers` and no model, returns [] (every
+    trainable parameter, resolved when the monitor first runs).
+    """
+    if not getattr(adapter, "targets", None) and model is None and not layers:
+        return []
+    candidates = adapted_layers(adapter, model)
+    if not layers:
+        return candidates
+    names = [name for name, _ in candidates]
+    unmatched = [p for p in layers if not any(_matches(n, p) for n in names)]
+    if unmatched:
+        raise ConfigError(
+            f"metrics.hessian.layers={list(layers)}: {', '.join(map(repr, unmatched))} "
+            f"match(es) no adapted layer; a pattern matches a name it equals, ends with "
+            f"('.' + pattern) or matches as a glob. The adapted layers are: {', '.join(names)}"
+        )
+    return [(n, m) for n, m in candidates if any(_matches(n, p) for p in layers)]
+
+
+# ---------------------------------------------------------------------- curvature of a batch
+def _math_sdpa():
+    """Attention on the math kernel: differentiable twice (flash/efficient kernels are not)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+class _GradientGraph:
+    """The loss's gradient graph at detached copies of `params`, built once; block
+    Hessian-vector products of any subset of the tensors reuse it (double backward)."""
+
+    def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], batch):
+        self.leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            out = torch.func.functional_call(model, dict(zip(names, self.leaves)), batch)
+            loss = out[1] if isinstance(out, (tuple, list)) else out.loss
+            grads = torch.autograd.grad(loss, self.leaves, create_graph=True, allow_unused=True)
+        self.loss = loss.detach()
+        self.grads = [g if g is not None and g.requires_grad else None for g in grads]
+
+    def hvp(self, idx: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+        """v -> H_II v on flat vectors (layout of flatten(leaves[i] for i in idx)), in `dtype`."""
+        leaves = [self.leaves[i] for i in idx]
+        grads = [self.grads[i] for i in idx]
+        live = [k for k, g in enumerate(grads) if g is not None]
+
+        def hvp(v: Tensor) -> Tensor:
+            if not live:  # the loss is at most linear in these tensors
+                return torch.zeros_like(v)
+            parts = unflatten(v, leaves)
+            hv = torch.autograd.grad(
+                [grads[k] for k in live],
+                leaves,
+                grad_outputs=[parts[k].to(grads[k].dtype) for k in live],
+                retain_graph=True,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            return flatten(hv).to(dtype)
+
+        return hvp
+
+
+def _ritz_extremes(ritz: Tensor) -> tuple[float, float] | None:
+    if ritz.numel() == 0 or not torch.isfinite(ritz).all():
+        return None
+    return ritz[-1].item(), ritz[0].item()
+
+
+# -------------------------------------------------------------------------------- monitor
+class HessianMonitor:
+    """Trainer hook logging Hessian condition numbers and sharpness every `every` steps.
+
+    every:     estimate at every step that is a multiple of `every` (0: never). The trainer
+               calls hooks at log steps only; when those skip a multiple, the estimate runs at
+               the first call past it. Step 0 never fires.
+    iters:     Lanczos iterations per estimate (>= 2; capped at the subspace dimension).
+    layers:    name patterns of the layers to cover (see the module docstring); [] = all.
+    adapter:   the applied adapter (its `.targets`).
+    batch:     the fixed (x, y) the loss is evaluated on: `model(x, y)` -> (logits, loss).
+    seed:      seed of the private generator of the Lanczos start vectors.
+    per_layer: LoRA-type adapters only: also estimate each matched layer alone (one Lanczos
+               run per layer). None (default): when `layers` is not empty.
+    model:     needed up front only to check `layers` for an adapter without targets (full,
+               target_modules=[all]); otherwise that check happens at the first estimate.
+    """
+
+    def __init__(self, every: int, iters: int, layers: Sequence[str], adapter, batch,
+                 seed: int = 0, per_layer: bool | None = None, model: nn.Module | None = None):
+        if every < 0:
+            raise ConfigError(f"metrics.hessian.every={every} must be >= 0")
+        if iters < 2:
+            raise ConfigError(f"metrics.hessian.iters={iters} must be >= 2")
+        self.every, self.iters, self.seed = int(every), int(iters), int(seed)
+        self.patterns = list(layers or [])
+        self.adapter = adapter
+        self.batch = tuple(batch)
+        self.per_layer = bool(self.patterns) if per_layer is None else bool(per_layer)
+        self._layers = check_layers(adapter, self.patterns, model) if self.every else []
+        self._resolved = bool(self._layers)
+        self._prev_step: int | None = None
+
+    # -- schedule ------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        """Whether the call at `step` estimates (and remember the step for the next call)."""
+        prev = step - 1 if self._prev_step is None else self._prev_step
+        self._prev_step = step
+        return self.every > 0 and step > 0 and step // self.every > prev // self.every
+
+    def __call__(self, step: int, model: nn.Module) -> dict:
+        if not self.due(step):
+            return {}
+        return self.estimate(model, step)
+
+    # -- the estimate --------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return [name for name, _ in self._layers]
+
+    @property
+    def factored(self) -> bool:
+        """LoRA-type: every covered layer has (lora_A, lora_B) factors."""
+        return bool(self._layers) and all(_has_factors(m) for _, m in self._layers)
+
+    def _tensors(self) -> list[list[Tensor]]:
+        """Per covered layer, its tensors: [A, B] for factored layers, else its trainable
+        parameters (each shared tensor counted once, in its first layer)."""
+        if self.factored:
+            return [[m.lora_A, m.lora_B] for _, m in self._layers]
+        seen, out = set(), []
+        for _, module in self._layers:
+            own = []
+            recurse = bool(getattr(self.adapter, "targets", None))
+            for p in module.parameters(recurse=recurse):
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    own.append(p)
+            out.append(own)
+        return out
+
+    def estimate(self, model: nn.Module, step: int | None = None) -> dict:
+        """Run the estimate now (whatever the schedule) and return the metrics to log."""
+        if not self._resolved:
+            self._layers = check_layers(self.adapter, self.patterns, model)
+            self._resolved = True
+        per_layer_tensors = [ts for ts in self._tensors() if ts]
+        flat = [p for ts in per_layer_tensors for p in ts]
+        if not flat:
+            raise ValueError("HessianMonitor: the covered layers have no trainable tensors")
+        names_by_id = {id(p): n for n, p in model.named_parameters()}
+        missing = [p for p in flat if id(p) not in names_by_id]
+        if missing:
+            raise ValueError("HessianMonitor: the adapter's tensors are not parameters of "
+                             "the model passed to the hook")
+        device = flat[0].device
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with _math_sdpa():
+                out = self._estimate(model, [names_by_id[id(p)] for p in flat], flat,
+                                     per_layer_tensors, device, step)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        sync()
+        out["cost/hessian_s"] = time.perf_counter() - t0
+        return out
+
+    def _warn(self, step: int | None, what: str) -> None:
+        where = f" at step {step}" if step is not None else ""
+        warnings.warn(f"HessianMonitor: {what}{where}; logged as null, the run goes on",
+                      stacklevel=3)
+
+    def _estimate(self, model, names, flat, per_layer_tensors, device, step) -> dict:
+        factored = self.factored
+        keys = (("cond/lambda_max", "cond/lambda_min_h", "cond/kappa", "sharpness/lambda_max")
+                if factored else ("sharpness/lambda_max", "cond/lanczos_min"))
+        out: dict = dict.fromkeys(keys)
+        per_layer = factored and self.per_layer
+        layer_keys = ([(f"cond/{n}/lambda_max", f"cond/{n}/kappa") for n in self.layer_names]
+                      if per_layer else [])
+        for pair in layer_keys:
+            out.update(dict.fromkeys(pair))
+        if not all(torch.isfinite(p).all() for p in flat):
+            self._warn(step, "non-finite trainable weights, no Hessian estimate")
+            return out
+        batch = tuple(t.to(device) if isinstance(t, Tensor) else t for t in self.batch)
+        graph = _GradientGraph(model, names, flat, batch)
+        if not torch.isfinite(graph.loss):
+            self._warn(step, f"non-finite loss {graph.loss.item()} on the Hessian batch")
+            return out
+        groups = [list(range(len(flat)))]  # all covered tensors jointly, then each layer alone
+        if per_layer and len(per_layer_tensors) > 1:
+            start = 0
+            for ts in per_layer_tensors:
+                groups.append(list(range(start, start + len(ts))))
+                start += len(ts)
+        results = [self._lanczos(graph, idx, [flat[i] for i in idx], factored) for idx in groups]
+        del graph
+        overall = results[0]
+        if overall is None:
+            self._warn(step, "non-finite Hessian spectrum")
+        elif factored:
+            lam_max, lam_min = overall
+            out["cond/lambda_max"] = out["sharpness/lambda_max"] = lam_max
+            out["cond/lambda_min_h"] = lam_min
+            out["cond/kappa"] = lam_max / lam_min if lam_min > 0 else None
+        else:
+            out["sharpness/lambda_max"], out["cond/lanczos_min"] = overall
+        layer_results = results[1:] if len(results) > 1 else results[: len(layer_keys)]
+        for (k_max, k_kappa), res in zip(layer_keys, layer_results):
+            if res is not None:
+                lam_max, lam_min = res
+                out[k_max] = lam_max
+                out[k_kappa] = lam_max / lam_min if lam_min > 0 else None
+        if overall is not None and any(res is None for res in layer_results):
+            self._warn(step, "non-finite per-layer Hessian spectrum")
+        return out
+
+    def _lanczos(self, graph: _GradientGraph, idx: list[int], tensors: list[Tensor],
+                 factored: bool) -> tuple[float, float] | None:
+        """(largest, smallest) Ritz value of H_II (horizontal part when factored), or None."""
+        dim = sum(t.numel() for t in tensors)
+        dtype = torch.float64 if dim * self.iters <= _FLOAT64_BASIS_MAX else tensors[0].dtype
+        like = torch.empty(dim, dtype=dtype, device=tensors[0].device)
+        generator = torch.Generator(device=like.device).manual_seed(self.seed)
+        try:
+            project = None
+            if factored:
+                pairs = [(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
+                project = flat_horizontal_projector(pairs)
+            ritz = lanczos(graph.hvp(idx, dtype), like, self.iters, project=project,
+                           generator=generator)
+        except torch.linalg.LinAlgError:
+            return None
+        extremes = _ritz_extremes(ritz)
+        if extremes is None or not all(math.isfinite(x) for x in extremes):
+            return None
+        return extremes
