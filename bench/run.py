@@ -129,8 +129,6 @@ def prepare(cfg) -> dict:
     from bench.optim import build_optimizer
 
     device = resolve_device(cfg.trainer.device)
-    if device.type == "cuda" and cfg.trainer.tf32:  # TF32 matmuls on Ampere and later
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     d = cfg.data
     corpus = load_corpus(d.name, d.domain, list(d.paths), d.eval_fraction, d.max_bytes)
     check_context(corpus, cfg.model.seq_len)

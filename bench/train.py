@@ -77,6 +77,9 @@ class Trainer:
         self.seq_len = model_seq_len(model)
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
+        if device.type == "cuda" and t.get("tf32"):  # TF32 matmuls on Ampere and later
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         use_bf16 = t.dtype == "bfloat16" and device.type == "cuda"
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
