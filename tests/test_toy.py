@@ -195,7 +195,7 @@ def full_study(tmp_path_factory):
 def test_full_study_completes_in_time_and_balora_wins_with_gd(full_study):
     sweep_dir, elapsed = full_study
     runs = run_dirs(sweep_dir.parent)
-    assert len(runs) == 12 and elapsed < 300
+    assert len(runs) == 36 and elapsed < 300
     for d in runs:
         assert json.loads((d / "summary.json").read_text())["status"] == "completed"
     table = toy_table(load_toy(runs)).set_index(["optimizer", "variant"])
@@ -204,9 +204,9 @@ def test_full_study_completes_in_time_and_balora_wins_with_gd(full_study):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not reproduced at seed 0: LoRA / BaLoRA = 2.3x with GD "
-                   "(experiments/balora_toy/README.md); the gap depends on sigma_r - sigma_r+1 "
-                   "of the one (T, W0) draw")
+@pytest.mark.xfail(strict=True, reason="not reproduced: LoRA / BaLoRA = 7.2x with GD over seeds "
+                   "0-2 (experiments/balora_toy/README.md); the gap depends on the draw of "
+                   "(T, W0)")
 def test_full_study_gd_gap_is_at_least_10x(full_study):
     sweep_dir, _ = full_study
     table = toy_table(load_toy(run_dirs(sweep_dir.parent))).set_index(["optimizer", "variant"])
