@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from analysis.markdown import markdown_table  # noqa: E402
+from analysis.plots import save  # noqa: E402
 
 OPTIMIZERS = {"gd": "GD", "sign_gd": "sign-GD (the paper's \"Adam\")", "adam": "Adam"}
 VARIANTS = {  # (adapter, alignment) -> label, colour, line style; the order of legends and rows
@@ -102,15 +103,6 @@ def _style(variant: str) -> tuple[str, str]:
                 ("tab:gray", "-."))
 
 
-def _save(fig, figures: Path, stem: str) -> list[Path]:
-    figures.mkdir(parents=True, exist_ok=True)
-    paths = [figures / f"{stem}.png", figures / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
 def draw_excess_loss(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
     """Paper Fig. 3: median and interquartile band of the excess loss vs step, per optimizer."""
     opts, variants = _order(df)
@@ -137,7 +129,7 @@ def draw_excess_loss(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{sweep}: median and interquartile range over inits, LR tuned per init")
     fig.tight_layout()
-    return _save(fig, figures, f"{sweep}_excess_loss")
+    return save(fig, figures, f"{sweep}_excess_loss")
 
 
 def draw_kappa_hist(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
@@ -171,7 +163,7 @@ def draw_kappa_hist(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{sweep}: exact Hessian condition number after the last step")
     fig.tight_layout()
-    return _save(fig, figures, f"{sweep}_kappa_hist")
+    return save(fig, figures, f"{sweep}_kappa_hist")
 
 
 def toy_table(df: pd.DataFrame) -> pd.DataFrame:

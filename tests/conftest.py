@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,3 +69,12 @@ def read_jsonl(path: Path) -> list[dict]:
 def tiny(tmp_path):
     """Overrides for a tiny run writing under tmp_path."""
     return [*TINY, f"out_dir={tmp_path / 'runs'}"]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, as a sweep worker has: tiny ops, shared cores, less timing noise."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

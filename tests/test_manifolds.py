@@ -13,14 +13,7 @@ import torch
 
 from bench.manifolds import FIXED_RANK, GEOMETRIES, PARTIAL_ISOMETRY, make
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: one thread avoids OpenMP overhead (and noise on busy hosts)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread (conftest)
 
 
 SHAPES = {"per_head": (12, 12, 3), "per_kv_group": (36, 12, 3)}

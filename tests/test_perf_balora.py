@@ -30,15 +30,6 @@ def best_time(fn, repeats=20):
     return min(times)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the test measures the algorithm's scaling, not the thread pool."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_projection_time_grows_at_most_linearly(one_thread):
     g = torch.Generator().manual_seed(0)
     times = {}

@@ -12,14 +12,7 @@ import torch
 from bench.manifolds import FIXED_RANK, GEOMETRIES, make
 from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, RiemannianNormalized, build_riemannian
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The matrices here are tiny: one thread avoids OpenMP overhead (and noise on busy hosts)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread (conftest)
 
 
 N, M, R = 20, 15, 3

@@ -28,15 +28,6 @@ F64 = torch.float64
 SMALL = ["toy.inits=2", "toy.lr_grid=5", "toy.steps=20"]
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs on one thread, as a sweep worker has (tiny ops, shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_closed_form_gradients_match_autograd():
     g = torch.Generator().manual_seed(0)
     n, m, r, s = 7, 5, 3, 0.7
