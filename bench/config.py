@@ -8,6 +8,7 @@ and raises `ConfigError` naming the key and the allowed values, before any run d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("wandb_offline", "wandb_online", "none")
 TASKS = ("lm", "toy")
 INITS = ("scratch", "pretrained")
+GROUPS = ("model", "data", "adapter", "optimizer", "trainer", "logger", "experiment")
 
 
 class ConfigError(ValueError):
@@ -260,8 +262,10 @@ def validate(cfg: Any) -> None:
             f"adapter.moments=transport needs an optimizer with moment estimates (adamw); "
             f"optimizer.name={cfg.optimizer.name!r} has none"
         )
-    if cfg.adapter.name == "balora" and cfg.adapter.geometry not in ("euclidean",
-                                                                     "fixed_rank_quotient"):
+    if cfg.adapter.name == "balora" and cfg.adapter.geometry not in (
+        "euclidean",
+        "fixed_rank_quotient",
+    ):
         raise ConfigError(
             f"adapter.geometry={cfg.adapter.geometry!r} with adapter=balora: allowed values: "
             "euclidean, fixed_rank_quotient (the balanced manifold is a section of its quotient)"
@@ -300,3 +304,38 @@ def validate(cfg: Any) -> None:
         raise ConfigError("data.paths is empty: data=text needs data.paths=[file, ...]")
     if not 0 < cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")
+
+
+def _schema_fields(node: type, path: list[str]) -> tuple[type | None, str | None]:
+    """Walk `path` down the dataclass schema: (the type at its end, or None; the bad part)."""
+    for i, part in enumerate(path):
+        fields = (
+            {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        )
+        if part not in fields:
+            return None, ".".join(path[: i + 1])
+        node = fields[part].type
+        node = globals().get(node, node) if isinstance(node, str) else node
+    return node, None
+
+
+def check_override_keys(overrides: list[str]) -> None:
+    """Unknown keys on the command line -> ConfigError listing the allowed keys of that group.
+
+    Hydra would refuse them too, but without saying what is allowed. Group choices
+    (`adapter=lora`), additions (`+key=...`), deletions and `hydra.*` are left to Hydra.
+    """
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+")
+        if "=" not in override or key.startswith(("~", "hydra")) or key in GROUPS:
+            continue
+        path = key.split(".")
+        _, bad = _schema_fields(Config, path)
+        if bad is None:
+            continue
+        parent, _ = _schema_fields(Config, bad.split(".")[:-1])
+        allowed = [f.name for f in dataclasses.fields(parent)] if parent else []
+        where = bad.rsplit(".", 1)[0] if "." in bad else "the config"
+        raise ConfigError(
+            f"unknown key {key}; allowed keys of {where}: {', '.join(allowed)}"
+        )

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench import __version__
-from bench.config import ConfigError, register_configs, validate
+from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.tracking.record import RunRecord
 
 # Keys that do not change what a run computes: they are left out of the run id.
@@ -238,4 +238,9 @@ register_configs()
 warnings.filterwarnings("ignore", message=".*is not a valid Python identifier.*")
 
 if __name__ == "__main__":
+    try:
+        check_override_keys([a for a in sys.argv[1:] if not a.startswith("-")])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

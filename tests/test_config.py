@@ -12,7 +12,9 @@ from tests.conftest import compose, run_cli
     ("overrides", "expected"),
     [
         (["adapter=nope"], "Available options in 'adapter'"),
-        (["trainer.nope=1"], "Key 'nope' not in 'TrainerConfig'"),
+        (["trainer.nope=1"], "unknown key trainer.nope; allowed keys of trainer: max_steps, "),
+        (["+nope=1"], "unknown key nope; allowed keys of the config: model, data"),
+        (["model.attention.foo=1"], "allowed keys of model.attention: geometry, block"),
         (["trainer.max_steps=abc"], "could not be converted to Integer"),
         (["optimizer.lr=-1"], "optimizer.lr=-1.0 must be > 0"),
         (["optimizer.lr=0"], "optimizer.lr=0.0 must be > 0"),
