@@ -96,3 +96,43 @@ def test_projection_memory_on_cuda():
     grown = torch.cuda.max_memory_allocated() - base
     print(f"\nCUDA peak growth at in = out = {n}: {grown / 2**20:.1f} MiB")
     assert grown < 0.05 * n * n * 4
+
+
+def test_projection_share_of_a_gpt_small_training_step():
+    """BaLoRA's projection after a step vs the whole training step: gpt_small, r = 8, attention
+    and MLP adapted (24 + 12 layers), AdamW; interleaved rounds, best of each."""
+    import time
+
+    from omegaconf import OmegaConf
+
+    from bench.adapters import build_adapter
+    from bench.config import AdapterConfig
+    from bench.data.corpus import get_batch, load_corpus
+    from bench.models.gpt import GPT, GPTConfig
+
+    cfg = GPTConfig(d_model=256, n_layer=6, n_head=8, seq_len=256)
+    torch.manual_seed(0)
+    adapter = build_adapter(OmegaConf.structured(AdapterConfig(
+        name="balora", r=8, alpha=16.0, target_modules=["q", "k", "v", "o", "up", "down"])))
+    model = adapter.apply(GPT(cfg))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    data = load_corpus(domain="stdlib_core").train
+    step_times, projection_times = [], []
+    for i in range(8):
+        x, y = get_batch(data, 8, cfg.seq_len, 0, i)
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t1 = time.perf_counter()
+        adapter.after_step(i + 1, opt)
+        t2 = time.perf_counter()
+        if i >= 2:
+            step_times.append(t1 - t0)
+            projection_times.append(t2 - t1)
+    share = min(projection_times) / (min(step_times) + min(projection_times))
+    print(f"\n[perf] BaLoRA projection on gpt_small (36 layers, r = 8): "
+          f"{1e3 * min(projection_times):.1f} ms of a {1e3 * min(step_times):.0f} ms step "
+          f"= {share:.1%}")
+    assert share <= 0.03
