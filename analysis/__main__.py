@@ -2,7 +2,10 @@
 
     python -m analysis [runs=runs] [figures=figures] [sweep=<name>] [baseline=<method>]
                        [source=local|wandb] [project=<entity/project>] [logy=false]
-                       [experiments=experiments] [timeout=10]
+                       [experiments=experiments] [timeout=10] [wandb_tables=offline|online]
+
+`wandb_tables=offline` (or `online`) also logs every tuned table as a W&B table in a run of
+job type "analysis" (project `project=`, default lowrank-bench), next to the training runs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ DEFAULTS = {
     "logy": False,
     "experiments": "experiments",
     "timeout": 10,
+    "wandb_tables": None,
 }
 
 
@@ -43,6 +47,9 @@ def parse(argv: list[str]) -> dict:
     args = {k: (v if v not in (None, "") else DEFAULTS[k]) for k, v in merged.items()}
     if args["source"] not in ("local", "wandb"):
         raise ArgumentError(f"source={args['source']}: allowed values are local, wandb")
+    if args["wandb_tables"] not in (None, "offline", "online"):
+        raise ArgumentError(f"wandb_tables={args['wandb_tables']}: allowed values are offline, "
+                            "online")
     if args["source"] == "wandb" and not args["project"]:
         raise ArgumentError("source=wandb needs project=<entity/project>")
     return args
@@ -91,7 +98,23 @@ def run(args: dict) -> list[str]:
         results.append({"sweep": sweep, "tuned": table, "files": files})
         written += files
     written.append(write_report(results, args["figures"], args["experiments"]))
+    if args["wandb_tables"]:
+        log_tables(results, args["wandb_tables"], args["project"] or "lowrank-bench",
+                   args["figures"])
     return [str(p) for p in written]
+
+
+def log_tables(results: list[dict], mode: str, project: str, figures: str) -> None:
+    """Each sweep's tuned table as a W&B table (one analysis run per sweep, grouped by sweep)."""
+    import wandb
+
+    for result in results:
+        if result["tuned"] is None:
+            continue
+        run = wandb.init(project=project, mode=mode, job_type="analysis", group=result["sweep"],
+                         name=f"{result['sweep']} tuned", dir=figures, reinit="finish_previous")
+        run.log({"tuned": wandb.Table(dataframe=result["tuned"].astype(str))})
+        run.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

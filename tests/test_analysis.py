@@ -271,3 +271,15 @@ def test_heatmap_over_lr_and_scale_marks_diverged_cells(tmp_path):
     paths = lr_scale_heatmap(df, None, tmp_path / "fig", "hm")
     assert [p.name for p in paths] == ["hm_lr_scale_heatmap.png", "hm_lr_scale_heatmap.pdf"]
     assert lr_scale_heatmap(load_runs(tmp_path).head(1), None, tmp_path / "fig2", "x") == []
+
+
+def test_tuned_tables_are_logged_to_wandb_offline(tmp_path):
+    comparison(tmp_path / "runs")
+    env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
+    env.pop("WANDB_MODE", None)
+    proc = subprocess.run([sys.executable, "-m", "analysis", f"runs={tmp_path / 'runs'}",
+                           f"figures={tmp_path / 'fig'}", "wandb_tables=offline"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (run_file,) = (tmp_path / "fig" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert run_file.stat().st_size > 0
