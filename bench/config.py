@@ -300,6 +300,14 @@ def validate(cfg: Any) -> None:
             "metrics.target_loss=from_baseline needs metrics.baseline (a method name, "
             "e.g. full/adamw)"
         )
+    if target == "from_baseline":  # a method name: adapter/optimizer[/geometry...]
+        parts = str(cfg.metrics.baseline).split("/")
+        if len(parts) < 2 or parts[0] not in ADAPTERS or parts[1] not in OPTIMIZERS:
+            raise ConfigError(
+                f"metrics.baseline={cfg.metrics.baseline!r} is not a method name "
+                f"<adapter>/<optimizer>[/...]: adapters {', '.join(ADAPTERS)}; optimizers "
+                f"{', '.join(OPTIMIZERS)}"
+            )
     if cfg.data.name == "text" and not cfg.data.paths:
         raise ConfigError("data.paths is empty: data=text needs data.paths=[file, ...]")
     if not 0 < cfg.data.eval_fraction < 1:

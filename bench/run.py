@@ -139,6 +139,16 @@ def prepare(cfg) -> dict:
     eval_sets = {"": corpus.eval}
     if source is not None:  # fine-tuning: also watch the pretraining domain
         eval_sets["source"] = source.eval
+    hooks = []
+    h = cfg.metrics.hessian
+    if h.every:  # Hessian spectra on one fixed eval batch (bench/metrics/monitor.py)
+        from bench.data.corpus import eval_batches
+        from bench.metrics.monitor import HessianMonitor
+
+        x, y = eval_batches(corpus.eval, cfg.trainer.batch_size, cfg.model.seq_len, 1)[0]
+        batch = (x.to(device), y.to(device))
+        hooks.append(HessianMonitor(h.every, h.iters, list(h.layers), adapter, batch,
+                                    seed=cfg.seed, model=model))
     return {
         "device": device,
         "corpus": corpus,
@@ -147,6 +157,7 @@ def prepare(cfg) -> dict:
         "optimizer": optimizer,
         "eval_sets": eval_sets,
         "trainable": count_trainable(model),
+        "hooks": hooks,
     }
 
 
@@ -211,6 +222,7 @@ def run(cfg: DictConfig) -> dict | None:
             cfg.seed,
             parts["device"],
             logger,
+            hooks=parts["hooks"],
         )
         summary = trainer.run()
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
@@ -219,10 +231,26 @@ def run(cfg: DictConfig) -> dict | None:
     summary["trainable_params"] = parts["trainable"]
     record.write_summary(summary)
     record.close()
+    if cfg.metrics.target_loss == "from_baseline":
+        summary = _fill_from_baseline(cfg, record) or summary
     logger.finish(summary)
     loss = summary.get("final_eval_loss")
     print(f"[bench] {rid}: {summary['status']}" + (f", eval loss {loss:.4f}" if loss else ""))
     return summary
+
+
+def _fill_from_baseline(cfg, record: RunRecord) -> dict | None:
+    """Time to the baseline's final loss for every finished run of the sweep (the last run to
+    finish fills them all; bench/metrics/targets.py). None while the baseline has not finished."""
+    from bench.metrics.targets import BaselineNotReady, fill_targets
+
+    try:
+        target = fill_targets(record.dir.parent, cfg.metrics.baseline)
+    except BaselineNotReady as e:
+        print(f"[bench] note: {e}; time to target is filled when it finishes")
+        return None
+    print(f"[bench] time to the baseline's loss {target:.4f} filled in for sweep {cfg.sweep}")
+    return record.read_summary()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -196,8 +196,11 @@ class Trainer:
                 row.update(self.adapter.metrics())
                 if evaluating:
                     row.update(self._evaluate(stats, row["wall_s"], step))
+                hooks_t0 = time.perf_counter()
                 for hook in self.hooks:
                     row.update(hook(step, self.model) or {})
+                # Measurements (Hessian spectra) are not training: keep them off the wall clock.
+                start += time.perf_counter() - hooks_t0
                 self.record.log(row)
                 if self.logger is not None:
                     self.logger.log(row)

@@ -85,8 +85,11 @@ def adapted_layers(adapter, model: nn.Module | None = None) -> list[tuple[str, n
     ]
 
 
-def check_layers(adapter, layers: Sequence[str], model: nn.Module | None = None,
-                 ) -> list[tuple[str, nn.Module]]:
+def check_layers(
+    adapter,
+    layers: Sequence[str],
+    model: nn.Module | None = None,
+) -> list[tuple[str, nn.Module]]:
     """The adapted layers selected by the `metrics.hessian.layers` patterns (all when empty).
 
     Raises ConfigError, listing the adapted layer names, when a pattern matches none of them.
@@ -178,8 +181,17 @@ class HessianMonitor:
                target_modules=[all]); otherwise that check happens at the first estimate.
     """
 
-    def __init__(self, every: int, iters: int, layers: Sequence[str], adapter, batch,
-                 seed: int = 0, per_layer: bool | None = None, model: nn.Module | None = None):
+    def __init__(
+        self,
+        every: int,
+        iters: int,
+        layers: Sequence[str],
+        adapter,
+        batch,
+        seed: int = 0,
+        per_layer: bool | None = None,
+        model: nn.Module | None = None,
+    ):
         if every < 0:
             raise ConfigError(f"metrics.hessian.every={every} must be >= 0")
         if iters < 2:
@@ -243,8 +255,10 @@ class HessianMonitor:
         names_by_id = {id(p): n for n, p in model.named_parameters()}
         missing = [p for p in flat if id(p) not in names_by_id]
         if missing:
-            raise ValueError("HessianMonitor: the adapter's tensors are not parameters of "
-                             "the model passed to the hook")
+            raise ValueError(
+                "HessianMonitor: the adapter's tensors are not parameters of "
+                "the model passed to the hook"
+            )
         device = flat[0].device
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
@@ -253,8 +267,9 @@ class HessianMonitor:
         model.eval()
         try:
             with _math_sdpa():
-                out = self._estimate(model, [names_by_id[id(p)] for p in flat], flat,
-                                     per_layer_tensors, device, step)
+                out = self._estimate(
+                    model, [names_by_id[id(p)] for p in flat], flat, per_layer_tensors, device, step
+                )
         finally:
             for m, mode in modes:
                 m.training = mode
@@ -264,17 +279,24 @@ class HessianMonitor:
 
     def _warn(self, step: int | None, what: str) -> None:
         where = f" at step {step}" if step is not None else ""
-        warnings.warn(f"HessianMonitor: {what}{where}; logged as null, the run goes on",
-                      stacklevel=3)
+        warnings.warn(
+            f"HessianMonitor: {what}{where}; logged as null, the run goes on", stacklevel=3
+        )
 
     def _estimate(self, model, names, flat, per_layer_tensors, device, step) -> dict:
         factored = self.factored
-        keys = (("cond/lambda_max", "cond/lambda_min_h", "cond/kappa", "sharpness/lambda_max")
-                if factored else ("sharpness/lambda_max", "cond/lanczos_min"))
+        keys = (
+            ("cond/lambda_max", "cond/lambda_min_h", "cond/kappa", "sharpness/lambda_max")
+            if factored
+            else ("sharpness/lambda_max", "cond/lanczos_min")
+        )
         out: dict = dict.fromkeys(keys)
         per_layer = factored and self.per_layer
-        layer_keys = ([(f"cond/{n}/lambda_max", f"cond/{n}/kappa") for n in self.layer_names]
-                      if per_layer else [])
+        layer_keys = (
+            [(f"cond/{n}/lambda_max", f"cond/{n}/kappa") for n in self.layer_names]
+            if per_layer
+            else []
+        )
         for pair in layer_keys:
             out.update(dict.fromkeys(pair))
         if not all(torch.isfinite(p).all() for p in flat):
@@ -313,8 +335,9 @@ class HessianMonitor:
             self._warn(step, "non-finite per-layer Hessian spectrum")
         return out
 
-    def _lanczos(self, graph: _GradientGraph, idx: list[int], tensors: list[Tensor],
-                 factored: bool) -> tuple[float, float] | None:
+    def _lanczos(
+        self, graph: _GradientGraph, idx: list[int], tensors: list[Tensor], factored: bool
+    ) -> tuple[float, float] | None:
         """(largest, smallest) Ritz value of H_II (horizontal part when factored), or None."""
         dim = sum(t.numel() for t in tensors)
         dtype = torch.float64 if dim * self.iters <= _FLOAT64_BASIS_MAX else tensors[0].dtype
@@ -325,8 +348,9 @@ class HessianMonitor:
             if factored:
                 pairs = [(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
                 project = flat_horizontal_projector(pairs)
-            ritz = lanczos(graph.hvp(idx, dtype), like, self.iters, project=project,
-                           generator=generator)
+            ritz = lanczos(
+                graph.hvp(idx, dtype), like, self.iters, project=project, generator=generator
+            )
         except torch.linalg.LinAlgError:
             return None
         extremes = _ritz_extremes(ritz)

@@ -32,8 +32,17 @@ TARGET_KEYS = ("steps_to_target", "tokens_to_target", "seconds_to_target")
 # the measurement settings, and bench.run.NON_SEMANTIC (not imported: bench.run registers the
 # Hydra schema on import, and it calls this module).
 _NOT_HYPERPARAMETERS = (
-    "meta", "seed", "metrics", "out_dir", "sweep", "logger", "trainer.device", "trainer.threads",
-    "trainer.progress", "trainer.checkpoint_every", "trainer.log_every",
+    "meta",
+    "seed",
+    "metrics",
+    "out_dir",
+    "sweep",
+    "logger",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.log_every",
 )
 
 
@@ -45,8 +54,11 @@ def time_to_target(rows: list[dict], target: float | None) -> dict:
     """Steps, tokens and seconds of the first row with eval/loss <= target (None if never)."""
     if target is None:
         return dict.fromkeys(TARGET_KEYS)
-    if isinstance(target, bool) or not isinstance(target, (int, float)) \
-            or not math.isfinite(target):
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, (int, float))
+        or not math.isfinite(target)
+    ):
         raise ValueError(f"target loss must be a finite number, got {target!r}")
     for row in rows:
         loss = row.get("eval/loss")
@@ -104,6 +116,33 @@ def _final_loss(record: RunRecord) -> float | None:
     if isinstance(loss, (int, float)) and math.isfinite(loss):
         return float(loss)
     return None
+
+
+def methods_in_sweep(sweep_dir: str | Path) -> list[str]:
+    """The method names (config.yaml meta.method) of the runs in a sweep folder, sorted."""
+    return sorted({m for _, config in sweep_runs(sweep_dir) if (m := _method(config))})
+
+
+def check_baseline(sweep_dir: str | Path, baseline: str | None, method: str) -> None:
+    """Before a run with target_loss=from_baseline: ConfigError unless `baseline` is named and is
+    either this run's own method or a method with a run folder in the sweep already.
+
+    Only meaningful when the baseline's runs are created before the others (a sweep listing the
+    baseline first on the sequential launcher); with parallel launchers a baseline run may not
+    exist yet, so check at the end instead (`fill_targets`).
+    """
+    if not baseline:
+        raise ConfigError(
+            "metrics.target_loss=from_baseline needs metrics.baseline, the method "
+            "name of the baseline runs (e.g. full/adamw)"
+        )
+    present = methods_in_sweep(sweep_dir)
+    if baseline != method and baseline not in present:
+        raise ConfigError(
+            f"metrics.baseline={baseline!r} (for metrics.target_loss=from_baseline) is not a "
+            f"method of sweep {sweep_dir}; the methods there are: "
+            f"{', '.join(sorted({*present, method}))}"
+        )
 
 
 def baseline_target(sweep_dir: str | Path, baseline: str | None) -> float:
