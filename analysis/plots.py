@@ -242,6 +242,12 @@ def kappa_vs_step(runs, curves, figures, sweep, **_):
                            "condition number kappa")
 
 
+@figure("sharpness_vs_step")
+def sharpness_vs_step(runs, curves, figures, sweep, **_):
+    return _metric_vs_step(runs, curves, figures, sweep, "sharpness/lambda_max",
+                           "sharpness_vs_step", "sharpness (largest Hessian eigenvalue)")
+
+
 @figure("balora_gap_vs_step")
 def balora_gap_vs_step(runs, curves, figures, sweep, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "balora/gap", "balora_gap_vs_step",

@@ -242,11 +242,11 @@ def run(cfg: DictConfig) -> dict | None:
 def _fill_from_baseline(cfg, record: RunRecord) -> dict | None:
     """Time to the baseline's final loss for every finished run of the sweep (the last run to
     finish fills them all; bench/metrics/targets.py). None while the baseline has not finished."""
-    from bench.metrics.targets import BaselineNotReady, fill_targets
+    from bench.metrics.targets import fill_targets
 
     try:
         target = fill_targets(record.dir.parent, cfg.metrics.baseline)
-    except BaselineNotReady as e:
+    except ConfigError as e:  # the baseline's runs have not (all) finished yet
         print(f"[bench] note: {e}; time to target is filled when it finishes")
         return None
     print(f"[bench] time to the baseline's loss {target:.4f} filled in for sweep {cfg.sweep}")
