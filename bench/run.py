@@ -145,7 +145,8 @@ def prepare(cfg) -> dict:
         from bench.data.corpus import eval_batches
         from bench.metrics.monitor import HessianMonitor
 
-        x, y = eval_batches(corpus.eval, cfg.trainer.batch_size, cfg.model.seq_len, 1)[0]
+        size = h.batch_size or max(1, cfg.trainer.batch_size // 2)
+        x, y = eval_batches(corpus.eval, size, cfg.model.seq_len, 1)[0]
         batch = (x.to(device), y.to(device))
         hooks.append(HessianMonitor(h.every, h.iters, list(h.layers), adapter, batch,
                                     seed=cfg.seed, model=model))

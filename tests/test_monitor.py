@@ -23,6 +23,15 @@ from bench.models.gpt import GPT, GPTConfig
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These problems are tiny: a second intra-op thread only adds contention on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def adapter(name="lora", **kw):
     return build_adapter(OmegaConf.structured(AdapterConfig(name=name, **kw)))
 
@@ -51,8 +60,9 @@ def toy_at_minimiser(exact_fit, n=20, r=4, alpha=8.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     W0 = torch.randn(n, n, generator=g, dtype=F64)
     if exact_fit:  # T - W0 of rank r
-        T = W0 + torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(r, n, generator=g,
-                                                                          dtype=F64)
+        T = W0 + torch.randn(n, r, generator=g, dtype=F64) @ torch.randn(
+            r, n, generator=g, dtype=F64
+        )
     else:  # full rank: the minimiser is the truncated SVD
         T = torch.randn(n, n, generator=g, dtype=F64)
     U, S, Vh = torch.linalg.svd(T - W0)
@@ -145,7 +155,7 @@ def horizontal_basis(pairs):
     Q = np.zeros((n, sum(b.shape[1] for b in blocks)))
     i = j = 0
     for b in blocks:
-        Q[i: i + b.shape[0], j: j + b.shape[1]] = b
+        Q[i : i + b.shape[0], j : j + b.shape[1]] = b
         i, j = i + b.shape[0], j + b.shape[1]
     return Q
 
@@ -158,8 +168,9 @@ def test_monitor_matches_dense_projected_hessian_per_layer_and_overall():
     pairs = [(layer.lora_A.detach(), layer.lora_B.detach()) for _, layer in ad.targets]
     Q = horizontal_basis(pairs)  # (128, 120)
     ev = np.linalg.eigvalsh(Q.T @ H @ Q)
-    mon = HessianMonitor(every=1, iters=Q.shape[1], layers=[], adapter=ad, batch=batch,
-                         per_layer=True)
+    mon = HessianMonitor(
+        every=1, iters=Q.shape[1], layers=[], adapter=ad, batch=batch, per_layer=True
+    )
     out = mon(1, model)
     assert out["cond/lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
     assert out["cond/lambda_min_h"] == pytest.approx(ev[0], rel=1e-6, abs=1e-9)
@@ -171,12 +182,13 @@ def test_monitor_matches_dense_projected_hessian_per_layer_and_overall():
     for k, (name, _) in enumerate(ad.targets):  # diagonal blocks H_ll on each layer's space
         n = sum(t.numel() for t in pairs[k])
         Ql = horizontal_basis([pairs[k]])
-        evl = np.linalg.eigvalsh(Ql.T @ H[off: off + n, off: off + n] @ Ql)
+        evl = np.linalg.eigvalsh(Ql.T @ H[off : off + n, off : off + n] @ Ql)
         off += n
         assert out[f"cond/{name}/lambda_max"] == pytest.approx(evl[-1], rel=1e-6)
         kappa = out[f"cond/{name}/kappa"]
-        assert (kappa is None) if evl[0] <= 0 else kappa == pytest.approx(evl[-1] / evl[0],
-                                                                         rel=0.05)
+        assert (
+            (kappa is None) if evl[0] <= 0 else kappa == pytest.approx(evl[-1] / evl[0], rel=0.05)
+        )
 
 
 def test_dense_lambda_max_matches_exact_and_power_iteration():
@@ -217,8 +229,7 @@ def sgd_run(with_monitor, steps=5):
     model.blocks[0].mlp.eval()  # a submodule in its own mode, to be restored as is
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1)
-    mon = HessianMonitor(every=1, iters=4, layers=["q"], adapter=ad, batch=batch,
-                         per_layer=True)
+    mon = HessianMonitor(every=1, iters=4, layers=["q"], adapter=ad, batch=batch, per_layer=True)
     torch.manual_seed(123)  # dropout masks come from the global RNG
     for step in range(1, steps + 1):
         opt.zero_grad()
@@ -268,8 +279,10 @@ def test_check_layers_matches_by_suffix_and_glob_and_lists_names_on_error():
     model, ad, batch = lora_gpt(targets=("q", "k", "v", "o"))
     assert [n for n, _ in check_layers(ad, [])] == [n for n, _ in ad.targets]
     assert [n for n, _ in check_layers(ad, ["q"])] == ["blocks.0.attn.q"]
-    assert [n for n, _ in check_layers(ad, ["*.attn.[qk]"])] == ["blocks.0.attn.q",
-                                                                 "blocks.0.attn.k"]
+    assert [n for n, _ in check_layers(ad, ["*.attn.[qk]"])] == [
+        "blocks.0.attn.q",
+        "blocks.0.attn.k",
+    ]
     assert len(check_layers(ad, ["blocks.0.*"])) == 4
     with pytest.raises(ConfigError, match="blocks.0.attn.q, blocks.0.attn.k") as err:
         check_layers(ad, ["q", "mlp"])

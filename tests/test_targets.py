@@ -9,6 +9,7 @@ from bench.config import ConfigError
 from bench.metrics.targets import (
     BaselineNotReady,
     baseline_target,
+    check_baseline,
     fill_targets,
     time_to_target,
 )
@@ -25,28 +26,50 @@ ROWS = [
 
 def test_time_to_target_is_the_first_eval_row_at_or_below():
     assert time_to_target(ROWS, 3.0) == {
-        "steps_to_target": 40, "tokens_to_target": 2560, "seconds_to_target": 6.0}
+        "steps_to_target": 40,
+        "tokens_to_target": 2560,
+        "seconds_to_target": 6.0,
+    }
     assert time_to_target(ROWS, 3.5)["steps_to_target"] == 20  # <= counts
     assert time_to_target(ROWS, 3.9)["steps_to_target"] == 20  # train loss does not count
     assert time_to_target(ROWS, 9.0)["steps_to_target"] == 0
     assert time_to_target(ROWS, 2.0) == dict.fromkeys(
-        ("steps_to_target", "tokens_to_target", "seconds_to_target"))
+        ("steps_to_target", "tokens_to_target", "seconds_to_target")
+    )
     assert time_to_target([], 1.0)["steps_to_target"] is None
     assert time_to_target(ROWS, None)["steps_to_target"] is None
     with pytest.raises(ValueError, match="finite"):
         time_to_target(ROWS, float("nan"))
 
 
-def make_run(sweep, name, method, final, status="completed", seed=0, lr=1e-3, rows=None,
-             target_loss="from_baseline"):
+def make_run(
+    sweep,
+    name,
+    method,
+    final,
+    status="completed",
+    seed=0,
+    lr=1e-3,
+    rows=None,
+    target_loss="from_baseline",
+):
     run = sweep / name
     run.mkdir(parents=True)
-    config = {"seed": seed, "optimizer": {"lr": lr}, "trainer": {"log_every": 10},
-              "metrics": {"target_loss": target_loss}, "meta": {"method": method,
-                                                                "run_id": name}}
+    config = {
+        "seed": seed,
+        "optimizer": {"lr": lr},
+        "trainer": {"log_every": 10},
+        "metrics": {"target_loss": target_loss},
+        "meta": {"method": method, "run_id": name},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    summary = {"status": status, "final_eval_loss": final, "steps_to_target": None,
-               "tokens_to_target": None, "seconds_to_target": None}
+    summary = {
+        "status": status,
+        "final_eval_loss": final,
+        "steps_to_target": None,
+        "tokens_to_target": None,
+        "seconds_to_target": None,
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     rows = rows if rows is not None else ROWS
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -110,3 +133,13 @@ def test_fill_targets_rewrites_finished_summaries(tmp_path):
     assert not list(tmp_path.glob("*/.summary.json.*"))  # no temp files left behind
     assert fill_targets(tmp_path, "full/adamw") == 3.0  # idempotent
     assert read_summary(base)["steps_to_target"] == 40
+
+
+def test_check_baseline_before_a_run(tmp_path):
+    make_run(tmp_path, "full-s0", "full/adamw", None, status="running")
+    check_baseline(tmp_path, "full/adamw", "lora/adamw")  # the baseline's run is there
+    check_baseline(tmp_path / "new", "lora/sgd", "lora/sgd")  # this run is a baseline run
+    with pytest.raises(ConfigError, match="full/adamw, lora/adamw"):
+        check_baseline(tmp_path, "balora/adamw", "lora/adamw")
+    with pytest.raises(ConfigError, match="needs metrics.baseline"):
+        check_baseline(tmp_path, None, "lora/adamw")
