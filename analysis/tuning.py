@@ -86,10 +86,15 @@ def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
             "mean": scores.mean() if len(scores) else math.nan,
             "n_diverged": int(group["status"].isin(BAD_STATUSES).sum()),
             "run_ids": list(group["run_id"]),
+            "n_runs": len(group),
         })
     table = pd.DataFrame(rows)
+    # Two-stage protocol (grid on one seed, more seeds at the best): the configs that got the
+    # most seeds are the ones the grid selected, so they come first; within them the lowest mean.
     # NaN (no finished seed) sorts after +inf: a config with no result is never chosen.
-    table = table.sort_values("mean", na_position="last", kind="stable").reset_index(drop=True)
+    table = table.assign(_tier=-table["n_runs"]).sort_values(
+        ["_tier", "mean"], na_position="last", kind="stable").drop(columns="_tier")
+    table = table.reset_index(drop=True)
     return shown, table
 
 
@@ -247,7 +252,9 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pa
 
 PROTOCOL = (
     "Protocol: per method, the hyperparameters with the lowest mean final eval loss over seeds "
-    "(a diverged or failed seed counts as +inf; std is over the seeds that did not); "
+    "among the configurations run with the most seeds (with a grid on one seed and more seeds at "
+    "its best, that best; a diverged or failed seed counts as +inf; std is over the seeds that "
+    "did not); "
     "delta = mean - baseline mean (negative: lower loss than the baseline);"
     f" [ci_low, ci_high] = {CONFIDENCE:.0%} percentile bootstrap "
     f"interval of delta ({N_BOOTSTRAP} resamples of the seeds, seeded); conclusive = the "

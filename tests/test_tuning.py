@@ -176,3 +176,12 @@ def test_best_runs_are_all_seeds_of_the_chosen_config():
     rows = seeds("lora/adamw", 1e-3, [2.0, 2.0]) + seeds("lora/adamw", 1e-2, [2.5, 2.5])
     chosen = best_runs(pd.DataFrame(rows))
     assert set(chosen["optimizer.lr"]) == {1e-3} and len(chosen) == 2
+
+
+def test_two_stage_protocol_reports_the_config_run_with_more_seeds():
+    """Grid on seed 0, seeds 1, 2 at its best: a lucky one-seed config does not win."""
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.3, 2.4])  # the grid's best at seed 0, then worse
+            + seeds("lora/adamw", 1e-2, [2.1]) + seeds("lora/adamw", 1e-4, [2.5]))
+    table = tuned_table(pd.DataFrame(rows))
+    row = table[table["method"] == "lora/adamw"].iloc[0]
+    assert row["optimizer.lr"] == 1e-3 and row["n_seeds"] == 3
