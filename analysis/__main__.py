@@ -86,6 +86,9 @@ def run(args: dict) -> list[str]:
         files, table = [], None
         if not lm_runs(sweep_runs).empty:
             own = baseline if baseline in set(sweep_runs["method"]) else None
+            if not baseline:  # the study's declared baseline (experiments.BASELINES)
+                declared = study_baselines().get(str(sweep))
+                own = declared if declared in set(sweep_runs["method"]) else None
             if baseline and own is None:
                 print(f"note: {sweep}: baseline {baseline} not in this sweep, using the default",
                       file=sys.stderr)
@@ -115,6 +118,15 @@ def log_tables(results: list[dict], mode: str, project: str, figures: str) -> No
                          name=f"{result['sweep']} tuned", dir=figures, reinit="finish_previous")
         run.log({"tuned": wandb.Table(dataframe=result["tuned"].astype(str))})
         run.finish()
+
+
+def study_baselines() -> dict[str, str]:
+    """Each study's baseline method, from the study registry when it is importable."""
+    try:
+        from experiments import BASELINES
+    except ImportError:
+        return {}
+    return dict(BASELINES)
 
 
 def main(argv: list[str] | None = None) -> int:
