@@ -130,6 +130,7 @@ def test_wandb_failure_does_not_stop_training(tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_SILENT", "true")  # WandbLogger sets it; restored afterwards
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # make test's "disabled" would skip init
 
     def broken_init(*args, **kwargs):
         raise RuntimeError("no W&B today")
@@ -149,6 +150,7 @@ def test_wandb_failing_mid_run_warns_once(tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     calls = []
 
     class BrokenRun:
@@ -172,3 +174,16 @@ def test_wandb_failing_mid_run_warns_once(tmp_path, monkeypatch):
         logger.finish({"status": "completed"})
     assert len(caught) == 1
     assert calls == [{"step": 1, "train/loss": 1.0}]
+
+
+def test_wandb_mode_environment_variable_wins(tmp_path, monkeypatch):
+    """WANDB_MODE=disabled (as `make test` sets) turns W&B off whatever the config says."""
+    import wandb
+
+    from bench.tracking.wandb import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(wandb, "init", lambda **kw: pytest.fail("wandb.init was called"))
+    logger = WandbLogger(mode="offline", project="p", entity=None, run_dir=tmp_path, name="n",
+                         group="g", tags=[], config={}, run_id="x")
+    assert logger.run is None
