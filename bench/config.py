@@ -34,6 +34,20 @@ INITS = ("scratch", "pretrained")
 GROUPS = ("model", "data", "adapter", "optimizer", "trainer", "logger", "experiment")
 
 
+# Keys that do not change what a run computes: left out of the run id (bench.run.run_id) and
+# of the configuration a run is grouped by (bench.metrics.targets).
+NON_SEMANTIC = (
+    "out_dir",
+    "sweep",
+    "logger",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.log_every",
+)
+
+
 class ConfigError(ValueError):
     """A configuration problem found before training; the message names the key."""
 

@@ -27,20 +27,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench import __version__
-from bench.config import ConfigError, check_override_keys, register_configs, validate
-from bench.tracking.record import RunRecord
-
-# Keys that do not change what a run computes: they are left out of the run id.
-NON_SEMANTIC = (
-    "out_dir",
-    "sweep",
-    "logger",
-    "trainer.device",
-    "trainer.threads",
-    "trainer.progress",
-    "trainer.checkpoint_every",
-    "trainer.log_every",
+from bench.config import (
+    NON_SEMANTIC,
+    ConfigError,
+    check_override_keys,
+    register_configs,
+    validate,
 )
+from bench.tracking.record import RunRecord
 
 
 def method_name(cfg) -> str:

@@ -24,26 +24,13 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import ConfigError
+from bench.config import NON_SEMANTIC, ConfigError
 from bench.tracking.record import RunRecord
 
 TARGET_KEYS = ("steps_to_target", "tokens_to_target", "seconds_to_target")
 # Keys of config.yaml left out when grouping runs by configuration: the seed, the run metadata,
-# the measurement settings, and bench.run.NON_SEMANTIC (not imported: bench.run registers the
-# Hydra schema on import, and it calls this module).
-_NOT_HYPERPARAMETERS = (
-    "meta",
-    "seed",
-    "metrics",
-    "out_dir",
-    "sweep",
-    "logger",
-    "trainer.device",
-    "trainer.threads",
-    "trainer.progress",
-    "trainer.checkpoint_every",
-    "trainer.log_every",
-)
+# the measurement settings, and the keys that do not change what a run computes.
+_NOT_HYPERPARAMETERS = ("meta", "seed", "metrics", *NON_SEMANTIC)
 
 
 class BaselineNotReady(ConfigError):
