@@ -19,6 +19,7 @@ from bench.config import AdapterConfig, ConfigError
 from bench.metrics.hessian import condition_number, exact_eigenvalues, hvp_fn, power_iteration
 from bench.metrics.monitor import HessianMonitor, check_layers
 from bench.models.gpt import GPT, GPTConfig
+from tests.test_hessian import vertical_basis
 
 F64 = torch.float64
 
@@ -140,14 +141,7 @@ def horizontal_basis(pairs):
     block diagonal over the layers, from an explicit spanning set (not the Sylvester solve)."""
     blocks = []
     for A, B in pairs:
-        r = A.shape[0]
-        cols = []
-        for i in range(r):
-            for j in range(r):
-                E = torch.zeros(r, r, dtype=F64)
-                E[i, j] = 1.0
-                cols.append(torch.cat([(-E @ A).reshape(-1), (B @ E).reshape(-1)]))
-        V = torch.stack(cols, dim=1).numpy()
+        V = vertical_basis(A.to(F64), B.to(F64))
         U, s, _ = np.linalg.svd(V, full_matrices=True)
         rank = int((s > 1e-10 * s[0]).sum())
         blocks.append(U[:, rank:])  # orthonormal complement of range(V)
