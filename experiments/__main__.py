@@ -80,7 +80,14 @@ def best_overrides(out_dir: Path, sweep: str, experiment: str) -> dict[str, list
 
 
 def sweep_of(experiment: str) -> str:
-    return str(OmegaConf.load(CONF / f"{experiment}.yaml").get("sweep", experiment))
+    """The experiment's `sweep`, following its defaults list to the experiment it extends."""
+    cfg = OmegaConf.load(CONF / f"{experiment}.yaml")
+    if "sweep" in cfg:
+        return str(cfg.sweep)
+    for entry in cfg.get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_" and (CONF / f"{entry}.yaml").exists():
+            return sweep_of(entry)
+    return experiment
 
 
 def plan(names: list[str], out_dir: Path, workers: int = 2) -> float:

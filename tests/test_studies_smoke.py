@@ -47,3 +47,14 @@ def test_study_smoke(tmp_path, experiment, overrides, n_runs):
     assert proc.returncode == 0, proc.stderr
     sweep = dirs[0].parent.name
     assert (figures / f"{sweep}_tuned.md").exists() and (figures / "REPORT.md").exists()
+
+
+def test_every_stage_finds_its_sweep_folder():
+    from experiments.__main__ import STUDIES, sweep_of
+
+    expected = {"balora_toy": "balora_toy", "balora_finetune_full": "balora_finetune",
+                "riemannian_attention_adamw": "riemannian_attention",
+                "adapters_x_optimizers_riemannian": "adapters_x_optimizers"}
+    for name, (stages, _) in STUDIES.items():
+        for _, experiment in stages:
+            assert sweep_of(experiment) == expected.get(experiment, name), experiment
