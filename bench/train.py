@@ -129,7 +129,7 @@ class Trainer:
         tokens_per_step = t.batch_size * self.seq_len
         start = time.perf_counter() - stats["wall_s"]
         window: list[float] = []
-        status, diverged_step = "completed", None
+        status, diverged_step, numeric_error = "completed", None, None
         bar = _progress(t, step)
         if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
             row = {"step": 0, "tokens": 0, "wall_s": 0.0}
@@ -171,9 +171,14 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], clip
             )
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+                self.adapter.after_step(step + 1, self.optimizer)
+            except torch.linalg.LinAlgError as e:  # a factorisation of non-finite or degenerate
+                status, diverged_step = "diverged", step + 1  # factors: the step blew up
+                numeric_error = f"{type(e).__name__} in the optimizer step: {e}"
+                break
             step += 1
-            self.adapter.after_step(step, self.optimizer)
             stats["tokens"] += tokens_per_step
             stats["step_s"] += time.perf_counter() - t0
             window.append(loss_value)
@@ -220,7 +225,8 @@ class Trainer:
             "wall_s": stats["wall_s"],
             "tokens_per_s": stats["tokens"] / stats["step_s"] if stats["step_s"] else None,
             "peak_mem_mb": peak_memory_mb(self.device),
-            "error": f"loss {loss_value} at step {diverged_step}" if status == "diverged" else None,
+            "error": numeric_error
+            or (f"loss {loss_value} at step {diverged_step}" if status == "diverged" else None),
             **_target_summary(stats["target"]),
         }
         return summary

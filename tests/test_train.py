@@ -197,3 +197,13 @@ def test_lr_schedules():
     assert lr_factor(9, "warmup_cosine", 10, 100) == 1.0
     assert abs(lr_factor(55, "warmup_cosine", 10, 100) - 0.5) < 1e-12
     assert lr_factor(100, "warmup_cosine", 10, 100) < 1e-12
+
+
+def test_a_failed_factorisation_in_the_step_counts_as_divergence(tmp_path, tiny, monkeypatch):
+    def broken_step(self, closure=None):
+        raise torch.linalg.LinAlgError("linalg.svd: the algorithm failed to converge")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", broken_step)
+    summary = run(compose(tiny))
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 1
+    assert "LinAlgError in the optimizer step" in summary["error"]
