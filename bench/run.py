@@ -24,6 +24,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from bench import __version__
@@ -157,9 +158,7 @@ def prepare(cfg) -> dict:
 
 
 def run(cfg: DictConfig) -> dict | None:
-    """One run: returns its summary (or None when it was skipped)."""
-    from bench.tracking.wandb import WandbLogger
-
+    """One run: returns its summary (or None when another process is running it)."""
     validate(cfg)
     _setup_threads(cfg)
     torch.manual_seed(cfg.seed)
@@ -173,6 +172,24 @@ def run(cfg: DictConfig) -> dict | None:
         print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
         return record.read_summary()
     parts = prepare(cfg)
+    # One process per run: a second launch of the same run (two sweeps, a resubmitted array task)
+    # leaves it to the first instead of writing the same files.
+    record.dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(record.dir / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"[bench] {rid}: running in another process, skipped")
+        return None
+    try:
+        return _run_locked(cfg, rid, record, parts)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg, rid: str, record: RunRecord, parts: dict) -> dict:
+    from bench.tracking.wandb import WandbLogger
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["meta"] = {
         "run_id": rid,

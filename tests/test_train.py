@@ -207,3 +207,15 @@ def test_a_failed_factorisation_in_the_step_counts_as_divergence(tmp_path, tiny,
     summary = run(compose(tiny))
     assert summary["status"] == "diverged" and summary["diverged_step"] == 1
     assert "LinAlgError in the optimizer step" in summary["error"]
+
+
+def test_a_run_held_by_another_process_is_skipped(tmp_path, tiny):
+    from filelock import FileLock
+
+    cfg = compose(tiny)
+    run_dir = tmp_path / "runs" / "default" / run_id(cfg)
+    run_dir.mkdir(parents=True)
+    with FileLock(str(run_dir / ".lock")):  # as a concurrent worker would hold it
+        assert run(cfg) is None
+    assert not (run_dir / "metrics.jsonl").exists()
+    assert run(cfg)["status"] == "completed"  # once released, the run goes ahead
