@@ -139,7 +139,21 @@ def load_runs(root: str | Path = "runs", sweep: str | None = None) -> pd.DataFra
             f"no run records under {base} (expected <runs>/<sweep>/<run-id>/config.yaml); "
             "make some with `make run` or `python -m bench.run`"
         )
-    return frame_from_rows([record_row(path.parent) for path in configs])
+    return drop_relaunches(frame_from_rows([record_row(path.parent) for path in configs]))
+
+
+def drop_relaunches(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per launch: records of the same sweep with the same overrides (`meta.overrides`,
+    seed included) are the same run relaunched under a changed run id (a new config key with a
+    default changes every id); the most recently written record is kept."""
+    if "meta.overrides" not in df:
+        return df
+    key = df["meta.overrides"].map(
+        lambda o: ",".join(o) if isinstance(o, list) else (o if isinstance(o, str) and o else None))
+    written = df["run_dir"].map(lambda d: (Path(d) / "config.yaml").stat().st_mtime)
+    df = df.assign(_launch=key, _written=written).sort_values("_written", kind="stable")
+    keep = df["_launch"].isna() | ~df.duplicated(["sweep", "_launch"], keep="last")
+    return df[keep].drop(columns=["_launch", "_written"]).sort_index()
 
 
 def read_metrics(path: Path) -> list[dict]:

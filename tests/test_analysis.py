@@ -283,3 +283,17 @@ def test_tuned_tables_are_logged_to_wandb_offline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (run_file,) = (tmp_path / "fig" / "wandb").glob("offline-run-*/run-*.wandb")
     assert run_file.stat().st_size > 0
+
+
+def test_a_relaunched_run_under_a_new_id_counts_once(tmp_path):
+    for name in ("old-id", "new-id"):  # the same launch, recorded twice (a changed run id)
+        run_dir = write_run(tmp_path, "s", seed=0, losses=(3, 2.5, 2.1))
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg["meta"]["overrides"] = ["adapter=lora", "seed=0"]
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+        run_dir.rename(run_dir.with_name(name))
+        time.sleep(0.01)
+    write_run(tmp_path, "s", seed=1, losses=(3, 2.5, 2.2))
+    df = load_runs(tmp_path)
+    assert sorted(df["seed"]) == [0, 1]
+    assert df[df["seed"] == 0]["run_dir"].iloc[0].endswith("new-id")
