@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import run_cli, run_dirs
 
 pytestmark = pytest.mark.perf
-RUN = ["model.init=scratch", "trainer.max_steps=60", "trainer.eval_every=60",
+RUN = ["model.init=scratch", "trainer.max_steps=200", "trainer.eval_every=200",
        "trainer.progress=false", "logger=none", "hydra.sweeper.params=null", "seed=0,1,2,3"]
 
 
