@@ -46,7 +46,8 @@ def _one_line(text: str) -> str:
 def finding(table: pd.DataFrame) -> str:
     """What the runs show: the best method and whether it beats its baseline conclusively."""
     if table is None or table.empty:
-        return "No language-model runs in this sweep."
+        return ("No language-model runs in this sweep; a toy study's result is its table "
+                "(`<sweep>_toy.md`) and figures below.")
     finite = table[table["mean"].apply(lambda v: isinstance(v, float) and math.isfinite(v))]
     if finite.empty:
         if (table["mean"] == math.inf).any():
