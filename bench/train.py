@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import torch
 
 from bench.data.corpus import eval_batches, get_batch
+from bench.metrics.targets import TARGET_KEYS, time_to_target
 from bench.tracking.record import RunRecord
 
 
@@ -116,7 +117,6 @@ class Trainer:
             "initial_loss": None,
             "best_eval": None,
             "last_eval": None,
-            "target": None,
         }
         step = 0
         state = self.record.load_checkpoint()
@@ -133,7 +133,7 @@ class Trainer:
         bar = _progress(t, step)
         if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
             row = {"step": 0, "tokens": 0, "wall_s": 0.0}
-            row.update(self._evaluate(stats, 0.0, 0))
+            row.update(self._evaluate(stats))
             self.record.log(row)
             if self.logger is not None:
                 self.logger.log(row)
@@ -200,7 +200,7 @@ class Trainer:
                 window = []
                 row.update(self.adapter.metrics())
                 if evaluating:
-                    row.update(self._evaluate(stats, row["wall_s"], step))
+                    row.update(self._evaluate(stats))
                 hooks_t0 = time.perf_counter()
                 for hook in self.hooks:
                     row.update(hook(step, self.model) or {})
@@ -227,11 +227,11 @@ class Trainer:
             "peak_mem_mb": peak_memory_mb(self.device),
             "error": numeric_error
             or (f"loss {loss_value} at step {diverged_step}" if status == "diverged" else None),
-            **_target_summary(stats["target"]),
+            **self._time_to_target(),
         }
         return summary
 
-    def _evaluate(self, stats: dict, wall_s: float, step: int) -> dict:
+    def _evaluate(self, stats: dict) -> dict:
         out = {}
         for name, batches in self.eval_sets.items():
             key = "eval/loss" + (f"_{name}" if name else "")
@@ -239,19 +239,15 @@ class Trainer:
         loss = out["eval/loss"]
         stats["last_eval"] = loss
         stats["best_eval"] = loss if stats["best_eval"] is None else min(stats["best_eval"], loss)
-        target = self.cfg.get("target_loss")
-        if isinstance(target, (int, float)) and stats["target"] is None and loss <= target:
-            stats["target"] = {
-                "steps_to_target": step,
-                "tokens_to_target": stats["tokens"],
-                "seconds_to_target": wall_s,
-            }
         return out
 
-
-def _target_summary(target: dict | None) -> dict:
-    keys = ("steps_to_target", "tokens_to_target", "seconds_to_target")
-    return {k: (target or {}).get(k) for k in keys}
+    def _time_to_target(self) -> dict:
+        """AlgoPerf's time to result, from the rows this run logged (bench/metrics/targets.py);
+        `from_baseline` is resolved after the sweep, by bench.run."""
+        target = self.cfg.get("target_loss")
+        if not isinstance(target, (int, float)) or isinstance(target, bool):
+            return dict.fromkeys(TARGET_KEYS)
+        return time_to_target(self.record.read_metrics(), target)
 
 
 def model_seq_len(model) -> int:

@@ -219,3 +219,16 @@ def test_a_run_held_by_another_process_is_skipped(tmp_path, tiny):
         assert run(cfg) is None
     assert not (run_dir / "metrics.jsonl").exists()
     assert run(cfg)["status"] == "completed"  # once released, the run goes ahead
+
+
+def test_time_to_a_numeric_target_is_the_first_eval_at_or_below_it(tmp_path, tiny):
+    for target, out in ((100.0, "reached"), (0.01, "never")):
+        overrides = [*tiny, f"metrics.target_loss={target}", f"out_dir={tmp_path / out}"]
+        summary = run(compose(overrides))
+        (d,) = run_dirs(tmp_path / out)
+        rows = [r for r in read_jsonl(d / "metrics.jsonl") if "eval/loss" in r]
+        if out == "reached":  # every eval is below 100: the first one, before training
+            assert (summary["steps_to_target"], summary["tokens_to_target"]) == (0, 0)
+            assert summary["seconds_to_target"] == rows[0]["wall_s"]
+        else:
+            assert summary["steps_to_target"] is None and summary["seconds_to_target"] is None
