@@ -87,12 +87,6 @@ class ManifoldLoRALinear(nn.Module):
         return self.base(x) + (x @ right) @ left.T * self.scaling
 
 
-def gap(layer: LoRALinear) -> torch.Tensor:
-    """||B^T B - A A^T||_F, two r x r Grams (papers/balora.md §2)."""
-    A, B = layer.lora_A.detach(), layer.lora_B.detach()
-    return torch.linalg.matrix_norm(B.T @ B - A @ A.T)
-
-
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -129,8 +123,11 @@ class LoRA(Adapter):
         return [layer for _, layer in self.targets if isinstance(layer, LoRALinear)]
 
     def metrics(self) -> dict:
-        gaps = [gap(layer) for layer in self.layers()]
-        return {"balora/gap": float(torch.stack(gaps).mean())} if gaps else {}
+        """Mean ||B^T B - A A^T||_F over layers (papers/balora.md §2)."""
+        from bench.adapters.balora import balancing_gap  # balora.py imports this module
+
+        gaps = [balancing_gap(layer.lora_A, layer.lora_B) for layer in self.layers()]
+        return {"balora/gap": sum(gaps) / len(gaps)} if gaps else {}
 
     def merge(self) -> None:
         for layer in self.layers():
