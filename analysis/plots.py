@@ -257,7 +257,7 @@ def balora_gap_vs_step(runs, curves, figures, sweep, **_):
 @figure("lr_scale_heatmap")
 def lr_scale_heatmap(runs, curves, figures, sweep, **_):
     """Mean final eval loss over seeds on the grid learning rate x alpha/r, one panel per method
-    that swept both (BaLoRA paper Fig. 4). A cell where any seed diverged or failed is hatched."""
+    that swept both (BaLoRA paper Fig. 4). A cell where any seed diverged or failed reads "div."."""
     lm = lm_runs(runs)
     needed = {"optimizer.lr", "adapter.alpha", "adapter.r", "final_eval_loss"}
     if lm.empty or not needed <= set(lm.columns):
