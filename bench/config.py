@@ -344,6 +344,24 @@ def _schema_fields(node: type, path: list[str]) -> tuple[type | None, str | None
     return node, None
 
 
+def schema_defaults() -> dict:
+    """Every key of `Config` with its schema default, groups included (a group's default is its
+    dataclass's defaults): what the run id compares a config against (bench.run.config_digest)."""
+    def defaults(node: type) -> dict:
+        out = {}
+        for f in dataclasses.fields(node):
+            kind = globals().get(f.type, f.type) if isinstance(f.type, str) else f.type
+            if dataclasses.is_dataclass(kind):
+                out[f.name] = defaults(kind)
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+            else:
+                out[f.name] = f.default
+        return out
+
+    return defaults(Config)
+
+
 def check_override_keys(overrides: list[str]) -> None:
     """Unknown keys on the command line -> ConfigError listing the allowed keys of that group.
 

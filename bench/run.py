@@ -33,6 +33,7 @@ from bench.config import (
     ConfigError,
     check_override_keys,
     register_configs,
+    schema_defaults,
     validate,
 )
 from bench.tracking.record import RunRecord
@@ -49,18 +50,36 @@ def method_name(cfg) -> str:
     return "/".join(parts)
 
 
-def run_id(cfg) -> str:
-    """Readable and stable: method, seed and a hash of every semantic key of the config."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NON_SEMANTIC:
-        node, *path = dotted.split(".")
-        if path:
-            container.get(node, {}).pop(path[0], None)
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """{"a.b.c": value} for every leaf of a nested dict (lists are leaves)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
         else:
-            container.pop(node, None)
-    digest = hashlib.sha256(json.dumps(container, sort_keys=True).encode()).hexdigest()[:8]
+            out[prefix + key] = value
+    return out
+
+
+def config_digest(cfg) -> str:
+    """8 hex digits of the sha256 of the semantic keys whose values differ from the schema's
+    defaults (bench.config.schema_defaults). Adding a key with a default to the schema, or
+    writing a default value out in a YAML file, leaves every existing run id unchanged."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    defaults = _leaves(schema_defaults())
+    semantic = {
+        key: value
+        for key, value in _leaves(container).items()
+        if not any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC)
+        and (key not in defaults or defaults[key] != value)
+    }
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def run_id(cfg) -> str:
+    """Readable and stable: method, seed and `config_digest` of the config."""
     name = method_name(cfg).replace("/", "-").replace(":", "_").replace("+", "_")
-    return f"{name}-s{cfg.seed}-{digest}"
+    return f"{name}-s{cfg.seed}-{config_digest(cfg)}"
 
 
 def _git_commit() -> str | None:

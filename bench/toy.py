@@ -262,13 +262,12 @@ def run_toy(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from bench import __version__
-    from bench.run import _git_commit, run_id
+    from bench.run import _git_commit, config_digest
     from bench.tracking.record import RunRecord, atomic_write
 
     check_toy(cfg)
     method = toy_method(cfg)
-    digest = run_id(cfg).rsplit("-", 1)[-1]  # the hash of every semantic key
-    rid = f"{method.replace('/', '-').replace(':', '_')}-s{cfg.seed}-{digest}"
+    rid = f"{method.replace('/', '-').replace(':', '_')}-s{cfg.seed}-{config_digest(cfg)}"
     record = RunRecord(Path(cfg.out_dir) / cfg.sweep / rid)
     if record.is_complete():
         print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from bench.config import schema_defaults
 from bench.run import run, run_id
 from bench.train import lr_factor
 from tests.conftest import ROOT, compose, read_jsonl, run_cli, run_dirs
@@ -82,6 +83,25 @@ def test_run_id_depends_on_semantics_not_logging(tiny):
     assert run_id(compose([*tiny, "trainer.log_every=1", "logger=wandb_offline"])) == base
     assert run_id(compose([*tiny, "optimizer.lr=0.01"])) != base
     assert run_id(compose([*tiny, "seed=3"])).endswith(base[-8:]) is False
+
+
+def test_run_id_survives_a_new_schema_key_with_its_default(tiny, monkeypatch):
+    """Only values that differ from the schema's defaults are hashed: a key added to the schema
+    later, present in the config at its default, does not change any existing run id."""
+    from omegaconf import OmegaConf
+
+    import bench.run
+
+    cfg = compose(tiny)
+    base = run_id(cfg)
+    defaults = schema_defaults()
+    defaults["trainer"]["new_knob"] = 3
+    monkeypatch.setattr(bench.run, "schema_defaults", lambda: defaults)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # untyped, so that it takes a new key
+    cfg.trainer.new_knob = 3
+    assert run_id(cfg) == base
+    cfg.trainer.new_knob = 4  # a non-default value of the new key is part of the id
+    assert run_id(cfg) != base
 
 
 def test_completed_run_is_skipped_when_launched_again(tmp_path, tiny):
