@@ -7,10 +7,14 @@ Reads the toy runs' records only (``config.yaml`` and ``toy.json``, written by b
   y, one line per variant (LoRA, BaLoRA with procrustes / sign / none alignment);
 - ``<sweep>_kappa_hist.png/.pdf`` (the paper's Fig. 6): histograms over inits of the exact
   Hessian condition number at the end points, log x, per optimizer;
+- ``<sweep>_gap_per_problem.png/.pdf``: per problem (T, W0), LoRA's median final excess loss
+  over each BaLoRA variant's (the paper's GD claim is about this ratio for its one problem);
 - ``<sweep>_toy.md``: median final excess loss and median kappa per (variant, optimizer), and
-  LoRA's median final excess loss over each variant's (the "GD gap" for optimizer gd).
+  LoRA's median final excess loss over each variant's, pooled and per problem (the "GD gap").
 
-Inits of every seed of a (variant, optimizer) are pooled. Entry point: ``toy_figures``.
+A problem is one draw of (T, W0), named by the seed that drew it (bench/toy.py). The curves,
+histograms and pooled medians pool the inits of every problem of a (variant, optimizer).
+Entry point: ``toy_figures``.
 """
 
 from __future__ import annotations
@@ -59,13 +63,16 @@ def is_toy_run(run_dir: Path) -> bool:
 
 
 def load_toy(run_dirs: Iterable[Path]) -> pd.DataFrame:
-    """One row per (run, init): variant, optimizer, seed, lr, the excess-loss curve (an array of
-    steps + 1 values), kappa, lambda_max, gap. Inits without a kept LR have a NaN curve."""
+    """One row per (run, init): variant, optimizer, seed, problem (the seed that drew its (T, W0)),
+    lr, the excess-loss curve (an array of steps + 1 values), kappa, lambda_max, gap. Inits
+    without a kept LR have a NaN curve."""
     rows = []
     for run_dir in map(Path, run_dirs):
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         toy = json.loads((run_dir / "toy.json").read_text())
         label = _variant(toy["adapter"], toy.get("alignment"))
+        # a record of one problem (no `problem` list) is the problem its seed draws
+        problems = toy.get("problem") or [config.get("seed")] * len(toy["excess"])
         for i, curve in enumerate(toy["excess"]):
             rows.append({
                 "run_dir": str(run_dir),
@@ -73,6 +80,7 @@ def load_toy(run_dirs: Iterable[Path]) -> pd.DataFrame:
                 "optimizer": toy["optimizer"],
                 "method": toy["method"],
                 "seed": config.get("seed"),
+                "problem": problems[i],
                 "init": i,
                 "lr": toy["lr"][i],
                 "curve": np.array([np.nan if v is None else v for v in curve], dtype=float),
@@ -127,7 +135,9 @@ def draw_excess_loss(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
         ax.grid(True, which="major", alpha=0.3)
     axes[0][0].set_ylabel("excess loss over the best rank-r loss")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{sweep}: median and interquartile range over inits, LR tuned per init")
+    problems = df["problem"].nunique()
+    fig.suptitle(f"{sweep}: median and interquartile range over the inits of {problems} "
+                 f"problem{'s' if problems > 1 else ''}, LR tuned per init")
     fig.tight_layout()
     return save(fig, figures, f"{sweep}_excess_loss")
 
@@ -166,9 +176,73 @@ def draw_kappa_hist(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
     return save(fig, figures, f"{sweep}_kappa_hist")
 
 
+def draw_problem_ratios(df: pd.DataFrame, figures: Path, sweep: str) -> list[Path]:
+    """The paper's Fig. 3 summary statistic once per problem: LoRA's median final excess loss
+    over each BaLoRA variant's, one dot per problem (T, W0), per optimizer, log y; the bar is
+    the median over problems, the dashed line the paper's 10x (its GD claim)."""
+    opts, variants = _order(df)
+    variants = [v for v in variants if v != "LoRA"]
+    fig, axes = plt.subplots(1, len(opts), figsize=(4.2 * len(opts), 3.4), squeeze=False)
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    for ax, opt in zip(axes[0], opts):
+        for x, variant in enumerate(variants):
+            ratios = problem_ratios(df, opt, variant)
+            if ratios.empty:
+                continue
+            color, _ = _style(variant)
+            ax.scatter(x + rng.uniform(-0.18, 0.18, len(ratios)), ratios, s=14, color=color,
+                       alpha=0.7, lw=0)
+            ax.hlines(ratios.median(), x - 0.3, x + 0.3, color=color, lw=2.2)
+        ax.axhline(10, color="k", ls="--", lw=1, label="10x (the paper's GD claim)")
+        ax.axhline(1, color="tab:gray", ls=":", lw=1, label="1x (no difference)")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(variants)), variants, fontsize=8)
+        ax.set_title(OPTIMIZERS.get(opt, opt))
+        ax.grid(True, axis="y", which="major", alpha=0.3)
+    axes[0][0].set_ylabel("LoRA / variant, median final excess")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{sweep}: one dot per problem (T, W0), bar = median over problems")
+    fig.tight_layout()
+    return save(fig, figures, f"{sweep}_gap_per_problem")
+
+
+def _final(sel: pd.DataFrame) -> np.ndarray:
+    """The final excess losses of these rows' inits that have a kept LR."""
+    final = np.array([c[-1] for c in sel["curve"]], dtype=float)
+    return final[np.isfinite(final)]
+
+
+def problem_ratios(df: pd.DataFrame, optimizer: str, variant: str) -> pd.Series:
+    """Per problem (T, W0): LoRA's median final excess loss over its inits divided by the
+    variant's, the quantity the paper's Fig. 3 shows for its one problem; NaN-free, indexed by
+    problem."""
+    def medians(label):
+        sel = df[(df["optimizer"] == optimizer) & (df["variant"] == label)]
+        return pd.Series({p: np.median(f) if len(f := _final(g)) else np.nan
+                          for p, g in sel.groupby("problem")}, dtype=float)
+
+    ratios = medians("LoRA") / medians(variant)
+    return ratios[np.isfinite(ratios)]
+
+
+def bootstrap_median(values: np.ndarray, n: int = 10_000, seed: int = 0,
+                     confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of `values` (resampled with replacement)."""
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    medians = np.median(values[rng.integers(0, len(values), size=(n, len(values)))], axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(medians, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def toy_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (variant, optimizer): inits, median final excess loss and IQR, median kappa, median
-    chosen LR, and LoRA's median final excess loss over this row's ("LoRA / this")."""
+    chosen LR, LoRA's pooled median final excess loss over this row's ("LoRA / this"), and over
+    problems: the median of the per-problem ratios with its 95% bootstrap interval and the share
+    of problems where the ratio is at least 10 (the paper's GD claim)."""
     opts, variants = _order(df)
     rows = []
     for opt in opts:
@@ -177,22 +251,27 @@ def toy_table(df: pd.DataFrame) -> pd.DataFrame:
             sel = df[(df["optimizer"] == opt) & (df["variant"] == variant)]
             if sel.empty:
                 continue
-            final = np.array([c[-1] for c in sel["curve"]], dtype=float)
-            final = final[np.isfinite(final)]
+            final = _final(sel)
             med = float(np.median(final)) if len(final) else math.nan
             if variant == "LoRA":
                 lora = med
             q25, q75 = (np.quantile(final, [0.25, 0.75]) if len(final) else (math.nan,) * 2)
             kappa = sel["kappa"][np.isfinite(sel["kappa"])]
+            ratios = problem_ratios(df, opt, variant) if variant != "LoRA" else pd.Series()
+            low, high = bootstrap_median(ratios.to_numpy())
             rows.append({
                 "optimizer": opt,
                 "variant": variant,
+                "problems": sel["problem"].nunique(),
                 "inits": len(final),
                 "median final excess": med,
                 "IQR": f"{q25:.3g} - {q75:.3g}",
                 "median kappa": float(kappa.median()) if len(kappa) else math.nan,
                 "median lr": float(sel["lr"].median()),
                 "LoRA / this": (lora / med if lora is not None and med > 0 else math.nan),
+                "per problem: median": float(ratios.median()) if len(ratios) else math.nan,
+                "95% CI": f"{low:.3g} - {high:.3g}" if len(ratios) else "",
+                ">= 10x": f"{(ratios >= 10).sum()}/{len(ratios)}" if len(ratios) else "",
             })
     return pd.DataFrame(rows)
 
@@ -200,14 +279,21 @@ def toy_table(df: pd.DataFrame) -> pd.DataFrame:
 def write_toy_table(df: pd.DataFrame, figures: Path, sweep: str) -> Path:
     table = toy_table(df)
     lines = [f"# {sweep}: final excess loss and condition number", "",
-             "Median over inits (all seeds pooled) at each init's tuned LR, after the last "
-             "step; kappa is the exact Hessian condition number at the end point.", "",
+             "Median over inits (all problems pooled) at each init's tuned LR, after the last "
+             "step; kappa is the exact Hessian condition number at the end point. \"per "
+             "problem\": LoRA's median over a problem's inits divided by this row's, one ratio "
+             "per problem (T, W0); its median, a 95% bootstrap interval over problems, and how "
+             "many problems reach 10x.", "",
              markdown_table(table), ""]
     gd = table[(table["optimizer"] == "gd") & (table["variant"] == "BaLoRA")]
     if not gd.empty and math.isfinite(gd["LoRA / this"].iloc[0]):
-        ratio = gd["LoRA / this"].iloc[0]
-        lines.append(f"GD gap: LoRA's median final excess loss is {ratio:.3g}x BaLoRA's "
-                     f"(the paper's claim: at least 10x).")
+        row = gd.iloc[0]
+        ratio = row["per problem: median"]
+        lines.append(f"GD gap (the paper's claim: at least 10x): over the {row['problems']} "
+                     f"problems, LoRA's median final excess loss is {ratio:.3g}x BaLoRA's "
+                     f"(median of the per-problem ratios, 95% CI {row['95% CI']}; at "
+                     f"least 10x on {row['>= 10x']} problems); pooled over all inits, "
+                     f"{row['LoRA / this']:.3g}x.")
         lines.append("")
     figures.mkdir(parents=True, exist_ok=True)
     path = figures / f"{sweep}_toy.md"
@@ -223,7 +309,7 @@ def draw_toy(run_dirs: Iterable[Path], figures: str | Path, sweep: str) -> list[
     figures = Path(figures)
     df = load_toy(run_dirs)
     return [*draw_excess_loss(df, figures, sweep), *draw_kappa_hist(df, figures, sweep),
-            write_toy_table(df, figures, sweep)]
+            *draw_problem_ratios(df, figures, sweep), write_toy_table(df, figures, sweep)]
 
 
 def toy_figures(sweep_dir: str | Path, figures: str | Path) -> list[Path]:

@@ -182,6 +182,7 @@ class ToyConfig:
     r: int = 4
     steps: int = 100
     inits: int = 8
+    draws: int = 1  # problems (T, W0) per run: draw d is the one seed + d draws on its own
     lr_grid: int = 50
     lr_min: float = 1e-5
     lr_max: float = 0.3

@@ -5,13 +5,15 @@ s = alpha / r) fitted to a target T by the loss
 
     L(A, B) = 1/2 ||W0 + s B A - T||_F^2,   T, W0 ~ N(0, 1)^{n x m}      (papers/balora.md §5)
 
-from LoRA's init (B = 0, A ~ N(0, 1)). One run is one (adapter, optimizer) pair; it evaluates
-every init x learning rate of the grid at once: the factors carry leading dimensions
-(inits, lrs), so 8 inits x 50 LRs = 400 trajectories are stepped together in float64 with
-closed-form gradients. Per init, the LR with the lowest final loss is kept (trajectories whose
-loss went above `toy.drop_above` or non-finite are dropped), and the run records the excess loss
-over the optimal rank-r loss 1/2 sum_{i>r} sigma_i(T - W0)^2 at those LRs, plus the exact
-Hessian condition number, sharpness and balancing gap at each init's end point (balora.md §4).
+from LoRA's init (B = 0, A ~ N(0, 1)). One run is one (adapter, optimizer) pair on `toy.draws`
+problems (T, W0), problem d being the one that seed + d draws; per problem it evaluates every
+init x learning rate of the grid at once: the factors carry leading dimensions (inits, lrs), so
+8 inits x 50 LRs = 400 trajectories are stepped together in float64 with closed-form gradients.
+Per init, the LR with the lowest final loss is kept (trajectories whose loss went above
+`toy.drop_above` or non-finite are dropped), and the run records the excess loss over the
+problem's optimal rank-r loss 1/2 sum_{i>r} sigma_i(T - W0)^2 at those LRs, plus the exact
+(closed-form) Hessian condition number, sharpness and balancing gap at each init's end point
+(balora.md §4).
 The experiment sets adapter.alpha = adapter.r, so s = 1 as in the paper.
 
 Optimizers (`toy.method`), all with a constant LR:
@@ -166,46 +168,69 @@ def choose_lr(traj: Trajectories) -> Tensor:
     return torch.where(traj.kept.any(-1), best, -1)
 
 
-def end_point_spectrum(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> dict:
-    """Exact Hessian of the loss in all entries of (A, B) at one end point (balora.md §4):
-    kappa = lambda_max / lambda_(r^2 + 1), the r^2 GL(r) zero modes skipped."""
-    from bench.metrics.hessian import condition_number, exact_eigenvalues
+def toy_hessian(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> Tensor:
+    """The exact Hessian of L = 1/2 ||E||^2, E = W0 + s B A - T, in (vec A, vec B) (row-major,
+    A first: the layout of bench.metrics.hessian.flatten([A, B])), batched over the leading
+    dimensions of A (..., r, m) and B (..., n, r); returns (..., rm + nr, rm + nr).
 
-    eigs = exact_eigenvalues(toy_loss(W0, T, s), [A, B])
+    H = J^T J + the curvature of E: with dE = s (dB A + B dA), row-major vec E,
+      J_A = s kron(B, I_m) (nm x rm),  J_B = s kron(I_n, A^T) (nm x nr),
+      d^2 L / dA_kj dB_il = s delta_kl E_ij (the only second-order term of E).
+    """
+    *batch, r, m = A.shape
+    n = B.shape[-2]
+    E = residual(A, B, W0, T, s)
+    eye_m, eye_n, eye_r = (torch.eye(k, dtype=A.dtype) for k in (m, n, r))
+    J_A = s * torch.einsum("...ik,jl->...ijkl", B, eye_m).reshape(*batch, n * m, r * m)
+    J_B = s * torch.einsum("ip,...kj->...ijpk", eye_n, A).reshape(*batch, n * m, n * r)
+    J = torch.cat([J_A, J_B], dim=-1)
+    H = J.mT @ J
+    cross = s * torch.einsum("kl,...ij->...kjil", eye_r, E).reshape(*batch, r * m, n * r)
+    H[..., : r * m, r * m:] += cross
+    H[..., r * m:, : r * m] += cross.mT
+    return H
+
+
+def end_point_spectra(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> dict:
+    """Exact Hessian spectra at a batch of end points A (k, r, m), B (k, n, r) (balora.md §4):
+    per point kappa = lambda_max / lambda_(r^2 + 1), the r^2 GL(r) zero modes skipped."""
+    from bench.metrics.hessian import condition_number
+
+    eigs = torch.linalg.eigvalsh(toy_hessian(A, B, W0, T, s))  # (k, rm + nr), ascending
     r2 = A.shape[-2] ** 2
-    return {"kappa": condition_number(eigs, r2), "lambda_max": eigs[-1].item(),
-            "lambda_min": eigs[r2].item()}
+    return {"kappa": [condition_number(e, r2) for e in eigs],
+            "lambda_max": eigs[:, -1].tolist(), "lambda_min": eigs[:, r2].tolist()}
+
+
+PER_INIT = ("problem", "lr_index", "lr", "excess", "kappa", "lambda_max", "lambda_min", "gap",
+            "dropped", "final_excess_by_lr")
 
 
 def toy_results(problem: ToyProblem, lrs: Tensor, s: float, steps: int, method: str,
-                balanced: bool, alignment: str, drop_above: float) -> dict:
-    """Simulate, choose each init's LR and measure its end point: the content of toy.json."""
+                balanced: bool, alignment: str, drop_above: float, label: int = 0) -> dict:
+    """Simulate one problem, choose each init's LR and measure its end point: per init (lists
+    over inits, keys PER_INIT; `problem` = `label`) and the problem's optimal loss."""
     traj = simulate(problem, lrs, s, steps, method, balanced, alignment, drop_above)
     chosen = choose_lr(traj)
     excess = traj.losses - problem.optimal_loss  # (steps + 1, inits, lrs)
-    per_init: dict[str, list] = {k: [] for k in ("lr_index", "lr", "excess", "kappa",
-                                                  "lambda_max", "lambda_min", "gap")}
-    for i, j in enumerate(chosen.tolist()):
-        if j < 0:  # every LR dropped for this init
-            for key, values in per_init.items():
-                values.append(None if key != "excess" else [None] * (steps + 1))
-            continue
-        spec = end_point_spectrum(traj.A[i, j], traj.B[i, j], problem.W0, problem.T, s)
-        per_init["lr_index"].append(j)
-        per_init["lr"].append(lrs[j].item())
-        per_init["excess"].append(excess[:, i, j].tolist())
-        per_init["kappa"].append(spec["kappa"])
-        per_init["lambda_max"].append(spec["lambda_max"])
-        per_init["lambda_min"].append(spec["lambda_min"])
-        per_init["gap"].append(balancing_gap(traj.A[i, j], traj.B[i, j]))
-    final = torch.where(traj.kept, excess[-1], math.nan)
-    return {
-        "optimal_loss": problem.optimal_loss,
-        "lr_grid": lrs.tolist(),
-        **per_init,
-        "dropped": (~traj.kept).sum(-1).tolist(),  # per init: LRs dropped
-        "final_excess_by_lr": final.tolist(),  # (inits, lrs), null where dropped
-    }
+    ok = [i for i, j in enumerate(chosen.tolist()) if j >= 0]
+    A, B = traj.A[ok, chosen[ok]], traj.B[ok, chosen[ok]]
+    spectra = end_point_spectra(A, B, problem.W0, problem.T, s) if ok else {}
+    gaps = [balancing_gap(a, b) for a, b in zip(A, B)]
+    inits = len(chosen)
+    out: dict[str, list] = {key: [None] * inits for key in PER_INIT}
+    out["excess"] = [[None] * (steps + 1)] * inits  # every LR dropped for this init
+    for k, i in enumerate(ok):
+        j = chosen[i].item()
+        out["lr_index"][i], out["lr"][i] = j, lrs[j].item()
+        out["excess"][i] = excess[:, i, j].tolist()
+        for key in ("kappa", "lambda_max", "lambda_min"):
+            out[key][i] = spectra[key][k]
+        out["gap"][i] = gaps[k]
+    out["problem"] = [label] * inits
+    out["dropped"] = (~traj.kept).sum(-1).tolist()  # per init: LRs dropped
+    out["final_excess_by_lr"] = torch.where(traj.kept, excess[-1], math.nan).tolist()
+    return {**out, "optimal_loss": problem.optimal_loss}
 
 
 # --------------------------------------------------------------------------- run record
@@ -243,7 +268,8 @@ def check_toy(cfg) -> None:
     t = cfg.toy
     if cfg.adapter.name not in ("lora", "balora"):
         raise ConfigError(f"task=toy needs adapter.name lora or balora, got {cfg.adapter.name!r}")
-    for key in ("n", "m", "r", "steps", "inits", "lr_grid", "lr_min", "lr_max", "drop_above"):
+    for key in ("n", "m", "r", "steps", "inits", "draws", "lr_grid", "lr_min", "lr_max",
+                "drop_above"):
         if not t[key] > 0:
             raise ConfigError(f"toy.{key}={t[key]!r} must be > 0")
     if t.lr_min > t.lr_max:
@@ -285,17 +311,25 @@ def run_toy(cfg) -> dict:
     t = cfg.toy
     start = time.perf_counter()
     try:
-        problem = make_problem(t.n, t.m, t.r, t.inits, cfg.seed)
         lrs = torch.linspace(t.lr_min, t.lr_max, t.lr_grid, dtype=F64)
         s = cfg.adapter.alpha / cfg.adapter.r
-        out = toy_results(problem, lrs, s, t.steps, t.method, cfg.adapter.name == "balora",
-                          cfg.adapter.alignment, t.drop_above)
-        out.update(method=method, adapter=cfg.adapter.name, alignment=cfg.adapter.alignment
+        # draw d of a run is the problem that seed + d draws on its own (toy.draws = 1: seed's)
+        problems = [cfg.seed + d for d in range(t.draws)]
+        out: dict[str, list] = {key: [] for key in (*PER_INIT, "optimal_loss")}
+        for label in problems:
+            problem = make_problem(t.n, t.m, t.r, t.inits, label)
+            one = toy_results(problem, lrs, s, t.steps, t.method, cfg.adapter.name == "balora",
+                              cfg.adapter.alignment, t.drop_above, label)
+            for key in PER_INIT:
+                out[key] += one[key]
+            out["optimal_loss"].append(one["optimal_loss"])
+        out.update(problems=problems, lr_grid=lrs.tolist(), method=method,
+                   adapter=cfg.adapter.name, alignment=cfg.adapter.alignment
                    if cfg.adapter.name == "balora" else None, optimizer=t.method, scale=s,
                    seed=cfg.seed)
         curves = torch.tensor([[math.nan if v is None else v for v in c] for c in out["excess"]],
-                              dtype=F64).reshape(t.inits, t.steps + 1)
-        median, q25, q75 = _quantiles(curves, dim=0)
+                              dtype=F64).reshape(t.draws * t.inits, t.steps + 1)
+        median, q25, q75 = _quantiles(curves, dim=0)  # over every init of every problem
         for step in range(t.steps + 1):
             record.log({"step": step, "toy/excess_median": median[step].item(),
                         "toy/excess_q25": q25[step].item(), "toy/excess_q75": q75[step].item()})
@@ -306,6 +340,7 @@ def run_toy(cfg) -> dict:
             "status": "completed" if math.isfinite(final) else "diverged",
             "final_excess_median": final,
             "steps": t.steps,
+            "draws": t.draws,
             "cond/kappa_median": _median(out["kappa"]),
             "sharpness/median": _median(out["lambda_max"]),
             "balora/gap_median": _median(out["gap"]),

@@ -30,7 +30,7 @@ CONF = ROOT / "conf" / "experiment"
 SEEDS = "1,2"  # the extra seeds run at each method's best configuration
 # study -> (stages in order, estimated seconds per run on 2 cores with 2 workers)
 STUDIES = {
-    "balora_toy": ([("grid", "balora_toy")], 5),
+    "balora_toy": ([("grid", "balora_toy")], 15),
     "balora_finetune": ([("grid", "balora_finetune_full"), ("grid", "balora_finetune"),
                          ("seeds", "balora_finetune_full"), ("seeds", "balora_finetune")], 30),
     "riemannian_attention": ([("grid", "riemannian_attention_adamw"),
