@@ -82,6 +82,30 @@ def run_id(cfg) -> str:
     return f"{name}-s{cfg.seed}-{config_digest(cfg)}"
 
 
+def find_record(cfg, rid: str) -> RunRecord:
+    """The record of this run: its own folder `<out_dir>/<sweep>/<rid>`, unless that is not
+    complete and a completed record of the same method, seed and semantic config sits in the
+    sweep folder under another id (one written before the id scheme last changed): a run is
+    identified by what it computes, not by its folder's name."""
+    sweep_dir = Path(cfg.out_dir) / cfg.sweep
+    record = RunRecord(sweep_dir / rid)
+    if record.is_complete() or not sweep_dir.is_dir():
+        return record
+    digest = config_digest(cfg)
+    for other in sorted(sweep_dir.glob(rid.rsplit("-", 1)[0] + "-*")):
+        stored = RunRecord(other)
+        if other.name == rid or not stored.is_complete():
+            continue
+        try:
+            config = OmegaConf.load(other / "config.yaml")
+        except (OSError, ValueError):
+            continue
+        config.pop("meta", None)
+        if config_digest(config) == digest:
+            return stored
+    return record
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -186,9 +210,9 @@ def run(cfg: DictConfig) -> dict | None:
 
         return run_toy(cfg)
     rid = run_id(cfg)
-    record = RunRecord(Path(cfg.out_dir) / cfg.sweep / rid)
+    record = find_record(cfg, rid)
     if record.is_complete():
-        print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+        print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped")
         return record.read_summary()
     parts = prepare(cfg)
     # One process per run: a second launch of the same run (two sweeps, a resubmitted array task)

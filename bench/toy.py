@@ -31,7 +31,6 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -288,15 +287,15 @@ def run_toy(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from bench import __version__
-    from bench.run import _git_commit, config_digest
-    from bench.tracking.record import RunRecord, atomic_write
+    from bench.run import _git_commit, config_digest, find_record
+    from bench.tracking.record import atomic_write
 
     check_toy(cfg)
     method = toy_method(cfg)
     rid = f"{method.replace('/', '-').replace(':', '_')}-s{cfg.seed}-{config_digest(cfg)}"
-    record = RunRecord(Path(cfg.out_dir) / cfg.sweep / rid)
+    record = find_record(cfg, rid)
     if record.is_complete():
-        print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+        print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped")
         return record.read_summary()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["meta"] = {

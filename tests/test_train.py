@@ -113,6 +113,20 @@ def test_completed_run_is_skipped_when_launched_again(tmp_path, tiny):
     assert (d / "metrics.jsonl").read_text() == before
 
 
+def test_a_record_under_an_older_id_of_the_same_config_is_found_and_skipped(tmp_path, tiny):
+    """Records written before the id scheme changed are recognised by their stored config: a
+    relaunch skips them instead of training again, and a different config still trains."""
+    run(compose(tiny))
+    (d,) = run_dirs(tmp_path / "runs")
+    old = d.with_name(d.name.rsplit("-", 1)[0] + "-0ld1d000")  # the same run, another id
+    d.rename(old)
+    again = run(compose(tiny))
+    assert again == json.loads((old / "summary.json").read_text())
+    assert run_dirs(tmp_path / "runs") == [old]
+    run(compose([*tiny, "optimizer.lr=0.02"]))
+    assert len(run_dirs(tmp_path / "runs")) == 2
+
+
 def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
     args = [
         "model.init=scratch",
