@@ -116,9 +116,29 @@ def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, swee
     return row
 
 
+def fill_absent_keys(rows: list[dict]) -> list[dict]:
+    """Records written before a config key existed lack it. Within a sweep, a config key that
+    some rows lack and every other row gives the same value (the default the key was added
+    with) takes that value in the rows that lack it, so that it does not split one
+    configuration in two; a key whose values differ stays absent. The rows are not changed."""
+    filled = [dict(row) for row in rows]
+    by_sweep: dict[str, list[dict]] = {}
+    for row in filled:
+        by_sweep.setdefault(row.get("sweep"), []).append(row)
+    for group in by_sweep.values():
+        keys = {k for row in group for k in row} - set(SUMMARY_KEYS)
+        for key in sorted(k for k in keys if not k.startswith("meta.")):
+            values = [row[key] for row in group if key in row]
+            if len(values) < len(group) and all(v == values[0] for v in values):
+                for row in group:
+                    row.setdefault(key, values[0])
+    return filled
+
+
 def frame_from_rows(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> DataFrame with numeric summary columns and a stable order."""
-    df = pd.DataFrame(rows)
+    """Rows -> DataFrame with numeric summary columns and a stable order (`fill_absent_keys`
+    first)."""
+    df = pd.DataFrame(fill_absent_keys(rows))
     for key in SUMMARY_KEYS:
         if key not in df:
             df[key] = None

@@ -16,6 +16,7 @@ from analysis.records import (
     NoRunsError,
     check_compatible,
     derive_method,
+    fill_absent_keys,
     load_curves,
     load_runs,
 )
@@ -297,3 +298,16 @@ def test_a_relaunched_run_under_a_new_id_counts_once(tmp_path):
     df = load_runs(tmp_path)
     assert sorted(df["seed"]) == [0, 1]
     assert df[df["seed"] == 0]["run_dir"].iloc[0].endswith("new-id")
+
+
+def test_a_key_added_later_does_not_split_a_configuration():
+    """Old records lack a key that newer ones state at its default: within a sweep they take
+    that value; a key whose stated values differ is left absent in the records that lack it."""
+    old = {"sweep": "s", "optimizer.lr": 0.1, "status": "completed"}
+    new = {"sweep": "s", "optimizer.lr": 0.1, "toy.draws": 1, "k": 1, "status": "completed"}
+    other = {"sweep": "s", "optimizer.lr": 0.1, "toy.draws": 1, "k": 2, "status": "completed"}
+    elsewhere = {"sweep": "t", "optimizer.lr": 0.1, "status": "completed"}
+    rows = fill_absent_keys([old, new, other, elsewhere])
+    assert rows[0]["toy.draws"] == 1 and "k" not in rows[0]
+    assert "toy.draws" not in rows[3]  # another sweep is not filled from this one
+    assert "toy.draws" not in old  # the input rows are left alone
