@@ -72,7 +72,8 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def derive_method(row: dict) -> str:
-    """The method name when the record does not state it: adapter/optimizer[/geometry][+block]."""
+    """The method name when the record does not state it:
+    adapter/optimizer[/geometry][+block][+retraction]."""
     adapter = row.get("adapter.name") or "full"
     optimizer = row.get("optimizer.name") or "adamw"
     geometry = row.get("model.attention.geometry")
@@ -83,6 +84,8 @@ def derive_method(row: dict) -> str:
         name += f"/{geometry}"
         if row.get("model.attention.block") is True:
             name += "+block"
+        if row.get("model.attention.retraction") not in (None, "svd"):
+            name += "+" + row["model.attention.retraction"]
     return name
 
 

@@ -24,6 +24,7 @@ GEOMETRIES = (
     "partial_isometry_quotient",
     "partial_isometry_canonical",
 )
+RETRACTIONS = ("svd", "orthographic")  # bench.manifolds.fixed_rank_embedded.RETRACTIONS
 ALIGNMENTS = ("procrustes", "sign", "none")
 MOMENTS = ("keep", "transport")
 LR_SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
@@ -56,6 +57,9 @@ class ConfigError(ValueError):
 class AttentionConfig:
     geometry: str = "euclidean"  # euclidean | one of bench.manifolds.GEOMETRIES
     block: bool = False  # one manifold point per KV group (knight.md §4)
+    # fixed_rank_embedded only: svd (best rank-r approximation) | orthographic (no SVD, ~4x
+    # cheaper, needs steps small against S's smallest singular value)
+    retraction: str = "svd"
 
 
 @dataclass
@@ -241,6 +245,15 @@ def validate(cfg: Any) -> None:
     _choice("model.mlp", cfg.model.mlp, ("gelu", "relu2"))
     _choice("model.attention.geometry", cfg.model.attention.geometry, GEOMETRIES)
     _choice("adapter.geometry", cfg.adapter.geometry, GEOMETRIES)
+    _choice("model.attention.retraction", cfg.model.attention.retraction, RETRACTIONS)
+    if cfg.model.attention.retraction != "svd" and (
+        cfg.model.attention.geometry != "fixed_rank_embedded"
+    ):
+        raise ConfigError(
+            f"model.attention.retraction={cfg.model.attention.retraction!r} needs "
+            f"model.attention.geometry=fixed_rank_embedded (got "
+            f"{cfg.model.attention.geometry!r}); the other geometries have one retraction"
+        )
     _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
     _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
     _choice("data.name", cfg.data.name, ("builtin", "text"))

@@ -40,11 +40,13 @@ from bench.tracking.record import RunRecord
 
 
 def method_name(cfg) -> str:
-    """The method a run belongs to: adapter/optimizer[/geometry[+block]]."""
+    """The method a run belongs to: adapter/optimizer[/geometry[+block][+retraction]]."""
     parts = [cfg.adapter.name, cfg.optimizer.name]
     geometry = cfg.model.attention.geometry
     if geometry != "euclidean":
-        parts.append(geometry + ("+block" if cfg.model.attention.block else ""))
+        parts.append(geometry + ("+block" if cfg.model.attention.block else "")
+                     + ("+" + cfg.model.attention.retraction
+                        if cfg.model.attention.retraction != "svd" else ""))
     if cfg.adapter.geometry != "euclidean":
         parts.append("lora:" + cfg.adapter.geometry)
     return "/".join(parts)

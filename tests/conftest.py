@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.manifolds import GEOMETRIES, make
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A model and budget small enough for a run in about a second on one core.
@@ -29,6 +31,20 @@ TINY = [
     "data.eval_batches=2",
     "logger=none",
 ]
+
+
+# Every geometry with its defaults, plus its non-default constructor options (tests of the
+# manifolds and of the optimizers run on all of them): id -> (geometry, options for `make`).
+GEOMETRY_VARIANTS = {
+    **{name: (name, {}) for name in GEOMETRIES},
+    "fixed_rank_embedded-orthographic": ("fixed_rank_embedded", {"retraction": "orthographic"}),
+}
+
+
+def make_variant(variant: str, n: int, m: int, r: int):
+    """The manifold of a GEOMETRY_VARIANTS id for n x m matrices of rank r."""
+    name, options = GEOMETRY_VARIANTS[variant]
+    return make(name, n, m, r, **options)
 
 
 def compose(overrides: list[str]):

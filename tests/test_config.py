@@ -63,6 +63,15 @@ def test_empty_text_file_and_short_corpus_are_rejected(tmp_path):
         (["trainer.device=tpu"], "allowed values: auto, cpu, cuda"),
         (["trainer.lr_schedule=linear"], "allowed values: constant, warmup_constant"),
         (["model.attention.geometry=sphere"], "fixed_rank_embedded"),
+        (
+            ["model.attention.geometry=fixed_rank_embedded", "model.attention.retraction=qr"],
+            "model.attention.retraction='qr' is not allowed; allowed values: svd, orthographic",
+        ),
+        (
+            ["model.attention.geometry=fixed_rank_quotient",
+             "model.attention.retraction=orthographic"],
+            "needs model.attention.geometry=fixed_rank_embedded",
+        ),
         (["adapter.start_step=0"], "adapter.start_step=0 must be >= 1"),
         (["model.n_head=3"], "must be divisible by model.n_head=3"),
         (["model.n_kv_head=3"], "model.n_kv_head=3 must divide model.n_head=4"),

@@ -8,9 +8,11 @@ import json
 import geoopt
 import pytest
 import torch
+import yaml
 
 from bench.config import ConfigError, validate
 from bench.manifolds import FIXED_RANK, GEOMETRIES, PARTIAL_ISOMETRY
+from bench.models import build_model
 from bench.models.gpt import GPT, GPTConfig
 from bench.models.lowrank_attention import to_manifold_attention
 from bench.run import run
@@ -83,6 +85,24 @@ def test_every_design_point_trains(tmp_path, geometry, block):
     assert rows[-1]["eval/loss"] < rows[0]["eval/loss"] - 0.3
     config = (d / "config.yaml").read_text()
     assert f"geometry: {geometry}" in config
+
+
+def test_orthographic_retraction_trains_and_is_its_own_method(tmp_path):
+    """model.attention.retraction reaches the manifolds, trains like the other design points
+    and names its own method (so the analysis never merges it with the SVD retraction)."""
+    summary = run(compose([*TINY_GQA, "model.attention.geometry=fixed_rank_embedded",
+                           "model.attention.retraction=orthographic", f"out_dir={tmp_path}"]))
+    assert summary["status"] == "completed"
+    (d,) = run_dirs(tmp_path)
+    rows = [r for r in read_jsonl(d / "metrics.jsonl") if "eval/loss" in r]
+    assert rows[-1]["eval/loss"] < rows[0]["eval/loss"] - 0.3
+    config = yaml.safe_load((d / "config.yaml").read_text())
+    assert config["meta"]["method"].endswith("/fixed_rank_embedded+orthographic")
+    model, _ = build_model(compose(["model.attention.geometry=fixed_rank_embedded",
+                                    "model.attention.retraction=orthographic",
+                                    "model.init=scratch"]))
+    assert {m.retraction for m in model.modules() if hasattr(m, "retraction")} == {
+        "orthographic"}
 
 
 def test_riemannian_optimizer_without_manifold_parameters_is_rejected():

@@ -1,7 +1,8 @@
 """Generic checks that every low-rank geometry must pass (geoopt style), in float64.
 
-Each test runs on every geometry and on two shapes: one attention head (n = m = 12, r = 3) and
-one grouped-query KV group whose three query heads are stacked on the shared factor
+Each test runs on every geometry (and every non-default option of a geometry, conftest's
+GEOMETRY_VARIANTS) and on two shapes: one attention head (n = m = 12, r = 3) and one
+grouped-query KV group whose three query heads are stacked on the shared factor
 (n = 3 * 12, m = 12, r = 3; papers/knight.md §4).
 """
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from bench.manifolds import FIXED_RANK, GEOMETRIES, PARTIAL_ISOMETRY, make
+from tests.conftest import GEOMETRY_VARIANTS, make_variant
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread (conftest)
 
@@ -35,9 +37,9 @@ def gen():
     return torch.Generator().manual_seed(0)
 
 
-@pytest.fixture
-def manifold(name, shape):
-    return make(name, *shape)
+@pytest.fixture(params=list(GEOMETRY_VARIANTS), ids=list(GEOMETRY_VARIANTS))
+def manifold(request, shape):
+    return make_variant(request.param, *shape)
 
 
 @pytest.fixture
@@ -211,6 +213,34 @@ def test_embedded_retraction_is_the_truncated_svd(name, shape, gen):
     torch.testing.assert_close(manifold.to_dense(manifold.retr(x, u)), expected)
 
 
+def test_orthographic_retraction_is_the_dense_formula(shape, gen):
+    """R1, retraction="orthographic": the dense formula of Absil & Malick 2012 (Prop. 24),
+    Y = (X + xi) V (U^T (X + xi) V)^{-1} U^T (X + xi), whose offset Y - (X + xi) is normal
+    (U^T D = 0, D V = 0), and ||Y - (X + t xi)|| = O(t^2) (second order)."""
+    manifold = make("fixed_rank_embedded", *shape, retraction="orthographic")
+    x = manifold.random_point(generator=gen)
+    u = manifold.random_tangent(x, generator=gen)
+    u = 0.3 * u / manifold.norm(x, u)
+    uu, vv, _ = manifold.unpack(x)
+    step = manifold.to_dense(x) + manifold.tangent_to_dense(x, u)
+    expected = step @ vv @ torch.linalg.solve(uu.T @ step @ vv, uu.T @ step)
+    y = manifold.to_dense(manifold.retr(x, u))
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(uu.T @ (y - step), torch.zeros_like(uu.T @ y), atol=1e-12, rtol=0)
+    torch.testing.assert_close((y - step) @ vv, torch.zeros_like(y @ vv), atol=1e-12, rtol=0)
+    errors = []
+    for t in (1e-1, 1e-2, 1e-3):
+        moved = manifold.to_dense(x) + t * manifold.tangent_to_dense(x, u)
+        errors.append(torch.linalg.norm(manifold.to_dense(manifold.retr(x, t * u)) - moved))
+    for coarse, fine in zip(errors, errors[1:]):
+        assert 50 < coarse / fine < 200  # t / 10 -> error / 100: error / t^2 about constant
+
+
+def test_unknown_retraction_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="'polar'.*allowed: svd, orthographic"):
+        make("fixed_rank_embedded", 12, 12, 3, retraction="polar")
+
+
 # ------------------------------------------------------------------------- transport
 def test_transport_lands_in_new_tangent_space(manifold, x, gen):
     u = manifold.random_tangent(x, generator=gen)
@@ -364,7 +394,7 @@ def _peak_rss() -> int:
 
 
 def test_large_steps_never_allocate_an_n_by_m_matrix():
-    """n = m = 20000, r = 8: one RiemannianAdam and one RiemannianNormalized step per geometry.
+    """n = m = 20000, r = 8: one RiemannianAdam and one RiemannianNormalized step per variant.
 
     An n x m float32 matrix would take n * m * 4 = 1.6 GB; the peak resident memory may grow
     by less than half of that while the steps run (the whole point set is ~1.3 MB).
@@ -378,8 +408,8 @@ def test_large_steps_never_allocate_an_n_by_m_matrix():
     baseline = _peak_rss_since_reset()
     if baseline is None:
         pytest.skip("peak RSS cannot be reset on this system")
-    for name in GEOMETRIES:
-        manifold = make(name, n, m, r)
+    for variant in GEOMETRY_VARIANTS:
+        manifold = make_variant(variant, n, m, r)
         t_left = torch.randn(n, r, generator=gen) / n**0.5
         t_right = torch.randn(m, r, generator=gen) / m**0.5
         for opt_cls in (geoopt.optim.RiemannianAdam, RiemannianNormalized):

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from bench.data.corpus import get_batch, load_corpus
-from bench.manifolds import GEOMETRIES
 from bench.models.gpt import GPT, GPTConfig
 from bench.models.lowrank_attention import to_manifold_attention
 from bench.optim import build_optimizer
+from tests.conftest import GEOMETRY_VARIANTS
 
 pytestmark = pytest.mark.perf
 SMALL = GPTConfig(d_model=256, n_layer=6, n_head=8, seq_len=256)
@@ -48,13 +48,14 @@ def _timed_steps(model, opt, data):
     return total / STEPS, step_only / STEPS
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES)
-def test_riemannian_training_step_vs_adamw(geometry):
+@pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
+def test_riemannian_training_step_vs_adamw(variant):
+    geometry, options = GEOMETRY_VARIANTS[variant]
     data = load_corpus(domain="stdlib_core").train
     torch.manual_seed(0)
     base = GPT(SMALL)
     euclid = copy.deepcopy(base)
-    riem = to_manifold_attention(copy.deepcopy(base), geometry, block=False)
+    riem = to_manifold_attention(copy.deepcopy(base), geometry, block=False, **options)
     opt_e = build_optimizer(euclid, _Opt("adamw"))
     opt_r = build_optimizer(riem, _Opt("riemannian_normalized"))
     best_e, best_r = (float("inf"),) * 2, (float("inf"),) * 2
@@ -63,7 +64,7 @@ def test_riemannian_training_step_vs_adamw(geometry):
         best_r = min(best_r, _timed_steps(riem, opt_r, data))
     step_ratio = best_r[0] / best_e[0]
     opt_ratio = best_r[1] / best_e[1]
-    print(f"\n[perf] {geometry}: training step {step_ratio:.3f}x AdamW's "
+    print(f"\n[perf] {variant}: training step {step_ratio:.3f}x AdamW's "
           f"({best_r[0] * 1e3:.0f} vs {best_e[0] * 1e3:.0f} ms); optimizer step alone "
           f"{opt_ratio:.1f}x ({best_r[1] * 1e3:.1f} vs {best_e[1] * 1e3:.1f} ms)")
     assert step_ratio <= 1.10

@@ -9,8 +9,9 @@ import geoopt
 import pytest
 import torch
 
-from bench.manifolds import FIXED_RANK, GEOMETRIES, make
+from bench.manifolds import FIXED_RANK, make
 from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, RiemannianNormalized, build_riemannian
+from tests.conftest import GEOMETRY_VARIANTS, make_variant
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread (conftest)
 
@@ -19,17 +20,18 @@ N, M, R = 20, 15, 3
 LR = {"riemannian_normalized": 0.02, "riemannian_sgd": 0.05, "riemannian_adam": 0.03}
 
 
-def approximation_problem(name: str, seed: int = 0, dtype=torch.float64):
+def approximation_problem(variant: str, seed: int = 0, dtype=torch.float64):
     """Manifold, target T, start point and scale s for min 1/2 ||s L R^T - T||^2.
 
     Fixed rank: T of rank 3 (singular values 3, 2, 1), s = 1. Partial isometries: T = 2 U0 V0^T
     and the (Euclidean, model-owned) scale fixed at its optimum s = 2. Optimal loss: 0.
+    `variant`: a geometry with options (conftest's GEOMETRY_VARIANTS).
     """
     g = torch.Generator().manual_seed(seed)
-    manifold = make(name, N, M, R)
+    manifold = make_variant(variant, N, M, R)
     qa = torch.linalg.qr(torch.randn(N, R, generator=g, dtype=dtype))[0]
     qb = torch.linalg.qr(torch.randn(M, R, generator=g, dtype=dtype))[0]
-    fixed = name in FIXED_RANK
+    fixed = manifold.name in FIXED_RANK
     sigma = torch.tensor([3.0, 2.0, 1.0] if fixed else [2.0] * 3, dtype=dtype)
     target = (qa * sigma) @ qb.T
     x0 = manifold.random_point(dtype=dtype, generator=g)
@@ -42,9 +44,9 @@ def loss_fn(manifold, p, target, scale):
 
 
 @pytest.mark.parametrize("opt_name", RIEMANNIAN_OPTIMIZERS)
-@pytest.mark.parametrize("name", GEOMETRIES)
-def test_optimizer_solves_low_rank_approximation(name, opt_name):
-    manifold, target, x0, scale = approximation_problem(name)
+@pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
+def test_optimizer_solves_low_rank_approximation(variant, opt_name):
+    manifold, target, x0, scale = approximation_problem(variant)
     p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
     opt = build_riemannian(opt_name, [p], LR[opt_name])
     first = loss_fn(manifold, p, target, scale).item()
@@ -57,9 +59,9 @@ def test_optimizer_solves_low_rank_approximation(name, opt_name):
     assert manifold.check_point(p.detach())
 
 
-@pytest.mark.parametrize("name", GEOMETRIES)
-def test_normalized_step_length_is_lr(name):
-    manifold, target, x0, scale = approximation_problem(name)
+@pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
+def test_normalized_step_length_is_lr(variant):
+    manifold, target, x0, scale = approximation_problem(variant)
     p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
     lr = 0.1
     opt = RiemannianNormalized([p], lr=lr, momentum=0.9, c=1e-3)
@@ -88,9 +90,9 @@ def test_normalized_step_below_the_floor_is_not_normalized():
     torch.testing.assert_close(opt.state[p]["step_norm"][0, 0], 0.1 * norm)
 
 
-@pytest.mark.parametrize("name", GEOMETRIES)
-def test_normalized_steps_each_point_of_a_batch_by_its_own_norm(name):
-    manifold = make(name, N, M, R)
+@pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
+def test_normalized_steps_each_point_of_a_batch_by_its_own_norm(variant):
+    manifold = make_variant(variant, N, M, R)
     g = torch.Generator().manual_seed(0)
     p = geoopt.ManifoldParameter(manifold.random_point(4, generator=g), manifold=manifold)
     opt = RiemannianNormalized([p], lr=0.05)
@@ -103,9 +105,9 @@ def test_normalized_steps_each_point_of_a_batch_by_its_own_norm(name):
     assert manifold.check_point(p.detach())
 
 
-@pytest.mark.parametrize("name", GEOMETRIES)
-def test_float32_with_repair_stays_on_manifold(name):
-    manifold, target, x0, scale = approximation_problem(name, dtype=torch.float32)
+@pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
+def test_float32_with_repair_stays_on_manifold(variant):
+    manifold, target, x0, scale = approximation_problem(variant, dtype=torch.float32)
     p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
     opt = RiemannianNormalized([p], lr=0.05, repair_every=10)
     for _ in range(100):

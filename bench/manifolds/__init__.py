@@ -1,6 +1,7 @@
 """The five low-rank geometries of arXiv 2606.02328 as geoopt manifolds (papers/knight.md §3).
 
     make("fixed_rank_embedded", n, m, r)   # R1: U S V^T, embedded, truncated-SVD retraction
+    make("fixed_rank_embedded", n, m, r, retraction="orthographic")  # R1, SVD-free retraction
     make("fixed_rank_quotient", n, m, r)   # R2: L R^T modulo GL(r), Gram-scaled metric
     make("partial_isometry_embedded", ...) # P1: U V^T, embedded, polar retraction
     make("partial_isometry_quotient", ...) # P2: St x St / O(r), Euclidean Stiefel metric

@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 
 from .base import LowRankManifold, euclidean_inner, orthonormality_error
-from .linalg import embedded_tangent, factored_svd, mT, qr_pos, truncated_retraction
+from .linalg import (
+    embedded_tangent,
+    factored_svd,
+    mT,
+    orthographic_retraction,
+    qr_pos,
+    transport_embedded,
+    truncated_retraction,
+)
+
+RETRACTIONS: tuple[str, ...] = ("svd", "orthographic")
 
 
 class FixedRankEmbedded(LowRankManifold):
@@ -23,10 +33,16 @@ class FixedRankEmbedded(LowRankManifold):
     factor gradients of W = U S V^T (G_U = G V S^T, G_V = G^T U S, G_S = U^T G V),
         G V = G_U S^{-T},   G^T U = G_V S^{-1},   U^T G V = G_S,
         M = G_S,   U_p = (I - U U^T) G V,   V_p = (I - V V^T) G^T U.
-    Retraction: the best rank-r approximation of W + xi, from thin QRs of U_p, V_p and the SVD
-    of a 2r x 2r core (`truncated_retraction`). Transport: orthogonal projection of the dense
-    tangent vector onto the new tangent space, in factored form. Every operation costs
-    O((n + m) r^2 + r^3).
+    Retraction (`retraction=`):
+      "svd" (default): the best rank-r approximation of W + xi, from thin QRs of U_p, V_p and
+        the SVD of a 2r x 2r core (`truncated_retraction`); defined for any step.
+      "orthographic": W + xi + U_p (S + M)^{-1} V_p^T, back along the normal space (Absil &
+        Malick 2012, Prop. 24; `orthographic_retraction`): Cholesky QRs and an r x r inverse,
+        no SVD, about 4x cheaper for r = 32; also second order, but it needs S + M
+        invertible, i.e. steps small against S's smallest singular value (a LoRA update that
+        starts near 0 has tiny S: keep "svd" there). S is then no longer diagonal.
+    Transport: orthogonal projection of the dense tangent vector onto the new tangent space, in
+    factored form. Every operation costs O((n + m) r^2 + r^3).
 
     `repair` re-orthonormalises U and V by QR (absorbing the triangular factors into S, so W is
     unchanged) and floors S's singular values at `sigma_floor * sigma_max`
@@ -35,9 +51,20 @@ class FixedRankEmbedded(LowRankManifold):
 
     name = "fixed_rank_embedded"
 
-    def __init__(self, n: int, m: int, r: int, sigma_floor: float | None = None):
+    def __init__(
+        self, n: int, m: int, r: int, sigma_floor: float | None = None, retraction: str = "svd"
+    ):
         super().__init__(n, m, r)
+        if retraction not in RETRACTIONS:
+            raise ValueError(
+                f"unknown retraction {retraction!r} for {self.name}; "
+                f"allowed: {', '.join(RETRACTIONS)}"
+            )
         self.sigma_floor = sigma_floor
+        self.retraction = retraction
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, retraction={self.retraction}"
 
     @property
     def block_rows(self):
@@ -98,6 +125,9 @@ class FixedRankEmbedded(LowRankManifold):
     def retr(self, x, u):
         uu, vv, s = self.unpack(x)
         up, vp, mm = self._proju_blocks(x, u)
+        if self.retraction == "orthographic":
+            u_new, s_new, v_new = orthographic_retraction(uu, vv, s + mm, up, vp)
+            return self.pack(u_new, v_new, s_new)
         u_new, sigma, v_new = truncated_retraction(uu, vv, s + mm, up, vp)
         return self.pack(u_new, v_new, torch.diag_embed(sigma))
 
@@ -105,11 +135,9 @@ class FixedRankEmbedded(LowRankManifold):
         uu, vv, _ = self.unpack(x)
         up, vp, mm = self.unpack(v)
         u2, v2, _ = self.unpack(y)
-        # dense Z = A V^T + U V_p^T with A = U M + U_p; project onto T_y from Z V2, Z^T U2.
-        a = uu @ mm + up  # (..., n, r)
-        zv = a @ (mT(vv) @ v2) + uu @ (mT(vp) @ v2)  # (..., n, r)
-        ztu = vv @ (mT(a) @ u2) + vp @ (mT(uu) @ u2)  # (..., m, r)
-        return self.pack(*embedded_tangent(u2, v2, zv, ztu, mT(u2) @ zv))
+        # dense Z = A V^T + U V_p^T with A = U M + U_p, projected onto T_y
+        up2, vp2, mm2 = transport_embedded(uu, vv, uu @ mm + up, vp, u2, v2)
+        return self.pack(up2, vp2, mm2)
 
     # ----------------------------------------------------------------- checks
     def _check_point_on_manifold(self, x, *, atol=1e-5, rtol=1e-5):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .base import PartialIsometryBase
-from .linalg import embedded_tangent, eye_like, mT, skew, truncated_retraction
+from .linalg import eye_like, mT, skew, transport_embedded, truncated_retraction
 
 
 class PartialIsometryEmbedded(PartialIsometryBase):
@@ -38,9 +38,7 @@ class PartialIsometryEmbedded(PartialIsometryBase):
         uu, vv = self.unpack(x)
         ud, vd = self.unpack(v)
         u2, v2 = self.unpack(y)
-        # dense Z = U_dot V^T + U V_dot^T; project onto T_y from Z V2, Z^T U2, U2^T Z V2.
-        zv = ud @ (mT(vv) @ v2) + uu @ (mT(vd) @ v2)  # (..., n, r)
-        ztu = vv @ (mT(ud) @ u2) + vd @ (mT(uu) @ u2)  # (..., m, r)
-        up, vp, core = embedded_tangent(u2, v2, zv, ztu, mT(u2) @ zv)
+        # dense Z = U_dot V^T + U V_dot^T, projected onto T_y
+        up, vp, core = transport_embedded(uu, vv, ud, vd, u2, v2)
         half_omega = skew(core) / 2  # (..., r, r)
         return self.pack(up + u2 @ half_omega, vp - v2 @ half_omega)

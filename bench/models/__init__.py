@@ -49,5 +49,8 @@ def build_model(cfg):
     if m.attention.geometry != "euclidean":
         from bench.models.lowrank_attention import to_manifold_attention
 
-        model = to_manifold_attention(model, m.attention.geometry, m.attention.block)
+        options = {}
+        if m.attention.retraction != "svd":  # only fixed_rank_embedded has a choice (validate)
+            options["retraction"] = m.attention.retraction
+        model = to_manifold_attention(model, m.attention.geometry, m.attention.block, **options)
     return model, source

@@ -37,7 +37,7 @@ def _heads(weight: torch.Tensor, n: int, d: int) -> torch.Tensor:
 
 
 class ManifoldAttention(nn.Module):
-    def __init__(self, attn: CausalSelfAttention, geometry: str, block: bool):
+    def __init__(self, attn: CausalSelfAttention, geometry: str, block: bool, **options):
         super().__init__()
         if attn.q.bias is not None:
             raise ConfigError("model.bias must be false with a manifold attention geometry")
@@ -57,8 +57,8 @@ class ManifoldAttention(nn.Module):
         else:  # one point per head: the group's K and V factors copied into each head
             qk, vo = (wq, wk[group]), (wv[group], wo)
             shape_qk = shape_vo = (C, C)
-        self.qk_manifold = make(geometry, *shape_qk, D)
-        self.vo_manifold = make(geometry, *shape_vo, D)
+        self.qk_manifold = make(geometry, *shape_qk, D, **options)
+        self.vo_manifold = make(geometry, *shape_vo, D, **options)
         x_qk, s_qk = self.qk_manifold.from_factors(*(t.double() for t in qk))
         x_vo, s_vo = self.vo_manifold.from_factors(*(t.double() for t in vo))
         dtype = attn.q.weight.dtype
@@ -91,9 +91,9 @@ class ManifoldAttention(nn.Module):
         return torch.einsum("bhtd,hcd->btc", y, self._per_head(ro))  # sum_h y_h W_O,h^T
 
 
-def to_manifold_attention(model: GPT, geometry: str, block: bool) -> GPT:
+def to_manifold_attention(model: GPT, geometry: str, block: bool, **options) -> GPT:
     """Replace every attention layer's q, k, v, o by manifold points (same function at init for
-    the fixed-rank geometries)."""
+    the fixed-rank geometries); `options` go to the geometry's constructor (e.g. retraction)."""
     for blk in model.blocks:
-        blk.attn = ManifoldAttention(blk.attn, geometry, block)
+        blk.attn = ManifoldAttention(blk.attn, geometry, block, **options)
     return model
