@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench import __version__
 from bench.config import (
+    ABSENT_IS_NOT_DEFAULT,
     NON_SEMANTIC,
     ConfigError,
     check_override_keys,
@@ -84,14 +85,19 @@ def run_id(cfg) -> str:
     return f"{name}-s{cfg.seed}-{config_digest(cfg)}"
 
 
+_ABSENT = object()
+
+
 def find_record(cfg, rid: str) -> RunRecord:
-    """The record of this run: its own folder `<out_dir>/<sweep>/<rid>`, unless that is not
-    complete and a completed record of the same method, seed and semantic config sits in the
+    """The record of this run: its own folder `<out_dir>/<sweep>/<rid>`, unless that does not
+    exist and a completed record of the same method, seed and semantic config sits in the
     sweep folder under another id (one written before the id scheme last changed): a run is
-    identified by what it computes, not by its folder's name."""
+    identified by what it computes, not by its folder's name. An own folder that exists is
+    always used, so an interrupted run resumes there. A record lacking a key of
+    `ABSENT_IS_NOT_DEFAULT` while its switch is on was computed differently: never taken."""
     sweep_dir = Path(cfg.out_dir) / cfg.sweep
     record = RunRecord(sweep_dir / rid)
-    if record.is_complete() or not sweep_dir.is_dir():
+    if record.dir.exists() or not sweep_dir.is_dir():
         return record
     digest = config_digest(cfg)
     for other in sorted(sweep_dir.glob(rid.rsplit("-", 1)[0] + "-*")):
@@ -103,6 +109,10 @@ def find_record(cfg, rid: str) -> RunRecord:
         except (OSError, ValueError):
             continue
         config.pop("meta", None)
+        if any(OmegaConf.select(config, key, default=_ABSENT) is _ABSENT
+               and OmegaConf.select(config, switch, default=None)
+               for key, switch in ABSENT_IS_NOT_DEFAULT.items()):
+            continue
         if config_digest(config) == digest:
             return stored
     return record

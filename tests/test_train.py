@@ -127,6 +127,32 @@ def test_a_record_under_an_older_id_of_the_same_config_is_found_and_skipped(tmp_
     assert len(run_dirs(tmp_path / "runs")) == 2
 
 
+def test_an_own_folder_is_resumed_and_a_record_computed_differently_is_not_taken(
+        tmp_path, tiny):
+    """An interrupted run's own folder wins over an older completed record of the same config
+    (the run resumes there), and a record that lacks a key of ABSENT_IS_NOT_DEFAULT while that
+    key mattered (the Hessian was on) is not taken for a run of today's code."""
+    import shutil
+
+    import yaml
+
+    hessian = [*tiny, "metrics.hessian.every=10", "metrics.hessian.iters=2"]
+    run(compose(hessian))
+    (d,) = run_dirs(tmp_path / "runs")
+    old = d.with_name(d.name.rsplit("-", 1)[0] + "-0ld1d000")
+    d.rename(old)
+    d.mkdir()  # the own folder exists but holds no finished run (a relaunch was killed)
+    assert run(compose(hessian))["status"] == "completed"
+    assert (d / "summary.json").is_file()  # trained in its own folder, not skipped
+
+    shutil.rmtree(d)  # and the old record now from before metrics.hessian.batch_size existed
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["metrics"]["hessian"]["batch_size"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    run(compose(hessian))
+    assert (d / "summary.json").is_file() and len(run_dirs(tmp_path / "runs")) == 2
+
+
 def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
     args = [
         "model.init=scratch",
