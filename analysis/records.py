@@ -121,9 +121,11 @@ def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, swee
 
 def fill_absent_keys(rows: list[dict]) -> list[dict]:
     """Records written before a config key existed lack it. Within a sweep, a config key that
-    some rows lack and every other row gives the same value (the default the key was added
-    with) takes that value in the rows that lack it, so that it does not split one
-    configuration in two; a key whose values differ stays absent. The rows are not changed."""
+    some rows lack and every other row gives the same value takes that value in the rows that
+    lack it, so that it does not split one configuration in two; a key whose values differ
+    stays absent. This assumes the newer runs of a sweep left a new key at the default it was
+    added with (the analysis does not read the schema); a sweep that set a new key to one
+    non-default value on every newer run is merged wrongly. The rows are not changed."""
     filled = [dict(row) for row in rows]
     by_sweep: dict[str, list[dict]] = {}
     for row in filled:

@@ -161,6 +161,14 @@ def test_problem_ratios_are_per_problem_medians():
                        row("LoRA", 2, 5.0), row("BaLoRA", 2, np.nan)])
     ratios = problem_ratios(df, "gd", "BaLoRA")
     assert ratios.to_dict() == pytest.approx({0: 3.0 / 0.3, 1: 0.5})
+    # the pooled ratio compares LoRA and the variant on the same problems (here 0 and 1; LoRA's
+    # problem 2 has no BaLoRA run with a kept LR)
+    df["kappa"], df["lr"] = 50.0, 0.1
+    table = toy_table(df).set_index(["optimizer", "variant"])
+    lora_01 = np.median([1.0, 3.0, 8.0, 2.0])  # LoRA's inits on problems 0 and 1
+    balora = np.median([0.1, 0.3, 0.5, 4.0])
+    assert table.loc[("gd", "BaLoRA"), "LoRA / this"] == pytest.approx(lora_01 / balora)
+    assert table.loc[("gd", "BaLoRA"), ">= 10x"] == "1/2"
     low, high = bootstrap_median(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
     assert 1.0 <= low <= 3.0 <= high <= 100.0
     assert bootstrap_median(np.array([7.0, 7.0])) == (7.0, 7.0)
