@@ -206,10 +206,14 @@ def draw_problem_ratios(df: pd.DataFrame, figures: Path, sweep: str) -> list[Pat
     return save(fig, figures, f"{sweep}_gap_per_problem")
 
 
+def _kept(sel: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose init has a kept LR (a finite final excess loss)."""
+    return sel[[bool(np.isfinite(c[-1])) for c in sel["curve"]]]
+
+
 def _final(sel: pd.DataFrame) -> np.ndarray:
     """The final excess losses of these rows' inits that have a kept LR."""
-    final = np.array([c[-1] for c in sel["curve"]], dtype=float)
-    return final[np.isfinite(final)]
+    return np.array([c[-1] for c in _kept(sel)["curve"]], dtype=float)
 
 
 def problem_ratios(df: pd.DataFrame, optimizer: str, variant: str) -> pd.Series:
@@ -253,8 +257,7 @@ def toy_table(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             final = _final(sel)
             med = float(np.median(final)) if len(final) else math.nan
-            kept = sel["problem"][[bool(np.isfinite(c[-1])) for c in sel["curve"]]]
-            lora_final = _final(lora_rows[lora_rows["problem"].isin(set(kept))])
+            lora_final = _final(lora_rows[lora_rows["problem"].isin(set(_kept(sel)["problem"]))])
             lora = float(np.median(lora_final)) if len(lora_final) else None
             q25, q75 = (np.quantile(final, [0.25, 0.75]) if len(final) else (math.nan,) * 2)
             kappa = sel["kappa"][np.isfinite(sel["kappa"])]
