@@ -40,6 +40,7 @@ GROUPS = ("model", "data", "adapter", "optimizer", "trainer", "logger", "experim
 NON_SEMANTIC = (
     "out_dir",
     "sweep",
+    "study",
     "logger",
     "trainer.device",
     "trainer.threads",
@@ -202,6 +203,20 @@ class ToyConfig:
 
 
 @dataclass
+class StudyConfig:
+    """What `python -m experiments`, the smoke test and analysis read of a study (its one YAML in
+    conf/experiment/); never part of a run's identity (NON_SEMANTIC)."""
+
+    name: str | None = None  # the study; None for a plain run or sweep
+    baseline: str | None = None  # the method every other method of the sweep is compared with
+    # the study's stages in order, each "grid:<experiment>" (a Hydra multirun of that YAML, the
+    # tuning seed) or "seeds:<experiment>" (each method's best config of that grid, more seeds)
+    stages: list[str] = field(default_factory=list)
+    seconds_per_run: float = 30.0  # estimate on 2 cores with 2 workers, until runs exist
+    smoke: list[str] = field(default_factory=list)  # overrides that shrink it for the smoke test
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
@@ -211,6 +226,7 @@ class Config:
     logger: LoggerConfig = MISSING
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     task: str = "lm"
     seed: int = 0
     sweep: str = "default"
