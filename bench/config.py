@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from bench.models.gpt import GPTConfig
+
 ADAPTERS = ("full", "lora", "balora")
 OPTIMIZERS = ("adamw", "sgd", "riemannian_adam", "riemannian_sgd", "riemannian_normalized")
 GEOMETRIES = (
@@ -80,22 +82,13 @@ class PretrainConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(GPTConfig):
+    """The model group: the GPT architecture (bench.models.gpt.GPTConfig's fields: vocab_size,
+    seq_len, d_model, n_layer, n_head, n_kv_head, d_mlp, norm, mlp, pos_emb, tie_embeddings,
+    bias, dropout) plus how the model is made."""
+
     name: str = "gpt_tiny"
     kind: str = "gpt"  # gpt | hf
-    vocab_size: int = 256
-    d_model: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    n_kv_head: int | None = None  # grouped-query attention when < n_head
-    seq_len: int = 128
-    d_mlp: int | None = None  # default 4 * d_model
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    mlp: str = "gelu"  # gelu | relu2
-    pos_emb: bool = True
-    tie_embeddings: bool = True
-    bias: bool = False
-    dropout: float = 0.0
     init: str = "scratch"  # scratch | pretrained
     path: str | None = None  # local Hugging Face model directory (kind: hf)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
@@ -199,7 +192,7 @@ class ToyConfig:
     lr_min: float = 1e-5
     lr_max: float = 0.3
     drop_above: float = 1e5
-    method: str = "gd"  # gd | sign_gd | adam
+    method: str = "gd"  # the update rule: bench.toy.UPDATE_RULES (checked by bench.toy.check_toy)
 
 
 @dataclass
@@ -280,7 +273,6 @@ def validate(cfg: Any) -> None:
     _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
     _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
     _choice("data.name", cfg.data.name, ("builtin", "text"))
-    _choice("toy.method", cfg.toy.method, ("gd", "sign_gd", "adam"))
     _positive("optimizer.lr", cfg.optimizer.lr)
     if cfg.optimizer.manifold_lr is not None:
         _positive("optimizer.manifold_lr", cfg.optimizer.manifold_lr)

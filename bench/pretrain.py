@@ -19,15 +19,15 @@ from omegaconf import OmegaConf
 
 from bench.adapters.full import Full
 from bench.data.corpus import Corpus, load_corpus
+from bench.models import GPT_KEYS, gpt_config
 from bench.models.gpt import GPT
 from bench.tracking.record import RunRecord, atomic_write
+from bench.train import Trainer
 
 PRETRAIN_SEED = 0
 
 
 def cache_key(cfg) -> str:
-    from bench.models import GPT_KEYS
-
     spec = {
         "model": {k: cfg.model[k] for k in GPT_KEYS},
         "pretrain": {
@@ -40,9 +40,8 @@ def cache_key(cfg) -> str:
 
 
 def load_pretrained(cfg) -> tuple[dict, Corpus]:
-    """(state_dict of the pretrained GPT, the pretraining corpus)."""
-    from bench.models import gpt_config
-
+    """(state_dict of the pretrained GPT, the pretraining corpus); torch's RNG is left as it
+    was."""
     p = cfg.model.pretrain
     source = load_corpus("builtin", p.domain, None, cfg.data.eval_fraction, cfg.data.max_bytes)
     folder = Path(p.cache_dir) / cache_key(cfg)
@@ -55,8 +54,6 @@ def load_pretrained(cfg) -> tuple[dict, Corpus]:
 
 
 def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None:
-    from bench.train import Trainer
-
     p = cfg.model.pretrain
     print(f"[bench] pretraining {cfg.model.name} on {p.domain} ({p.max_steps} steps) -> {folder}")
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
@@ -80,8 +77,6 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
             "lr_schedule": "warmup_cosine",
             "warmup_steps": max(1, p.max_steps // 20),
             "inject_nan_at": None,
-            "eval_batches": cfg.data.eval_batches,
-            "target_loss": None,
         },
     )
     record = RunRecord(folder)
@@ -93,15 +88,16 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
         }
     )
     summary = Trainer(
-        model,
-        optimizer,
-        adapter,
-        source.train,
-        {"": source.eval},
-        trainer_cfg,
-        record,
-        PRETRAIN_SEED,
-        device,
+        model=model,
+        optimizer=optimizer,
+        adapter=adapter,
+        train_data=source.train,
+        eval_sets={"": source.eval},
+        cfg=trainer_cfg,
+        record=record,
+        seed=PRETRAIN_SEED,
+        device=device,
+        n_eval_batches=cfg.data.eval_batches,
     ).run()
     record.write_summary(summary)
     record.close()

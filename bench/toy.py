@@ -16,7 +16,7 @@ problem's optimal rank-r loss 1/2 sum_{i>r} sigma_i(T - W0)^2 at those LRs, plus
 (balora.md §4).
 The experiment sets adapter.alpha = adapter.r, so s = 1 as in the paper.
 
-Optimizers (`toy.method`), all with a constant LR:
+Update rules (`toy.method`; the run's method name is adapter/rule), all with a constant LR:
   gd       A <- A - lr g_A
   sign_gd  A <- A - lr g_A / (|g_A| + 1e-8), no momentum (the paper's toy "adam")
   adam     Adam, betas 0.9 / 0.999, eps 1e-8, bias-corrected; moments untouched by the projection
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass
 
@@ -36,9 +35,13 @@ import torch
 from torch import Tensor
 
 from bench.adapters.balora import balancing_gap, project_balanced
+from bench.config import ConfigError
+from bench.metrics.hessian import condition_number
+from bench.tracking.identity import method_name
+from bench.tracking.record import RunRecord, atomic_write
 
 F64 = torch.float64
-METHODS = ("gd", "sign_gd", "adam")
+UPDATE_RULES = ("gd", "sign_gd", "adam")  # the allowed values of toy.method
 SIGN_EPS = 1e-8
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -93,16 +96,16 @@ def toy_loss(W0: Tensor, T: Tensor, s: float):
 class Stepper:
     """One optimizer over a batch of factor pairs; `lr` broadcasts against the batch (..., 1, 1)."""
 
-    def __init__(self, method: str, lr: Tensor):
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        self.method, self.lr, self.t = method, lr, 0
+    def __init__(self, rule: str, lr: Tensor):
+        if rule not in UPDATE_RULES:
+            raise ValueError(f"rule must be one of {UPDATE_RULES}, got {rule!r}")
+        self.rule, self.lr, self.t = rule, lr, 0
         self.moments: dict[str, tuple[Tensor, Tensor]] = {}
 
     def direction(self, name: str, g: Tensor) -> Tensor:
-        if self.method == "gd":
+        if self.rule == "gd":
             return g
-        if self.method == "sign_gd":
+        if self.rule == "sign_gd":
             return g / (g.abs() + SIGN_EPS)
         b1, b2 = ADAM_BETAS
         m, v = self.moments.get(name, (torch.zeros_like(g), torch.zeros_like(g)))
@@ -126,10 +129,10 @@ class Trajectories:
     B: Tensor  # (inits, lrs, n, r)
 
 
-def simulate(problem: ToyProblem, lrs: Tensor, s: float, steps: int, method: str,
+def simulate(problem: ToyProblem, lrs: Tensor, s: float, steps: int, rule: str,
              balanced: bool, alignment: str = "procrustes",
              drop_above: float = 1e5) -> Trajectories:
-    """Every init x LR of `problem` for `steps` steps of `method`, as one batch.
+    """Every init x LR of `problem` for `steps` steps of the update `rule`, as one batch.
 
     A trajectory is dropped (and frozen, so that it cannot produce NaNs) as soon as its loss is
     non-finite or above `drop_above`. With `balanced`, (A, B) is projected onto the balanced
@@ -140,7 +143,7 @@ def simulate(problem: ToyProblem, lrs: Tensor, s: float, steps: int, method: str
     L = lrs.numel()
     A = problem.A0[:, None].expand(inits, L, r, m).clone()
     B = torch.zeros(inits, L, n, r, dtype=F64)
-    opt = Stepper(method, lrs.to(F64).view(1, L, 1, 1))
+    opt = Stepper(rule, lrs.to(F64).view(1, L, 1, 1))
     loss, grad_A, grad_B = loss_and_grads(A, B, problem.W0, problem.T, s)
     kept = torch.isfinite(loss) & (loss <= drop_above)
     losses = [loss]
@@ -193,8 +196,6 @@ def toy_hessian(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> Tensor
 def end_point_spectra(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> dict:
     """Exact Hessian spectra at a batch of end points A (k, r, m), B (k, n, r) (balora.md §4):
     per point kappa = lambda_max / lambda_(r^2 + 1), the r^2 GL(r) zero modes skipped."""
-    from bench.metrics.hessian import condition_number
-
     eigs = torch.linalg.eigvalsh(toy_hessian(A, B, W0, T, s))  # (k, rm + nr), ascending
     r2 = A.shape[-2] ** 2
     return {"kappa": [condition_number(e, r2) for e in eigs],
@@ -205,11 +206,11 @@ PER_INIT = ("problem", "lr_index", "lr", "excess", "kappa", "lambda_max", "lambd
             "dropped", "final_excess_by_lr")
 
 
-def toy_results(problem: ToyProblem, lrs: Tensor, s: float, steps: int, method: str,
+def toy_results(problem: ToyProblem, lrs: Tensor, s: float, steps: int, rule: str,
                 balanced: bool, alignment: str, drop_above: float, label: int = 0) -> dict:
     """Simulate one problem, choose each init's LR and measure its end point: per init (lists
     over inits, keys PER_INIT; `problem` = `label`) and the problem's optimal loss."""
-    traj = simulate(problem, lrs, s, steps, method, balanced, alignment, drop_above)
+    traj = simulate(problem, lrs, s, steps, rule, balanced, alignment, drop_above)
     chosen = choose_lr(traj)
     excess = traj.losses - problem.optimal_loss  # (steps + 1, inits, lrs)
     ok = [i for i, j in enumerate(chosen.tolist()) if j >= 0]
@@ -252,19 +253,12 @@ def _finite_or_none(value):
     return value
 
 
-def toy_method(cfg) -> str:
-    """"lora/gd", "balora/sign_gd", "balora:sign/adam", "balora:none/gd"."""
-    adapter = cfg.adapter.name
-    if adapter == "balora" and cfg.adapter.alignment != "procrustes":
-        adapter += ":" + cfg.adapter.alignment
-    return f"{adapter}/{cfg.toy.method}"
-
-
 def check_toy(cfg) -> None:
     """The toy's own config checks (bench.config.validate covers the shared keys)."""
-    from bench.config import ConfigError
-
     t = cfg.toy
+    if t.method not in UPDATE_RULES:
+        raise ConfigError(f"toy.method={t.method!r} is not allowed; allowed values: "
+                          f"{', '.join(UPDATE_RULES)}")
     if cfg.adapter.name not in ("lora", "balora"):
         raise ConfigError(f"task=toy needs adapter.name lora or balora, got {cfg.adapter.name!r}")
     for key in ("n", "m", "r", "steps", "inits", "draws", "lr_grid", "lr_min", "lr_max",
@@ -280,81 +274,47 @@ def check_toy(cfg) -> None:
                           "(s = adapter.alpha / adapter.r scales the toy's B A)")
 
 
-def run_toy(cfg) -> dict:
-    """One toy run (one adapter x one optimizer, all inits x LRs): writes the run record
-    `<out_dir>/<sweep>/<run-id>/` (config.yaml, metrics.jsonl, summary.json, toy.json) and
-    returns the summary. A completed record is left alone."""
-    from omegaconf import OmegaConf
-
-    from bench import __version__
-    from bench.run import _git_commit, config_digest, find_record
-    from bench.tracking.record import atomic_write
-
-    check_toy(cfg)
-    method = toy_method(cfg)
-    rid = f"{method.replace('/', '-').replace(':', '_')}-s{cfg.seed}-{config_digest(cfg)}"
-    record = find_record(cfg, rid)
-    if record.is_complete():
-        print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped")
-        return record.read_summary()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved["meta"] = {
-        "run_id": rid,
-        "method": method,
-        "device": "cpu",
-        "versions": {"bench": __version__, "torch": str(torch.__version__),
-                     "python": platform.python_version(), "git_commit": _git_commit()},
-    }
-    record.create(resolved)
+def run_toy(cfg, record: RunRecord) -> dict:
+    """One toy run (one adapter x one update rule, all inits x LRs) into the created `record`:
+    metrics.jsonl (the median excess-loss curve) and toy.json (per init); returns the summary.
+    The run skeleton (bench/run.py) finds the record, writes its config and the summary."""
     record.metrics_path.unlink(missing_ok=True)  # a rerun of an unfinished run starts over
     t = cfg.toy
     start = time.perf_counter()
-    try:
-        lrs = torch.linspace(t.lr_min, t.lr_max, t.lr_grid, dtype=F64)
-        s = cfg.adapter.alpha / cfg.adapter.r
-        # draw d of a run is the problem that seed + d draws on its own (toy.draws = 1: seed's)
-        problems = [cfg.seed + d for d in range(t.draws)]
-        out: dict[str, list] = {key: [] for key in (*PER_INIT, "optimal_loss")}
-        for label in problems:
-            problem = make_problem(t.n, t.m, t.r, t.inits, label)
-            one = toy_results(problem, lrs, s, t.steps, t.method, cfg.adapter.name == "balora",
-                              cfg.adapter.alignment, t.drop_above, label)
-            for key in PER_INIT:
-                out[key] += one[key]
-            out["optimal_loss"].append(one["optimal_loss"])
-        out.update(problems=problems, lr_grid=lrs.tolist(), method=method,
-                   adapter=cfg.adapter.name, alignment=cfg.adapter.alignment
-                   if cfg.adapter.name == "balora" else None, optimizer=t.method, scale=s,
-                   seed=cfg.seed)
-        curves = torch.tensor([[math.nan if v is None else v for v in c] for c in out["excess"]],
-                              dtype=F64).reshape(t.draws * t.inits, t.steps + 1)
-        median, q25, q75 = _quantiles(curves, dim=0)  # over every init of every problem
-        for step in range(t.steps + 1):
-            record.log({"step": step, "toy/excess_median": median[step].item(),
-                        "toy/excess_q25": q25[step].item(), "toy/excess_q75": q75[step].item()})
-        text = json.dumps({k: _finite_or_none(v) for k, v in out.items()}).encode()
-        atomic_write(record.dir / "toy.json", lambda f: f.write(text))
-        final = median[-1].item()
-        summary = {
-            "status": "completed" if math.isfinite(final) else "diverged",
-            "final_excess_median": final,
-            "steps": t.steps,
-            "draws": t.draws,
-            "cond/kappa_median": _median(out["kappa"]),
-            "sharpness/median": _median(out["lambda_max"]),
-            "balora/gap_median": _median(out["gap"]),
-            "lr_median": _median(out["lr"]),
-            "wall_s": time.perf_counter() - start,
-            "error": None if math.isfinite(final) else "every learning rate dropped",
-        }
-    except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-        import traceback
-
-        traceback.print_exc()
-        summary = {"status": "failed", "steps": t.steps, "error": f"{type(e).__name__}: {e}"}
-    record.write_summary(summary)
-    record.close()
-    final = summary.get("final_excess_median")
-    print(f"[bench] {rid}: {summary['status']}"
-          + (f", median excess loss {final:.3g}" if final is not None else ""))
-    return summary
+    lrs = torch.linspace(t.lr_min, t.lr_max, t.lr_grid, dtype=F64)
+    s = cfg.adapter.alpha / cfg.adapter.r
+    # draw d of a run is the problem that seed + d draws on its own (toy.draws = 1: seed's)
+    problems = [cfg.seed + d for d in range(t.draws)]
+    out: dict[str, list] = {key: [] for key in (*PER_INIT, "optimal_loss")}
+    for label in problems:
+        problem = make_problem(t.n, t.m, t.r, t.inits, label)
+        one = toy_results(problem, lrs, s, t.steps, t.method, cfg.adapter.name == "balora",
+                          cfg.adapter.alignment, t.drop_above, label)
+        for key in PER_INIT:
+            out[key] += one[key]
+        out["optimal_loss"].append(one["optimal_loss"])
+    out.update(problems=problems, lr_grid=lrs.tolist(), method=method_name(cfg),
+               adapter=cfg.adapter.name, alignment=cfg.adapter.alignment
+               if cfg.adapter.name == "balora" else None, optimizer=t.method, scale=s,
+               seed=cfg.seed)
+    curves = torch.tensor([[math.nan if v is None else v for v in c] for c in out["excess"]],
+                          dtype=F64).reshape(t.draws * t.inits, t.steps + 1)
+    median, q25, q75 = _quantiles(curves, dim=0)  # over every init of every problem
+    for step in range(t.steps + 1):
+        record.log({"step": step, "toy/excess_median": median[step].item(),
+                    "toy/excess_q25": q25[step].item(), "toy/excess_q75": q75[step].item()})
+    text = json.dumps({k: _finite_or_none(v) for k, v in out.items()}).encode()
+    atomic_write(record.dir / "toy.json", lambda f: f.write(text))
+    final = median[-1].item()
+    return {
+        "status": "completed" if math.isfinite(final) else "diverged",
+        "final_excess_median": final,
+        "steps": t.steps,
+        "draws": t.draws,
+        "cond/kappa_median": _median(out["kappa"]),
+        "sharpness/median": _median(out["lambda_max"]),
+        "balora/gap_median": _median(out["gap"]),
+        "lr_median": _median(out["lr"]),
+        "wall_s": time.perf_counter() - start,
+        "error": None if math.isfinite(final) else "every learning rate dropped",
+    }

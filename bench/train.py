@@ -51,10 +51,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Trainer:
-    """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split."""
+    """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split;
+    `cfg` is the trainer config group; every other input is its own keyword."""
 
     def __init__(
         self,
+        *,
         model,
         optimizer,
         adapter,
@@ -64,21 +66,24 @@ class Trainer:
         record: RunRecord,
         seed: int,
         device: torch.device,
+        n_eval_batches: int = 4,
+        target_loss: float | None = None,
         logger=None,
         hooks: list[Callable] | None = None,
     ):
         self.model, self.optimizer, self.adapter = model, optimizer, adapter
         self.train_data, self.cfg, self.record, self.seed = train_data, cfg, record, seed
         self.device, self.logger, self.hooks = device, logger, hooks or []
+        self.target_loss = target_loss
         t = cfg
         self.eval_sets = {
-            name: eval_batches(data, t.batch_size, model_seq_len(model), t.get("eval_batches", 4))
+            name: eval_batches(data, t.batch_size, model_seq_len(model), n_eval_batches)
             for name, data in eval_sets.items()
         }
         self.seq_len = model_seq_len(model)
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
-        if device.type == "cuda" and t.get("tf32"):  # TF32 matmuls on Ampere and later
+        if device.type == "cuda" and t.tf32:  # TF32 matmuls on Ampere and later
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         use_bf16 = t.dtype == "bfloat16" and device.type == "cuda"
@@ -244,7 +249,7 @@ class Trainer:
     def _time_to_target(self) -> dict:
         """AlgoPerf's time to result, from the rows this run logged (bench/metrics/targets.py);
         `from_baseline` is resolved after the sweep, by bench.run."""
-        target = self.cfg.get("target_loss")
+        target = self.target_loss
         if not isinstance(target, (int, float)) or isinstance(target, bool):
             return dict.fromkeys(TARGET_KEYS)
         return time_to_target(self.record.read_metrics(), target)

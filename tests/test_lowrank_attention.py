@@ -98,9 +98,9 @@ def test_orthographic_retraction_trains_and_is_its_own_method(tmp_path):
     assert rows[-1]["eval/loss"] < rows[0]["eval/loss"] - 0.3
     config = yaml.safe_load((d / "config.yaml").read_text())
     assert config["meta"]["method"].endswith("/fixed_rank_embedded+orthographic")
-    model, _ = build_model(compose(["model.attention.geometry=fixed_rank_embedded",
-                                    "model.attention.retraction=orthographic",
-                                    "model.init=scratch"]))
+    model = build_model(compose(["model.attention.geometry=fixed_rank_embedded",
+                                 "model.attention.retraction=orthographic",
+                                 "model.init=scratch"]).model)
     assert {m.retraction for m in model.modules() if hasattr(m, "retraction")} == {
         "orthographic"}
 

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.adapters.full import Full
+from bench.config import TrainerConfig
 from bench.data.corpus import get_batch, load_corpus
 from bench.metrics.cost import measure_matmul_peak, mfu
 from bench.models.gpt import GPT, GPTConfig
@@ -39,30 +40,15 @@ def harness_loop(model, corpus, steps, run_dir):
     adapter = Full(OmegaConf.create({"target_modules": ["all"]}))
     adapter.apply(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cfg = OmegaConf.create(
-        {
-            "max_steps": steps,
-            "batch_size": BATCH,
-            "eval_every": steps,
-            "log_every": 10,
-            "checkpoint_every": 20,
-            "lr_schedule": "constant",
-            "warmup_steps": 0,
-            "grad_clip": 1.0,
-            "divergence_factor": 10.0,
-            "progress": True,
-            "inject_nan_at": None,
-            "dtype": "float32",
-            "eval_batches": 1,
-            "target_loss": None,
-        }
-    )
+    cfg = OmegaConf.structured(TrainerConfig(
+        max_steps=steps, batch_size=BATCH, eval_every=steps, log_every=10, checkpoint_every=20,
+        device="cpu"))
     record = RunRecord(run_dir)
     record.create({"bench": "perf"})
     t0 = time.perf_counter()
-    Trainer(
-        model, opt, adapter, corpus.train, {"": corpus.eval}, cfg, record, 0, torch.device("cpu")
-    ).run()
+    Trainer(model=model, optimizer=opt, adapter=adapter, train_data=corpus.train,
+            eval_sets={"": corpus.eval}, cfg=cfg, record=record, seed=0,
+            device=torch.device("cpu"), n_eval_batches=1).run()
     record.close()
     return steps * BATCH * model.cfg.seq_len / (time.perf_counter() - t0)
 

@@ -14,12 +14,12 @@ from conftest import compose, read_jsonl, run_cli, run_dirs
 from analysis.toy import bootstrap_median, load_toy, problem_ratios, toy_figures, toy_table
 from bench.adapters.balora import balancing_gap
 from bench.config import ConfigError
+from bench.run import run as launch
 from bench.toy import (
     Stepper,
     choose_lr,
     loss_and_grads,
     make_problem,
-    run_toy,
     simulate,
     toy_hessian,
     toy_loss,
@@ -112,7 +112,7 @@ def test_diverging_learning_rates_are_dropped_without_nans():
 def test_toy_rank_must_match_adapter_rank(tmp_path, one_thread):
     cfg = compose(["+experiment=balora_toy", "toy.r=3", f"out_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="toy.r=3 must equal adapter.r=4"):
-        run_toy(cfg)
+        launch(cfg)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -121,7 +121,7 @@ def test_toy_run_is_deterministic(tmp_path, one_thread):
     for name in ("a", "b"):
         cfg = compose(["+experiment=balora_toy", "adapter=balora_sign", "toy.method=adam",
                        *SMALL, f"out_dir={tmp_path / name}"])
-        run_toy(cfg)
+        launch(cfg)
         (run,) = run_dirs(tmp_path / name)
         outs.append((run.name, (run / "toy.json").read_text()))
     assert outs[0] == outs[1]
@@ -134,7 +134,7 @@ def test_draw_d_of_a_run_is_the_problem_of_seed_plus_d(tmp_path, one_thread):
     def toy_json(name, *overrides):
         cfg = compose(["+experiment=balora_toy", "adapter=lora", *SMALL, *overrides,
                        f"out_dir={tmp_path / name}"])
-        run_toy(cfg)
+        launch(cfg)
         (run,) = run_dirs(tmp_path / name)
         return json.loads((run / "toy.json").read_text())
 
@@ -215,7 +215,7 @@ def test_reduced_study_writes_records_and_figures(tmp_path, one_thread):
     before = (methods["balora/gd"] / "toy.json").stat().st_mtime_ns
     cfg = compose(["+experiment=balora_toy", "adapter=balora", "toy.method=gd", *SMALL,
                    f"out_dir={out}"])
-    summary = run_toy(cfg)
+    summary = launch(cfg)
     assert summary == json.loads((methods["balora/gd"] / "summary.json").read_text())
     assert (methods["balora/gd"] / "toy.json").stat().st_mtime_ns == before
     assert len(run_dirs(out)) == 2

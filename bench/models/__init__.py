@@ -1,56 +1,43 @@
-"""Models: the built-in GPT (gpt.py) and local Hugging Face causal LMs (hf.py)."""
+"""Models: the built-in GPT (gpt.py) and local Hugging Face causal LMs (hf.py).
+
+Building a model never trains one: a fine-tuning run loads (or first pretrains) its base weights
+through bench.pretrain and hands them here as `state`.
+"""
 
 from __future__ import annotations
 
-import torch
+import dataclasses
 
 from bench.models.gpt import GPT, GPTConfig
 
-GPT_KEYS = (
-    "vocab_size",
-    "seq_len",
-    "d_model",
-    "n_layer",
-    "n_head",
-    "n_kv_head",
-    "d_mlp",
-    "norm",
-    "mlp",
-    "pos_emb",
-    "tie_embeddings",
-    "bias",
-    "dropout",
-)
+# The architecture keys of the model config group: the fields of GPTConfig, which the schema's
+# ModelConfig (bench/config.py) extends, so the architecture is declared once.
+GPT_KEYS = tuple(f.name for f in dataclasses.fields(GPTConfig))
 
 
 def gpt_config(model_cfg) -> GPTConfig:
+    """The GPT architecture of a model config group (any mapping with GPTConfig's keys)."""
     return GPTConfig(**{k: model_cfg[k] for k in GPT_KEYS})
 
 
-def build_model(cfg):
-    """(model, source corpus or None) for the run config `cfg`.
-
-    `model.init=pretrained` loads (or first trains, once, and caches) a base model pretrained on
-    `model.pretrain.domain`; the source corpus is returned so its eval loss can be watched.
-    """
-    m = cfg.model
-    if m.kind == "hf":
+def build_model(model_cfg, state: dict | None = None):
+    """The model of the `model` config group: a local Hugging Face model (`kind: hf`) or the
+    built-in GPT, loaded from `state` (a GPT state_dict, e.g. the pretrained base) when given,
+    then its attention put on `attention.geometry` when that is not euclidean. Parameters are
+    drawn from torch's global RNG: seed it first."""
+    if model_cfg.kind == "hf":
         from bench.models.hf import load_hf
 
-        return load_hf(m), None
-    torch.manual_seed(cfg.seed)
-    model = GPT(gpt_config(m))
-    source = None
-    if m.init == "pretrained":
-        from bench.pretrain import load_pretrained
-
-        state, source = load_pretrained(cfg)
+        return load_hf(model_cfg)
+    model = GPT(gpt_config(model_cfg))
+    if state is not None:
         model.load_state_dict(state)
-    if m.attention.geometry != "euclidean":
+    attention = model_cfg.attention
+    if attention.geometry != "euclidean":
         from bench.models.lowrank_attention import to_manifold_attention
 
         options = {}
-        if m.attention.retraction != "svd":  # only fixed_rank_embedded has a choice (validate)
-            options["retraction"] = m.attention.retraction
-        model = to_manifold_attention(model, m.attention.geometry, m.attention.block, **options)
-    return model, source
+        if attention.retraction != "svd":  # only fixed_rank_embedded has a choice (validate)
+            options["retraction"] = attention.retraction
+        model = to_manifold_attention(model, attention.geometry, attention.block, **options)
+    return model
