@@ -12,7 +12,8 @@ import time
 import torch
 
 from bench.config import schema_defaults
-from bench.run import run, run_id
+from bench.run import run
+from bench.tracking.identity import run_id
 from bench.train import lr_factor
 from tests.conftest import ROOT, compose, read_jsonl, run_cli, run_dirs
 
@@ -90,13 +91,13 @@ def test_run_id_survives_a_new_schema_key_with_its_default(tiny, monkeypatch):
     later, present in the config at its default, does not change any existing run id."""
     from omegaconf import OmegaConf
 
-    import bench.run
+    import bench.tracking.identity
 
     cfg = compose(tiny)
     base = run_id(cfg)
     defaults = schema_defaults()
     defaults["trainer"]["new_knob"] = 3
-    monkeypatch.setattr(bench.run, "schema_defaults", lambda: defaults)
+    monkeypatch.setattr(bench.tracking.identity, "schema_defaults", lambda: defaults)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # untyped, so that it takes a new key
     cfg.trainer.new_knob = 3
     assert run_id(cfg) == base
