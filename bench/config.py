@@ -14,19 +14,23 @@ from typing import Any
 
 from omegaconf import MISSING
 
-ADAPTERS = ("full", "lora", "balora")
-OPTIMIZERS = ("adamw", "sgd", "riemannian_adam", "riemannian_sgd", "riemannian_normalized")
-GEOMETRIES = (
-    "euclidean",
-    "fixed_rank_embedded",
-    "fixed_rank_quotient",
-    "partial_isometry_embedded",
-    "partial_isometry_quotient",
-    "partial_isometry_canonical",
+from bench.adapters import ADAPTERS as ADAPTER_CLASSES
+from bench.adapters.balancing import ALIGNMENTS
+from bench.adapters.balora import MOMENTS
+from bench.errors import ConfigError
+from bench.manifolds import MANIFOLDS
+from bench.optim import OPTIMIZERS as OPTIMIZER_SPECS
+
+# The allowed names of every choice a package offers come from that package's registry.
+ADAPTERS = tuple(ADAPTER_CLASSES)
+OPTIMIZERS = tuple(OPTIMIZER_SPECS)
+GEOMETRIES = ("euclidean", *MANIFOLDS)  # euclidean: plain weights, no manifold
+# model.attention.retraction: "svd" (the schema default) is every geometry's own retraction (the
+# first of its choices, or its only one); a geometry that offers a choice lists it itself.
+DEFAULT_RETRACTION = "svd"
+RETRACTIONS = tuple(
+    dict.fromkeys([DEFAULT_RETRACTION, *(r for c in MANIFOLDS.values() for r in c.retractions)])
 )
-RETRACTIONS = ("svd", "orthographic")  # bench.manifolds.fixed_rank_embedded.RETRACTIONS
-ALIGNMENTS = ("procrustes", "sign", "none")
-MOMENTS = ("keep", "transport")
 LR_SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("wandb_offline", "wandb_online", "none")
@@ -55,10 +59,6 @@ NON_SEMANTIC = (
 # second is set is never taken for a run of today's code (bench.run.find_record). Before
 # metrics.hessian.batch_size, the Hessian was taken on the whole training batch.
 ABSENT_IS_NOT_DEFAULT = {"metrics.hessian.batch_size": "metrics.hessian.every"}
-
-
-class ConfigError(ValueError):
-    """A configuration problem found before training; the message names the key."""
 
 
 @dataclass
@@ -268,14 +268,14 @@ def validate(cfg: Any) -> None:
     _choice("model.mlp", cfg.model.mlp, ("gelu", "relu2"))
     _choice("model.attention.geometry", cfg.model.attention.geometry, GEOMETRIES)
     _choice("adapter.geometry", cfg.adapter.geometry, GEOMETRIES)
-    _choice("model.attention.retraction", cfg.model.attention.retraction, RETRACTIONS)
-    if cfg.model.attention.retraction != "svd" and (
-        cfg.model.attention.geometry != "fixed_rank_embedded"
-    ):
+    retraction, attention_geometry = cfg.model.attention.retraction, cfg.model.attention.geometry
+    _choice("model.attention.retraction", retraction, RETRACTIONS)
+    offering = [g for g, cls in MANIFOLDS.items() if retraction in cls.retractions]
+    if retraction != DEFAULT_RETRACTION and attention_geometry not in offering:
         raise ConfigError(
-            f"model.attention.retraction={cfg.model.attention.retraction!r} needs "
-            f"model.attention.geometry=fixed_rank_embedded (got "
-            f"{cfg.model.attention.geometry!r}); the other geometries have one retraction"
+            f"model.attention.retraction={retraction!r} needs "
+            f"model.attention.geometry={' or '.join(offering)} (got "
+            f"{attention_geometry!r}); the other geometries have one retraction"
         )
     _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
     _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
@@ -329,7 +329,7 @@ def validate(cfg: Any) -> None:
             f"adapter.geometry={cfg.adapter.geometry!r} needs adapter=lora or balora "
             f"(got {cfg.adapter.name!r})"
         )
-    riemannian = cfg.optimizer.name.startswith("riemannian")
+    riemannian = OPTIMIZER_SPECS[cfg.optimizer.name].needs_manifold
     has_manifold = (
         cfg.model.attention.geometry != "euclidean" or cfg.adapter.geometry != "euclidean"
     )

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.adapters.balora import balancing_gap, project_balanced
+from bench.adapters.balancing import balancing_gap, project_balanced
 
 F64 = torch.float64
 METHODS = ("gd", "sign_gd", "adam")
