@@ -14,25 +14,27 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from bench.adapters import ADAPTERS as ADAPTER_CLASSES
+from bench.adapters.balancing import ALIGNMENTS
+from bench.adapters.balora import MOMENTS
+from bench.errors import ConfigError
+from bench.manifolds import MANIFOLDS
 from bench.models.gpt import GPTConfig
+from bench.optim import OPTIMIZERS as OPTIMIZER_SPECS
 
-ADAPTERS = ("full", "lora", "balora")
-OPTIMIZERS = ("adamw", "sgd", "riemannian_adam", "riemannian_sgd", "riemannian_normalized")
-GEOMETRIES = (
-    "euclidean",
-    "fixed_rank_embedded",
-    "fixed_rank_quotient",
-    "partial_isometry_embedded",
-    "partial_isometry_quotient",
-    "partial_isometry_canonical",
+# The allowed names of every choice a package offers come from that package's registry.
+ADAPTERS = tuple(ADAPTER_CLASSES)
+OPTIMIZERS = tuple(OPTIMIZER_SPECS)
+GEOMETRIES = ("euclidean", *MANIFOLDS)  # euclidean: plain weights, no manifold
+# model.attention.retraction: "svd" (the schema default) is every geometry's own retraction (the
+# first of its choices, or its only one); a geometry that offers a choice lists it itself.
+DEFAULT_RETRACTION = "svd"
+RETRACTIONS = tuple(
+    dict.fromkeys([DEFAULT_RETRACTION, *(r for c in MANIFOLDS.values() for r in c.retractions)])
 )
-RETRACTIONS = ("svd", "orthographic")  # bench.manifolds.fixed_rank_embedded.RETRACTIONS
-ALIGNMENTS = ("procrustes", "sign", "none")
-MOMENTS = ("keep", "transport")
 LR_SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("wandb_offline", "wandb_online", "none")
-TASKS = ("lm", "toy")
 INITS = ("scratch", "pretrained")
 GROUPS = ("model", "data", "adapter", "optimizer", "trainer", "logger", "experiment")
 
@@ -57,10 +59,6 @@ NON_SEMANTIC = (
 # second is set is never taken for a run of today's code (bench.run.find_record). Before
 # metrics.hessian.batch_size, the Hessian was taken on the whole training batch.
 ABSENT_IS_NOT_DEFAULT = {"metrics.hessian.batch_size": "metrics.hessian.every"}
-
-
-class ConfigError(ValueError):
-    """A configuration problem found before training; the message names the key."""
 
 
 @dataclass
@@ -220,7 +218,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     toy: ToyConfig = field(default_factory=ToyConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
-    task: str = "lm"
+    task: str = "lm"  # the kind of run: a key of bench.run.TASKS (lm, toy)
     seed: int = 0
     sweep: str = "default"
     out_dir: str = "runs"
@@ -247,7 +245,6 @@ def _positive(key: str, value: Any) -> None:
 
 def validate(cfg: Any) -> None:
     """Semantic checks that the schema types cannot express. Raises ConfigError."""
-    _choice("task", cfg.task, TASKS)
     _choice("adapter.name", cfg.adapter.name, ADAPTERS)
     _choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     _choice("trainer.device", cfg.trainer.device, DEVICES)
@@ -261,14 +258,14 @@ def validate(cfg: Any) -> None:
     _choice("model.mlp", cfg.model.mlp, ("gelu", "relu2"))
     _choice("model.attention.geometry", cfg.model.attention.geometry, GEOMETRIES)
     _choice("adapter.geometry", cfg.adapter.geometry, GEOMETRIES)
-    _choice("model.attention.retraction", cfg.model.attention.retraction, RETRACTIONS)
-    if cfg.model.attention.retraction != "svd" and (
-        cfg.model.attention.geometry != "fixed_rank_embedded"
-    ):
+    retraction, attention_geometry = cfg.model.attention.retraction, cfg.model.attention.geometry
+    _choice("model.attention.retraction", retraction, RETRACTIONS)
+    offering = [g for g, cls in MANIFOLDS.items() if retraction in cls.retractions]
+    if retraction != DEFAULT_RETRACTION and attention_geometry not in offering:
         raise ConfigError(
-            f"model.attention.retraction={cfg.model.attention.retraction!r} needs "
-            f"model.attention.geometry=fixed_rank_embedded (got "
-            f"{cfg.model.attention.geometry!r}); the other geometries have one retraction"
+            f"model.attention.retraction={retraction!r} needs "
+            f"model.attention.geometry={' or '.join(offering)} (got "
+            f"{attention_geometry!r}); the other geometries have one retraction"
         )
     _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
     _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
@@ -321,7 +318,7 @@ def validate(cfg: Any) -> None:
             f"adapter.geometry={cfg.adapter.geometry!r} needs adapter=lora or balora "
             f"(got {cfg.adapter.name!r})"
         )
-    riemannian = cfg.optimizer.name.startswith("riemannian")
+    riemannian = OPTIMIZER_SPECS[cfg.optimizer.name].needs_manifold
     has_manifold = (
         cfg.model.attention.geometry != "euclidean" or cfg.adapter.geometry != "euclidean"
     )

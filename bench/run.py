@@ -183,6 +183,8 @@ def run(cfg: DictConfig) -> dict | None:
     run folder -> config.yaml with meta -> execute -> summary.json; a failed execution is
     recorded as such and the sweep goes on."""
     validate(cfg)
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task!r} is not allowed; allowed values: {', '.join(TASKS)}")
     _setup_threads(cfg)
     torch.manual_seed(cfg.seed)
     task = TASKS[cfg.task]

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bench.adapters.balora import balancing_gap, project_balanced
-from bench.config import ConfigError
+from bench.adapters.balancing import balancing_gap, project_balanced
+from bench.errors import ConfigError
 from bench.metrics.hessian import condition_number
 from bench.tracking.identity import method_name
 from bench.tracking.record import RunRecord, atomic_write

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.adapters.balora import (
+from bench.adapters.balancing import (
     ALIGNMENTS,
     balancing_gap,
     project_balanced,

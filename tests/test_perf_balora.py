@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from bench.adapters.balora import project_balanced
+from bench.adapters.balancing import project_balanced
 
 pytestmark = pytest.mark.perf
 
@@ -50,7 +50,7 @@ def test_projection_time_grows_at_most_linearly(one_thread):
 # dense in x out float32 product would add n^2 * 4 bytes (1 GiB at n = 16384).
 _RSS_PROBE = textwrap.dedent("""
     import resource, sys, torch
-    from bench.adapters.balora import project_balanced
+    from bench.adapters.balancing import project_balanced
     n, r, dense = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "dense"
     project_balanced(torch.randn(r, 64), torch.randn(64, r))  # load the kernels
     g = torch.Generator().manual_seed(0)

@@ -1,28 +1,27 @@
-"""Adapters: which parameters of a model train, and what happens after each optimizer step."""
+"""Adapters: which parameters of a model train, and what happens after each optimizer step.
+
+`ADAPTERS` is the one list of adapter names (`adapter.name`, conf/adapter/*.yaml): each class
+states its own `name`; adding an adapter is its module, one entry below and its YAML.
+"""
 
 from __future__ import annotations
 
+from bench.adapters.balora import BaLoRA
 from bench.adapters.base import Adapter, count_trainable, find_targets
-from bench.config import ADAPTERS, ConfigError
+from bench.adapters.full import Full
+from bench.adapters.lora import LoRA
+from bench.errors import ConfigError
+
+ADAPTERS: dict[str, type[Adapter]] = {cls.name: cls for cls in (Full, LoRA, BaLoRA)}
 
 
 def build_adapter(cfg) -> Adapter:
     """The adapter named by `cfg.name` (adapter config group)."""
-    if cfg.name == "full":
-        from bench.adapters.full import Full
-
-        return Full(cfg)
-    if cfg.name == "lora":
-        from bench.adapters.lora import LoRA
-
-        return LoRA(cfg)
-    if cfg.name == "balora":
-        from bench.adapters.balora import BaLoRA
-
-        return BaLoRA(cfg)
-    raise ConfigError(
-        f"adapter.name={cfg.name!r} is not allowed; allowed values: {', '.join(ADAPTERS)}"
-    )
+    if cfg.name not in ADAPTERS:
+        raise ConfigError(
+            f"adapter.name={cfg.name!r} is not allowed; allowed values: {', '.join(ADAPTERS)}"
+        )
+    return ADAPTERS[cfg.name](cfg)
 
 
-__all__ = ["Adapter", "build_adapter", "count_trainable", "find_targets"]
+__all__ = ["ADAPTERS", "Adapter", "build_adapter", "count_trainable", "find_targets"]

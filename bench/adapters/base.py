@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 
 def find_targets(model: nn.Module, target_modules: list[str]) -> list[tuple[str, nn.Linear]]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 
+import geoopt
 import torch
 import torch.nn as nn
 
+from bench.adapters.balancing import balancing_gap
 from bench.adapters.base import Adapter, find_targets, freeze_all
-from bench.config import ConfigError
+from bench.errors import ConfigError
+from bench.manifolds import FIXED_RANK, geometry_kind, make
 
 
 class LoRALinear(nn.Module):
@@ -61,14 +64,10 @@ class ManifoldLoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, geometry: str, init_scale: float):
         super().__init__()
-        import geoopt
-
-        from bench.manifolds import PARTIAL_ISOMETRY, make
-
-        if geometry in PARTIAL_ISOMETRY:
+        if geometry_kind(geometry) != "fixed_rank":
             raise ConfigError(
                 f"adapter.geometry={geometry!r}: a LoRA update is a rank-r matrix, use "
-                "fixed_rank_embedded or fixed_rank_quotient"
+                f"{' or '.join(FIXED_RANK)}"
             )
         out_f, in_f = base.weight.shape
         self.base, self.r, self.scaling = base, r, alpha / r
@@ -124,8 +123,6 @@ class LoRA(Adapter):
 
     def metrics(self) -> dict:
         """Mean ||B^T B - A A^T||_F over layers (papers/balora.md §2)."""
-        from bench.adapters.balora import balancing_gap  # balora.py imports this module
-
         gaps = [balancing_gap(layer.lora_A, layer.lora_B) for layer in self.layers()]
         return {"balora/gap": sum(gaps) / len(gaps)} if gaps else {}
 

@@ -36,7 +36,7 @@ from collections import defaultdict
 import torch
 import torch.nn as nn
 
-from bench.adapters.balora import ALIGNMENTS, project_balanced
+from bench.adapters.balancing import ALIGNMENTS, project_balanced
 
 try:  # the callback must subclass TrainerCallback when transformers is there
     from transformers import TrainerCallback as _CallbackBase

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 # Packages of the standard library that form the `stdlib_pkgs` domain; `stdlib_core` is every
 # top-level module; `stdlib_docs` is the English reference text of pydoc_data (one doc per topic).

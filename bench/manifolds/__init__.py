@@ -9,45 +9,71 @@
 
 A point is one packed tensor (..., rows, r); `factors(x) -> (L, R)` with W = L @ R.T is what a
 model computes with. No operation forms an n x m matrix (except `to_dense`, for tests).
+
+`MANIFOLDS` is the one list of geometries (model.attention.geometry, adapter.geometry): each
+class states its `name`, its `kind` and its `retractions`; FIXED_RANK and PARTIAL_ISOMETRY are
+read off the classes. Adding a geometry is its module and one entry below.
 """
 
 from __future__ import annotations
 
-from .base import LowRankManifold, PartialIsometryBase, check_dims
+from .base import KINDS, LowRankManifold, PartialIsometryBase, check_dims
 from .fixed_rank_embedded import FixedRankEmbedded
 from .fixed_rank_quotient import FixedRankQuotient
 from .partial_isometry_canonical import PartialIsometryCanonical
 from .partial_isometry_embedded import PartialIsometryEmbedded
 from .partial_isometry_quotient import PartialIsometryQuotient
 
-_CLASSES: dict[str, type[LowRankManifold]] = {
-    cls.name: cls
-    for cls in (
-        FixedRankEmbedded,
-        FixedRankQuotient,
-        PartialIsometryEmbedded,
-        PartialIsometryQuotient,
-        PartialIsometryCanonical,
-    )
-}
 
-GEOMETRIES: tuple[str, ...] = tuple(_CLASSES)
+def _registry(*classes: type[LowRankManifold]) -> dict[str, type[LowRankManifold]]:
+    """name -> class; a class whose `kind` is not one of KINDS is refused at import."""
+    for cls in classes:
+        if getattr(cls, "kind", None) not in KINDS:
+            raise TypeError(
+                f"manifold {cls.__name__} states kind={getattr(cls, 'kind', None)!r}; "
+                f"known kinds: {', '.join(KINDS)}"
+            )
+    return {cls.name: cls for cls in classes}
 
-FIXED_RANK: tuple[str, ...] = ("fixed_rank_embedded", "fixed_rank_quotient")
-PARTIAL_ISOMETRY: tuple[str, ...] = tuple(g for g in GEOMETRIES if g not in FIXED_RANK)
+
+MANIFOLDS = _registry(
+    FixedRankEmbedded,
+    FixedRankQuotient,
+    PartialIsometryEmbedded,
+    PartialIsometryQuotient,
+    PartialIsometryCanonical,
+)
+
+GEOMETRIES: tuple[str, ...] = tuple(MANIFOLDS)
+FIXED_RANK: tuple[str, ...] = tuple(g for g, c in MANIFOLDS.items() if c.kind == "fixed_rank")
+PARTIAL_ISOMETRY: tuple[str, ...] = tuple(
+    g for g, c in MANIFOLDS.items() if c.kind == "partial_isometry"
+)
+
+
+def _check_name(name: str) -> None:
+    if name not in MANIFOLDS:
+        raise ValueError(f"unknown geometry {name!r}; allowed: {', '.join(GEOMETRIES)}")
+
+
+def geometry_kind(name: str) -> str:
+    """The kind (one of KINDS) of the geometry `name`."""
+    _check_name(name)
+    return MANIFOLDS[name].kind
 
 
 def make(name: str, n: int, m: int, r: int, **options) -> LowRankManifold:
     """The geometry `name` for n x m matrices of rank r (options go to its constructor)."""
-    if name not in _CLASSES:
-        raise ValueError(f"unknown geometry {name!r}; allowed: {', '.join(GEOMETRIES)}")
+    _check_name(name)
     check_dims(n, m, r)
-    return _CLASSES[name](n, m, r, **options)
+    return MANIFOLDS[name](n, m, r, **options)
 
 
 __all__ = [
     "FIXED_RANK",
     "GEOMETRIES",
+    "KINDS",
+    "MANIFOLDS",
     "PARTIAL_ISOMETRY",
     "FixedRankEmbedded",
     "FixedRankQuotient",
@@ -57,5 +83,6 @@ __all__ = [
     "PartialIsometryEmbedded",
     "PartialIsometryQuotient",
     "check_dims",
+    "geometry_kind",
     "make",
 ]

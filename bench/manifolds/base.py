@@ -19,6 +19,12 @@ import torch
 
 from .linalg import factored_svd, frob, mT, polar_svd, qr_pos, skew, sym
 
+# What a geometry's points are: "fixed_rank" (W of rank r, its singular values free) or
+# "partial_isometry" (W = U V^T, every singular value 1; a model adds a scale s of s U V^T).
+# Every concrete class states its `kind` itself; code that treats the kinds differently
+# refuses a kind it does not know.
+KINDS: tuple[str, ...] = ("fixed_rank", "partial_isometry")
+
 
 def check_dims(n: int, m: int, r: int) -> None:
     """Reject sizes that cannot describe an n x m matrix of rank r."""
@@ -52,11 +58,17 @@ class LowRankManifold(geoopt.Manifold):
     checks. `component_inner` is elementwise (u * v in packed coordinates), so geoopt's
     RiemannianAdam keeps one second moment per stored entry, like Adam; its direction is then
     not tangent, which is why every `retr` projects its input onto the tangent space first.
+
+    Every concrete class states its `name` (model.attention.geometry, adapter.geometry), its
+    `kind` (one of KINDS) and, when its constructor takes `retraction=`, the choices in
+    `retractions` (the first the default); an empty `retractions` means one retraction.
     """
 
     ndim = 2
     reversible = False
     name = "low_rank"
+    kind: str  # no default: a class that does not state its kind is refused (bench.manifolds)
+    retractions: tuple[str, ...] = ()
 
     def __init__(self, n: int, m: int, r: int):
         super().__init__()
@@ -215,18 +227,19 @@ class PartialIsometryBase(LowRankManifold):
     it coincides with the orthogonal projection of the dense matrix U_dot V^T + U V_dot^T onto
     the tangent space of the embedded set, so it serves all three metrics.
 
-    The three metrics differ only in the weight kappa of the rotational part a:
-        <u, u> = ||U_p||^2 + ||V_p||^2 + kappa ||a||^2,
-    kappa = 4 (P1: Frobenius norm of dW, since Omega = 2a), 2 (P2: Euclidean metric on each
+    The three metrics differ only in the weight w (`rotation_weight`) of the rotational part a:
+        <u, u> = ||U_p||^2 + ||V_p||^2 + w ||a||^2,
+    w = 4 (P1: Frobenius norm of dW, since Omega = 2a), 2 (P2: Euclidean metric on each
     Stiefel factor), 1 (P3: canonical metric tr(D^T (I - X X^T / 2) D) on each factor). Hence
     the Riemannian gradient, from the factor gradients G_U = G V, G_V = G^T U, is
-        U_dot = (I - U U^T) G_U + (2 / kappa) U theta,
-        V_dot = (I - V V^T) G_V - (2 / kappa) V theta,
+        U_dot = (I - U U^T) G_U + (2 / w) U theta,
+        V_dot = (I - V V^T) G_V - (2 / w) V theta,
         theta = (skew(U^T G_U) - skew(V^T G_V)) / 2   (= skew(U^T G V)).
-    Subclasses set `kappa` and define `retr` and `transp`.
+    Subclasses set `kind = "partial_isometry"` and `rotation_weight`, and define `retr` and
+    `transp`.
     """
 
-    kappa = 2.0
+    rotation_weight = 2.0
 
     def tangent_to_dense(self, x, u):
         uu, vv = self.unpack(x)
@@ -270,7 +283,7 @@ class PartialIsometryBase(LowRankManifold):
         gu, gv = self.unpack(u)
         cu = mT(uu) @ gu  # U^T G_U = U^T G V: (..., r, r)
         cv = mT(vv) @ gv  # V^T G_V = V^T G^T U: (..., r, r)
-        rot = (skew(cu) - skew(cv)) / self.kappa  # (2 / kappa) theta
+        rot = (skew(cu) - skew(cv)) / self.rotation_weight  # (2 / w) theta
         return self.pack(gu - uu @ (cu - rot), gv - vv @ (cv + rot))
 
     def _rotation(self, x, u):
@@ -280,12 +293,12 @@ class PartialIsometryBase(LowRankManifold):
         return 0.5 * (mT(uu) @ ud - mT(vv) @ vd)
 
     def inner(self, x, u, v=None, *, keepdim=False):
-        # packed Euclidean product = ||U_p||^2 + ||V_p||^2 + 2 ||a||^2; add (kappa - 2) ||a||^2
+        # packed Euclidean product = ||U_p||^2 + ||V_p||^2 + 2 ||a||^2; add (w - 2) ||a||^2
         out = euclidean_inner(u, v, keepdim)
-        if self.kappa != 2.0:
+        if self.rotation_weight != 2.0:
             au = self._rotation(x, u)
             av = au if v is None else self._rotation(x, v)
-            out = out + (self.kappa - 2.0) * frob(au, av, keepdim=keepdim)
+            out = out + (self.rotation_weight - 2.0) * frob(au, av, keepdim=keepdim)
         return out
 
     def _check_point_on_manifold(self, x, *, atol=1e-5, rtol=1e-5):

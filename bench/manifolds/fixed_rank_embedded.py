@@ -15,8 +15,6 @@ from .linalg import (
     truncated_retraction,
 )
 
-RETRACTIONS: tuple[str, ...] = ("svd", "orthographic")
-
 
 class FixedRankEmbedded(LowRankManifold):
     r"""Fixed-rank matrices W = U S V^T, embedded in R^{n x m} with the Frobenius metric.
@@ -50,15 +48,17 @@ class FixedRankEmbedded(LowRankManifold):
     """
 
     name = "fixed_rank_embedded"
+    kind = "fixed_rank"
+    retractions = ("svd", "orthographic")
 
     def __init__(
         self, n: int, m: int, r: int, sigma_floor: float | None = None, retraction: str = "svd"
     ):
         super().__init__(n, m, r)
-        if retraction not in RETRACTIONS:
+        if retraction not in self.retractions:
             raise ValueError(
                 f"unknown retraction {retraction!r} for {self.name}; "
-                f"allowed: {', '.join(RETRACTIONS)}"
+                f"allowed: {', '.join(self.retractions)}"
             )
         self.sigma_floor = sigma_floor
         self.retraction = retraction

@@ -34,6 +34,7 @@ class FixedRankQuotient(LowRankManifold):
     """
 
     name = "fixed_rank_quotient"
+    kind = "fixed_rank"
 
     def tangent_to_dense(self, x, u):
         left, right = self.unpack(x)

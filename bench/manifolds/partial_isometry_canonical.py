@@ -33,8 +33,8 @@ class PartialIsometryCanonical(PartialIsometryBase):
 
     Each factor carries the canonical metric of geoopt's `CanonicalStiefel`,
     <D, E>_X = tr(D^T (I - X X^T / 2) E) (Edelman, Arias & Smith 1998), which weighs the
-    rotational part of a tangent vector half as much as the Euclidean one (kappa = 1 in
-    `PartialIsometryBase`): the Riemannian gradient is G - X G^T X per factor,
+    rotational part of a tangent vector half as much as the Euclidean one (rotation_weight = 1
+    in `PartialIsometryBase`): the Riemannian gradient is G - X G^T X per factor,
     U_dot = U_p + 2 U skew(U^T G V), V_dot = V_p - 2 V skew(U^T G V) (already horizontal).
     Horizontal projection and transport (projection onto the new horizontal space) are those of
     P2: the normal space {X S, S symmetric} and the vertical space {(U A, V A)} are the same
@@ -43,7 +43,8 @@ class PartialIsometryCanonical(PartialIsometryBase):
     """
 
     name = "partial_isometry_canonical"
-    kappa = 1.0
+    kind = "partial_isometry"
+    rotation_weight = 1.0
 
     def retr(self, x, u):
         uu, vv = self.unpack(x)

@@ -11,8 +11,8 @@ class PartialIsometryEmbedded(PartialIsometryBase):
 
     Layout, tangent vectors and checks: see `PartialIsometryBase` ([U; V], velocities
     (U_dot, V_dot) with U^T U_dot = -V^T V_dot = Omega / 2). The metric is the Frobenius
-    product of the dense tangent matrices U Omega V^T + U_p V^T + U V_p^T (kappa = 4), so the
-    Riemannian gradient is the orthogonal projection of G:
+    product of the dense tangent matrices U Omega V^T + U_p V^T + U V_p^T (rotation_weight =
+    4), so the Riemannian gradient is the orthogonal projection of G:
         Omega = skew(U^T G V),  U_p = (I - U U^T) G V,  V_p = (I - V V^T) G^T U.
     Retraction: the polar factor of the rank-r truncation of W + xi. As for R1 (Vandereycken
     2013), W + xi = [U, Q_u] K [V, Q_v]^T with U_p = Q_u R_u, V_p = Q_v R_v and the 2r x 2r
@@ -22,7 +22,8 @@ class PartialIsometryEmbedded(PartialIsometryBase):
     """
 
     name = "partial_isometry_embedded"
-    kappa = 4.0
+    kind = "partial_isometry"
+    rotation_weight = 4.0
 
     def retr(self, x, u):
         uu, vv = self.unpack(x)

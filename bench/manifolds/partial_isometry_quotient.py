@@ -11,7 +11,7 @@ class PartialIsometryQuotient(PartialIsometryBase):
 
     (U, V) ~ (U Q, V Q) for Q in O(r); each Stiefel factor carries the Euclidean metric
     (geoopt's `EuclideanStiefel`), so <u, v> is the plain product of the packed blocks
-    (kappa = 2 in `PartialIsometryBase`). Riemannian gradient: the Stiefel projections
+    (rotation_weight = 2 in `PartialIsometryBase`). Riemannian gradient: the Stiefel projections
     G_U - U sym(U^T G_U), G_V - V sym(V^T G_V) minus their vertical part (U A, V A), which
     gives U_dot = U_p + U skew(U^T G V), V_dot = V_p - V skew(U^T G V) (Absil, Mahony &
     Sepulchre 2008, §3.6 for quotient manifolds).
@@ -24,7 +24,8 @@ class PartialIsometryQuotient(PartialIsometryBase):
     """
 
     name = "partial_isometry_quotient"
-    kappa = 2.0
+    kind = "partial_isometry"
+    rotation_weight = 2.0
 
     def retr(self, x, u):
         uu, vv = self.unpack(x)

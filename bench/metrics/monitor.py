@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 from bench.metrics.hessian import flat_horizontal_projector, flatten, lanczos, unflatten
 
 # Krylov bases up to this many entries (dim x iters) are kept in float64 (cheap at adapter sizes);

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 BYTE_VOCAB = 256  # byte-level data: token ids 0..255
 

@@ -8,11 +8,12 @@ still computes in factored form, q = X L, k = X R (never C x C):
   QK point of head h:  L = W_Q,h^T (C x D),  R = W_K,g(h)^T (C x D)
   VO point of head h:  L = W_V,g(h)^T (C x D), R = W_O,h (C x D), the head's columns of W_O
 
-`block=true` (knight.md §4): with grouped-query attention the k query heads of KV group g share
-W_K,g and W_V,g, so [A_h1; ...; A_hk] (k C x C) = [L_h1; ...; L_hk] R_g^T is ONE rank-D point per
-group (and [B_h1 ... B_hk] = L_g [R_h1; ...; R_hk]^T likewise); one retraction per group. Without
-`block`, every head is its own point, so a GQA group's shared K and V factors are copied into each
-of its heads (the per-head geometry cannot share a factor between points). For MHA both coincide.
+`block=true` (knight.md §4): with grouped-query attention the k = H / G query heads of KV group g
+(`heads_per_group`) share W_K,g and W_V,g, so [A_h1; ...; A_hk] (k C x C) = [L_h1; ...; L_hk] R_g^T
+is ONE rank-D point per group (and [B_h1 ... B_hk] = L_g [R_h1; ...; R_hk]^T likewise); one
+retraction per group. Without `block`, every head is its own point, so a GQA group's shared K and
+V factors are copied into each of its heads (the per-head geometry cannot share a factor between
+points). For MHA both coincide.
 
 Initialisation keeps the Euclidean model's function for the fixed-rank geometries (the same
 L R^T); partial isometries start from the polar factor of L R^T with the scale s = ||Sigma||_F /
@@ -26,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.config import ConfigError
-from bench.manifolds import PARTIAL_ISOMETRY, make
+from bench.errors import ConfigError
+from bench.manifolds import make
 from bench.models.gpt import GPT, CausalSelfAttention
 
 
@@ -44,16 +45,17 @@ class ManifoldAttention(nn.Module):
         H, G, D = attn.n_head, attn.n_kv, attn.head_dim
         C = attn.q.weight.shape[1]
         self.n_head, self.n_kv, self.head_dim, self.dropout = H, G, D, attn.dropout
-        self.block, self.k = block and G < H, H // G
+        self.block, self.heads_per_group = block and G < H, H // G
+        per_group = self.heads_per_group
         wq = _heads(attn.q.weight, H, D)  # (H, C, D): W_Q,h^T
         wk = _heads(attn.k.weight, G, D)  # (G, C, D)
         wv = _heads(attn.v.weight, G, D)  # (G, C, D)
         wo = attn.o.weight.detach().view(C, H, D).transpose(0, 1)  # (H, C, D): W_O,h
-        group = torch.arange(H) // self.k  # KV group of each query head
+        group = torch.arange(H) // per_group  # KV group of each query head
         if self.block:  # one point per KV group: query heads (and their W_O,h) stacked
-            qk = (wq.reshape(G, self.k * C, D), wk)
-            vo = (wv, wo.reshape(G, self.k * C, D))
-            shape_qk, shape_vo = (self.k * C, C), (C, self.k * C)
+            qk = (wq.reshape(G, per_group * C, D), wk)
+            vo = (wv, wo.reshape(G, per_group * C, D))
+            shape_qk, shape_vo = (per_group * C, C), (C, per_group * C)
         else:  # one point per head: the group's K and V factors copied into each head
             qk, vo = (wq, wk[group]), (wv[group], wo)
             shape_qk = shape_vo = (C, C)
@@ -64,11 +66,14 @@ class ManifoldAttention(nn.Module):
         dtype = attn.q.weight.dtype
         self.qk = geoopt.ManifoldParameter(x_qk.to(dtype), manifold=self.qk_manifold)
         self.vo = geoopt.ManifoldParameter(x_vo.to(dtype), manifold=self.vo_manifold)
-        if geometry in PARTIAL_ISOMETRY:  # attention needs a temperature: s per point
+        kind = self.qk_manifold.kind
+        if kind == "partial_isometry":  # attention needs a temperature: s per point
             self.qk_scale = nn.Parameter(s_qk.to(dtype))
             self.vo_scale = nn.Parameter(s_vo.to(dtype))
-        else:
+        elif kind == "fixed_rank":  # the singular values are part of the point
             self.qk_scale = self.vo_scale = None
+        else:
+            raise ValueError(f"geometry {geometry!r} has kind {kind!r}, unknown to attention")
 
     def _per_head(self, t: torch.Tensor) -> torch.Tensor:
         """(G, k C, D) stacked factors of a group -> (H, C, D) per head."""

@@ -2,7 +2,9 @@
 
 `RiemannianNormalized` is the paper's step template: transported momentum with a trust-region
 normalisation. geoopt's `RiemannianSGD` (momentum) and `RiemannianAdam` are the extra points of
-comparison; `build_riemannian` makes any of the three by name.
+comparison; `build_riemannian` makes any of the three by name. `riemannian_normalized`,
+`riemannian_sgd` and `riemannian_adam` are the builders bench.optim.OPTIMIZERS registers: each
+takes its own knobs from the optimizer config and adds AdamW for the Euclidean parameters.
 """
 
 from __future__ import annotations
@@ -10,11 +12,8 @@ from __future__ import annotations
 import geoopt
 import torch
 
-RIEMANNIAN_OPTIMIZERS: tuple[str, ...] = (
-    "riemannian_normalized",
-    "riemannian_sgd",
-    "riemannian_adam",
-)
+from bench.optim.base import CombinedOptimizer
+from bench.optim.euclidean import adamw
 
 
 class _EuclideanPoint:
@@ -147,6 +146,7 @@ _OPTIONS = {
     "riemannian_adam": {"betas", "eps", "weight_decay", "amsgrad", "stabilize"},
 }
 _ALL_OPTIONS = set().union(*_OPTIONS.values())
+RIEMANNIAN_OPTIMIZERS: tuple[str, ...] = tuple(_OPTIONS)
 
 
 def build_riemannian(name: str, params, lr: float, **options) -> torch.optim.Optimizer:
@@ -189,4 +189,42 @@ def build_riemannian(name: str, params, lr: float, **options) -> torch.optim.Opt
     return geoopt.optim.RiemannianAdam(params, lr, **kwargs)
 
 
-__all__ = ["RIEMANNIAN_OPTIMIZERS", "RiemannianNormalized", "build_riemannian"]
+def _with_adamw(name: str, params, cfg, **options) -> CombinedOptimizer:
+    """The Riemannian optimizer `name` on the manifold parameters at cfg.manifold_lr (default
+    cfg.lr), AdamW at cfg.lr on the rest. Repairs (QR re-orthonormalisation) every
+    cfg.repair_every steps, passed in `options` by each builder below."""
+    on_manifold = [p for p in params if isinstance(p, geoopt.ManifoldParameter)]
+    rest = [p for p in params if not isinstance(p, geoopt.ManifoldParameter)]
+    opts = {"riemannian": build_riemannian(name, on_manifold, lr=cfg.manifold_lr or cfg.lr,
+                                           **options)}
+    if rest:
+        opts["adamw"] = adamw(rest, cfg)
+    return CombinedOptimizer(opts)
+
+
+def riemannian_normalized(params, cfg) -> CombinedOptimizer:
+    """`RiemannianNormalized` (cfg.momentum, cfg.trust_floor as c, cfg.repair_every) + AdamW."""
+    return _with_adamw("riemannian_normalized", params, cfg, momentum=cfg.momentum,
+                       c=cfg.trust_floor, repair_every=cfg.repair_every)
+
+
+def riemannian_sgd(params, cfg) -> CombinedOptimizer:
+    """geoopt's `RiemannianSGD` (cfg.momentum; stabilize = cfg.repair_every) + AdamW."""
+    return _with_adamw("riemannian_sgd", params, cfg, momentum=cfg.momentum,
+                       stabilize=cfg.repair_every)
+
+
+def riemannian_adam(params, cfg) -> CombinedOptimizer:
+    """geoopt's `RiemannianAdam` (cfg.betas, cfg.eps; stabilize = cfg.repair_every) + AdamW."""
+    return _with_adamw("riemannian_adam", params, cfg, betas=tuple(cfg.betas), eps=cfg.eps,
+                       stabilize=cfg.repair_every)
+
+
+__all__ = [
+    "RIEMANNIAN_OPTIMIZERS",
+    "RiemannianNormalized",
+    "build_riemannian",
+    "riemannian_adam",
+    "riemannian_normalized",
+    "riemannian_sgd",
+]
