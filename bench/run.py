@@ -37,7 +37,7 @@ from bench.config import (
     schema_defaults,
     validate,
 )
-from bench.tracking.record import RunRecord
+from bench.tracking.record import CheckpointError, RunRecord
 
 
 def method_name(cfg) -> str:
@@ -237,6 +237,7 @@ def run(cfg: DictConfig) -> dict | None:
         print(f"[bench] {rid}: running in another process, skipped")
         return None
     try:
+        record.load_checkpoint()  # one that cannot be resumed stops here, before any write
         return _run_locked(cfg, rid, record, parts)
     finally:
         lock.release()
@@ -292,6 +293,8 @@ def _run_locked(cfg, rid: str, record: RunRecord, parts: dict) -> dict:
             hooks=parts["hooks"],
         )
         summary = trainer.run()
+    except CheckpointError:  # another version's checkpoint: stop, leave the record as it is
+        raise
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
