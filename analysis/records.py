@@ -106,7 +106,8 @@ def record_row(run_dir: Path) -> dict:
 
     A torn record is shown, never dropped: a config.yaml that is missing or does not parse
     gives a row of status `incomplete` and method `unknown` (what the run computed is not
-    known), a summary.json that does not parse gives status `incomplete`; each is warned."""
+    known), a summary.json that does not parse or a metrics.jsonl whose last line is torn gives
+    status `incomplete`; each is warned."""
     run_dir = Path(run_dir)
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -116,10 +117,14 @@ def record_row(run_dir: Path) -> dict:
     except (OSError, yaml.YAMLError) as e:
         config, problem = None, f"does not parse ({type(e).__name__})"
     summary = _read_json(run_dir / "summary.json")
-    torn_summary = (run_dir / "summary.json").exists() and not isinstance(summary, dict)
-    if torn_summary:
+    if (run_dir / "summary.json").exists() and not isinstance(summary, dict):
         warnings.warn(f"{run_dir / 'summary.json'} does not parse: the run is shown as "
                       f"{INCOMPLETE}", stacklevel=2)
+        summary = None
+    if _torn_tail(run_dir / "metrics.jsonl"):
+        warnings.warn(f"{run_dir / 'metrics.jsonl'} ends in a line that does not parse (a run "
+                      f"killed mid-write): the line is skipped and the run shown as {INCOMPLETE}",
+                      stacklevel=2)
         summary = None
     if problem is not None:
         warnings.warn(f"{run_dir / 'config.yaml'} {problem}: the run is shown as {INCOMPLETE}, "
@@ -128,6 +133,25 @@ def record_row(run_dir: Path) -> dict:
         row["method"] = UNKNOWN_METHOD
         return row
     return make_row(config, summary, str(run_dir), run_dir.name, run_dir.parent.name)
+
+
+def _torn_tail(path: Path) -> bool:
+    """Whether the last line of a JSON-lines file does not parse (reads its last 64 KiB only)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return False
+    try:
+        json.loads(lines[-1])
+    except ValueError:
+        return True
+    return False
 
 
 def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, sweep: str) -> dict:
