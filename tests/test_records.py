@@ -243,3 +243,31 @@ def test_analysis_warns_about_a_torn_metrics_line_and_shows_the_run_as_incomplet
     assert df[df["run_dir"] == str(a)].iloc[0]["status"] == "completed"
     curves = load_curves(df)
     assert curves[curves["run_id"] == b.name]["step"].nunique() == n
+
+
+# -- Hugging Face: no remote code -------------------------------------------------------------
+def test_a_local_hf_model_that_ships_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))  # read on first import
+    transformers = pytest.importorskip("transformers")
+    from omegaconf import OmegaConf
+
+    from bench.config import ModelConfig
+    from bench.models.hf import load_hf
+
+    marker = tmp_path / "ran"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({
+        "model_type": "not_a_transformers_model",
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    }))
+    (model_dir / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    cfg = OmegaConf.structured(ModelConfig(kind="hf", path=str(model_dir)))
+    with pytest.raises(ConfigError, match=r"^model.path=.*cannot load a causal LM"):
+        load_hf(cfg)
+    assert not marker.exists()
+    with pytest.raises(Exception):  # noqa: B017 - control: with remote code allowed, it runs
+        transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True,
+                                                local_files_only=True)
+    assert marker.exists()
