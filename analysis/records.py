@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +32,10 @@ SUMMARY_KEYS = (
 )
 # A run whose summary.json is missing was killed (or is still going) before writing it.
 INCOMPLETE = "incomplete"
+# The method of a record whose config.yaml is missing or torn (bench.run wrote one first).
+UNKNOWN_METHOD = "unknown"
+# The files of a run record: a folder holding any of them is a record (bench/tracking/record.py).
+RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt")
 BAD_STATUSES = ("diverged", "failed")
 CURVE_INDEX = ("step", "tokens", "wall_s")
 
@@ -97,11 +102,56 @@ def _read_json(path: Path) -> dict | None:
 
 
 def record_row(run_dir: Path) -> dict:
-    """One run record -> one flat row (config columns, summary columns, run_dir, method)."""
+    """One run record -> one flat row (config columns, summary columns, run_dir, method).
+
+    A torn record is shown, never dropped: a config.yaml that is missing or does not parse
+    gives a row of status `incomplete` and method `unknown` (what the run computed is not
+    known), a summary.json that does not parse or a metrics.jsonl whose last line is torn gives
+    status `incomplete`; each is warned."""
     run_dir = Path(run_dir)
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        problem = None if isinstance(config, dict) else "is empty or not a mapping"
+    except FileNotFoundError:
+        config, problem = None, "is missing"
+    except (OSError, yaml.YAMLError) as e:
+        config, problem = None, f"does not parse ({type(e).__name__})"
     summary = _read_json(run_dir / "summary.json")
+    if (run_dir / "summary.json").exists() and not isinstance(summary, dict):
+        warnings.warn(f"{run_dir / 'summary.json'} does not parse: the run is shown as "
+                      f"{INCOMPLETE}", stacklevel=2)
+        summary = None
+    if _torn_tail(run_dir / "metrics.jsonl"):
+        warnings.warn(f"{run_dir / 'metrics.jsonl'} ends in a line that does not parse (a run "
+                      f"killed mid-write): the line is skipped and the run shown as {INCOMPLETE}",
+                      stacklevel=2)
+        summary = None
+    if problem is not None:
+        warnings.warn(f"{run_dir / 'config.yaml'} {problem}: the run is shown as {INCOMPLETE}, "
+                      f"method {UNKNOWN_METHOD!r}", stacklevel=2)
+        row = make_row({}, None, str(run_dir), run_dir.name, run_dir.parent.name)
+        row["method"] = UNKNOWN_METHOD
+        return row
     return make_row(config, summary, str(run_dir), run_dir.name, run_dir.parent.name)
+
+
+def _torn_tail(path: Path) -> bool:
+    """Whether the last line of a JSON-lines file does not parse (reads its last 64 KiB only)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return False
+    try:
+        json.loads(lines[-1])
+    except ValueError:
+        return True
+    return False
 
 
 def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, sweep: str) -> dict:
@@ -157,14 +207,22 @@ def load_runs(root: str | Path = "runs", sweep: str | None = None) -> pd.DataFra
     """Every run record under ``root`` (only ``root/<sweep>`` when ``sweep`` is given)."""
     root = Path(root)
     base = root / sweep if sweep else root
-    pattern = "*/config.yaml" if sweep else "*/*/config.yaml"
-    configs = sorted(base.glob(pattern)) if base.is_dir() else []
-    if not configs:
+    sweeps = [base] if sweep else sorted(p for p in base.glob("*") if _visible_dir(p))
+    run_dirs = [
+        d for s in sweeps if s.is_dir() for d in sorted(s.glob("*"))
+        if _visible_dir(d) and any((d / f).exists() for f in RECORD_FILES)
+    ] if base.is_dir() else []
+    if not run_dirs:
         raise NoRunsError(
             f"no run records under {base} (expected <runs>/<sweep>/<run-id>/config.yaml); "
             "make some with `make run` or `python -m bench.run`"
         )
-    return drop_relaunches(frame_from_rows([record_row(path.parent) for path in configs]))
+    return drop_relaunches(frame_from_rows([record_row(d) for d in run_dirs]))
+
+
+def _visible_dir(path: Path) -> bool:
+    """A folder not hidden (submitit's `.submitit`, W&B's and Hydra's own are not records)."""
+    return path.is_dir() and not path.name.startswith(".")
 
 
 def drop_relaunches(df: pd.DataFrame) -> pd.DataFrame:
@@ -175,7 +233,9 @@ def drop_relaunches(df: pd.DataFrame) -> pd.DataFrame:
         return df
     key = df["meta.overrides"].map(
         lambda o: ",".join(o) if isinstance(o, list) else (o if isinstance(o, str) and o else None))
-    written = df["run_dir"].map(lambda d: (Path(d) / "config.yaml").stat().st_mtime)
+    written = df["run_dir"].map(
+        lambda d: (Path(d) / "config.yaml").stat().st_mtime
+        if (Path(d) / "config.yaml").exists() else 0.0)
     df = df.assign(_launch=key, _written=written).sort_values("_written", kind="stable")
     keep = df["_launch"].isna() | ~df.duplicated(["sweep", "_launch"], keep="last")
     return df[keep].drop(columns=["_launch", "_written"]).sort_index()

@@ -9,10 +9,13 @@ and raises `ConfigError` naming the key and the allowed values, before any run d
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
+from omegaconf.errors import OmegaConfBaseException
 
 from bench.adapters import ADAPTERS as ADAPTER_CLASSES
 from bench.adapters.balancing import ALIGNMENTS
@@ -243,8 +246,34 @@ def _positive(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} must be > 0")
 
 
+def _finite_floats(cfg: Any, node: type = None, prefix: str = "") -> None:
+    """Every float of the config (a float-typed key, a float in a list such as optimizer.betas,
+    or a float given to an untyped key such as metrics.target_loss) must be finite: nan and inf
+    pass `> 0` checks silently (nan compares false) and would end in a traceback or a run
+    recorded as diverged. Walks the dataclass schema from `Config`."""
+    node = Config if node is None else node
+    for f in dataclasses.fields(node):
+        kind = globals().get(f.type, f.type) if isinstance(f.type, str) else f.type
+        try:
+            value = cfg.get(f.name) if hasattr(cfg, "get") else getattr(cfg, f.name, None)
+        except OmegaConfBaseException:  # a missing or broken key: not a float to check here
+            continue
+        key = prefix + f.name
+        if dataclasses.is_dataclass(kind):
+            if value is not None:
+                _finite_floats(value, kind, key + ".")
+            continue
+        items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(
+                    f"{key}={value!r} is not allowed; allowed values: finite numbers (no nan, inf)"
+                )
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that the schema types cannot express. Raises ConfigError."""
+    _finite_floats(cfg)
     _choice("adapter.name", cfg.adapter.name, ADAPTERS)
     _choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     _choice("trainer.device", cfg.trainer.device, DEVICES)

@@ -34,7 +34,7 @@ from bench.optim import build_optimizer
 from bench.pretrain import load_pretrained
 from bench.toy import check_toy, run_toy
 from bench.tracking.identity import config_id, find_record, method_name, provenance, run_id
-from bench.tracking.record import RunRecord
+from bench.tracking.record import CheckpointError, RunRecord
 from bench.tracking.wandb import WandbLogger
 from bench.train import Trainer
 
@@ -204,6 +204,7 @@ def run(cfg: DictConfig) -> dict | None:
         print(f"[bench] {rid}: running in another process, skipped")
         return None
     try:
+        record.load_checkpoint()  # one that cannot be resumed stops here, before any write
         return _run_locked(cfg, task, rid, record, prepared)
     finally:
         lock.release()
@@ -233,6 +234,8 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
     )
     try:
         summary = task.execute(cfg, record, prepared.parts, logger)
+    except CheckpointError:  # another version's checkpoint: stop, leave the record as it is
+        raise
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}

@@ -18,7 +18,7 @@ import torch
 
 from bench.data.corpus import eval_batches, get_batch
 from bench.metrics.targets import TARGET_KEYS, time_to_target
-from bench.tracking.record import RunRecord
+from bench.tracking.record import CheckpointError, RunRecord, rng_states, set_rng_states
 
 
 def lr_factor(step: int, schedule: str, warmup: int, max_steps: int) -> float:
@@ -100,16 +100,25 @@ class Trainer:
             "adapter": self.adapter.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **rng_states(),  # Python's and NumPy's, as tensors and ints
             "stats": stats,
         }
 
     def _restore(self, state: dict) -> tuple[int, dict]:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.adapter.load_state_dict(state["adapter"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state.get("rng_cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        """Load a checkpoint (read with weights_only=True by RunRecord.load_checkpoint); one
+        whose tensors do not fit this run (another version's) raises CheckpointError."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.adapter.load_state_dict(state["adapter"])
+            torch.set_rng_state(state["rng_cpu"])
+            if state.get("rng_cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
+            set_rng_states(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            first = " ".join(str(e).split())[:160]
+            raise CheckpointError(self.record.checkpoint_path,
+                                  f"does not fit this run ({type(e).__name__}: {first})") from None
         return state["step"], state["stats"]
 
     # -- the loop -----------------------------------------------------------------------------
@@ -127,7 +136,9 @@ class Trainer:
         state = self.record.load_checkpoint()
         if state is not None:
             step, stats = self._restore(state)
-            self.record.truncate_metrics(step)
+        # Rows after the checkpoint (and a killed run's torn last line) are redone; without a
+        # checkpoint the run starts over, so an earlier attempt's rows go.
+        self.record.truncate_metrics(step if state is not None else -1)
         summary = {"status": "running", "steps": step, "error": None}
         self.record.write_summary(summary)
         self.model.train()

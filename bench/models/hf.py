@@ -2,8 +2,10 @@
 
 `load_hf(model_cfg)` loads any causal LM that `transformers.AutoModelForCausalLM` loads from a
 local directory (a `save_pretrained` folder: `config.json` plus weights); nothing is downloaded
-(`local_files_only=True`). The weights are loaded in float32; `trainer.dtype=bfloat16` still
-autocasts on CUDA. The model is wrapped so that it speaks the harness's contract:
+(`local_files_only=True`) and no code shipped with the model runs (`trust_remote_code=False`: a
+folder whose config asks for its own modelling code is refused). The weights are loaded in
+float32; `trainer.dtype=bfloat16` still autocasts on CUDA. The model is wrapped so that it speaks
+the harness's contract:
 
     logits, loss = model(x, y)   # x, y: (B, T) byte tokens, y = x shifted by one (data loader)
     model.cfg.seq_len            # min(config.max_position_embeddings, model.seq_len)
@@ -108,7 +110,7 @@ def load_hf(model_cfg) -> HFCausalLM:
         ) from e
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(directory), local_files_only=True, dtype=torch.float32
+            str(directory), local_files_only=True, trust_remote_code=False, dtype=torch.float32
         )
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(

@@ -3,6 +3,12 @@
 `<out_dir>/<sweep>/<run-id>/` holds `config.yaml` (resolved config + versions + data hash),
 `metrics.jsonl` (one JSON object per logged step, appended and flushed), `summary.json` (written
 atomically; `status` is `running` while the run goes on) and `checkpoint.pt` (atomic).
+
+`checkpoint.pt` holds only tensors and plain containers (RNG states as tensors and ints) and is
+read with `torch.load(weights_only=True)`: run folders are shared, and a crafted pickle must not
+run code. A checkpoint that does not load, or lacks a key, raises `CheckpointError` (a
+`ConfigError`: the CLI prints one line and exits 2) before anything in the folder is written.
+A `summary.json` that does not parse is a run that did not finish: it is resumed (one warning).
 """
 
 from __future__ import annotations
@@ -10,14 +16,56 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import random
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
+from bench.config import ConfigError
+
 STATUSES = ("running", "completed", "diverged", "failed")
+# What bench.train.Trainer needs to resume; rng_python/rng_numpy are optional (older checkpoints).
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "adapter", "rng_cpu", "stats")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint.pt that cannot be resumed from; the message names the file and the fix."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(
+            f"{path}: {reason}. Delete it to restart the run from step 0; the run folder was "
+            "left as it was"
+        )
+
+
+def rng_states() -> dict:
+    """Python's and NumPy's global RNG states as tensors and ints (torch.load weights_only can
+    read them back; the tuples of random.getstate and np.random.get_state cannot be)."""
+    version, mt, gauss = random.getstate()  # mt: 625 ints < 2**32 (624 words + position)
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # keys: (624,) uint32
+    return {
+        "rng_python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64),
+                       "gauss": gauss},
+        "rng_numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached)},
+    }
+
+
+def set_rng_states(state: dict) -> None:
+    """Inverse of `rng_states` (keys absent from an older checkpoint are left alone)."""
+    if state.get("rng_python") is not None:
+        py = state["rng_python"]
+        random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    if state.get("rng_numpy") is not None:
+        npy = state["rng_numpy"]
+        keys = npy["keys"].numpy().astype(np.uint32)
+        np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["gauss"]))
 
 
 def atomic_write(path: Path, write) -> None:
@@ -89,9 +137,23 @@ class RunRecord:
         atomic_write(self.summary_path, lambda f: f.write(text))
 
     def read_summary(self) -> dict | None:
-        if not self.summary_path.exists():
+        """The summary, or None when there is none or it does not parse (a torn file: the run
+        did not finish as far as anyone can tell, so it is resumed; warned once on stderr)."""
+        try:
+            summary = json.loads(self.summary_path.read_text())
+        except FileNotFoundError:
             return None
-        return json.loads(self.summary_path.read_text())
+        except (OSError, ValueError) as e:
+            summary, reason = None, f"{type(e).__name__}: {e}"
+        else:
+            reason = None if isinstance(summary, dict) else "not a JSON object"
+        if reason is None:
+            return summary
+        if not getattr(self, "_warned_summary", False):
+            self._warned_summary = True
+            print(f"[bench] warning: {self.summary_path} does not parse ({reason}); the run is "
+                  "treated as unfinished and resumed", file=sys.stderr)
+        return None
 
     def is_complete(self) -> bool:
         summary = self.read_summary()
@@ -101,9 +163,27 @@ class RunRecord:
         atomic_write(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self) -> dict | None:
-        if not self.checkpoint_path.exists():
+        """The checkpoint (None when there is none), read with weights_only=True: a pickle that
+        would build anything but tensors and plain containers is refused, not executed.
+        Raises CheckpointError for a checkpoint that does not load or lacks a key."""
+        path = self.checkpoint_path
+        if not path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's own message advises weights_only=False: not us
+            raise CheckpointError(path, "holds objects other than tensors and plain "
+                                        "containers (crafted, or not written by bench); "
+                                        "it was not run") from None
+        except Exception as e:  # noqa: BLE001 - truncated, empty or not a torch file
+            first = (str(e).split(". ")[0] or "empty file")[:160]
+            raise CheckpointError(path, f"is truncated or not a checkpoint ({type(e).__name__}: "
+                                        f"{first})") from None
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(path, f"lacks {', '.join(missing)} (written by another "
+                                        "version of bench, or not a bench checkpoint)")
+        return state
 
     def close(self) -> None:
         if self._metrics is not None:
