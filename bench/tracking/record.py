@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import yaml
 
-from bench.config import ConfigError
+from bench.errors import ConfigError
 
 STATUSES = ("running", "completed", "diverged", "failed")
 # What bench.train.Trainer needs to resume; rng_python/rng_numpy are optional (older checkpoints).
