@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,7 +142,8 @@ def tuned_lrs(records: Path) -> tuple[dict, str]:
         if method in TUNED_FALLBACK and (method not in best or loss < best[method][0]):
             best[method] = (loss, lr)
     if set(best) == set(TUNED_FALLBACK):
-        return {m: lr for m, (_, lr) in best.items()}, f"seed-0 grid of {records}"
+        where = records.relative_to(ROOT) if records.is_relative_to(ROOT) else records
+        return {m: lr for m, (_, lr) in best.items()}, f"seed-0 grid of {where}"
     return dict(TUNED_FALLBACK), "experiments/riemannian_attention/README.md (no records found)"
 
 
@@ -316,12 +318,18 @@ def step_throughput(check: Check, methods: list[str], notes: list[str]) -> dict:
     for row in rows.values():
         if base and row.get("step_ms"):
             row["step_ratio_to_adamw"] = round(row["step_ms"] / base, 3)
+    tokens_per_step = next((r["tokens_per_step"] for r in rows.values() if "tokens_per_step" in r),
+                           None)
     data = {"flops_per_token": per_token, "methods": rows, "notes": notes,
-            "formula": "6 N + 12 n_layer d_model seq_len (flops_per_token's docstring)"}
+            "formula": "6 N + 12 n_layer d_model seq_len (flops_per_token's docstring)",
+            # the step time at the bf16 peak: measured step_ms over this is 1 / MFU
+            "step_ms_at_peak": (1e3 * per_token * tokens_per_step / PEAK_BF16_FLOPS
+                                if per_token and tokens_per_step else None),
+            "protocol": " ".join(base_args(size, Path("<out>"), sweep)[3:])}
     check.save("throughput", data)
     for key, row in rows.items():
         check.say(f"  {key:6s} {row.get('tokens_per_s', '-'):>10} tok/s  "
-                  f"step {row.get('step_ms', '-')} ms  MFU {row.get('mfu', float('nan')):.2%}  "
+                  f"step {row.get('step_ms', '-')} ms  MFU {100 * row.get('mfu', math.nan):.3g}%  "
                   f"x AdamW {row.get('step_ratio_to_adamw', '-')}")
     return rows
 
@@ -414,15 +422,17 @@ def markdown(result: dict) -> str:
         t = steps["throughput"]
         lines += ["## 2. Throughput", "",
                   f"Model FLOPs per token: {t['flops_per_token']:.4g} ({t['formula']}); "
-                  f"MFU against {result['peak_bf16_flops'] / 1e12:.0f} TFLOP/s (H200 dense bf16)."
-                  , "", "| method | tokens/s | step (ms) | x AdamW | MFU | peak mem (MB) |",
+                  f"MFU against {result['peak_bf16_flops'] / 1e12:.0f} TFLOP/s (H200 dense bf16): "
+                  f"a step would take {t['step_ms_at_peak'] or float('nan'):.3g} ms at that peak.",
+                  "", f"Runs: `python -m bench.run {t['protocol']}` + each method's overrides.",
+                  "", "| method | tokens/s | step (ms) | x AdamW | MFU | peak mem (MB) |",
                   "|---|---|---|---|---|---|"]
         for row in t["methods"].values():
             if row["status"] != "completed":
                 lines.append(f"| {row['label']} | failed | | | | |")
                 continue
             lines.append(f"| {row['label']} | {row['tokens_per_s']:.0f} | {row['step_ms']:.2f} | "
-                         f"{row.get('step_ratio_to_adamw', '-')} | {row['mfu']:.2%} | "
+                         f"{row.get('step_ratio_to_adamw', '-')} | {100 * row['mfu']:.3g}% | "
                          f"{row['peak_mem_mb']:.0f} |")
         lines += [""] + [f"- {note}" for note in t["notes"]] + [""]
     if "compare" in steps:
