@@ -19,6 +19,7 @@ import time
 import geoopt
 import pytest
 import torch
+import yaml
 
 from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, build_riemannian
 from tests.conftest import GEOMETRY_VARIANTS, ROOT, make_variant, read_jsonl, run_cli, run_dirs
@@ -84,8 +85,8 @@ def test_a_run_completes_on_cuda_and_resumes_from_its_checkpoint(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 2000
     # the rows up to the checkpoint were kept as written (wall_s too): it resumed, not restarted
     assert [r for r in rows if r["step"] <= saved] == kept
-    config = (run_dir / "config.yaml").read_text()
-    assert "device: cuda" in config
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["meta"]["device"].startswith("cuda"), config["meta"]["device"]
     assert summary["final_eval_loss"] < rows[0]["eval/loss"]
 
 
@@ -98,9 +99,9 @@ def test_bf16_autocast_and_tf32_runs_complete_and_bf16_changes_the_numbers(tmp_p
     loss = {}
     for run_dir in run_dirs(tmp_path):
         summary = json.loads((run_dir / "summary.json").read_text())
-        config = (run_dir / "config.yaml").read_text()
-        dtype = "bfloat16" if "dtype: bfloat16" in config else "float32"
-        tf32 = "tf32: true" in config
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        dtype, tf32 = config["trainer"]["dtype"], config["trainer"]["tf32"]
+        assert config["meta"]["device"].startswith("cuda"), config["meta"]["device"]
         assert summary["status"] == "completed", (dtype, tf32, summary["error"])
         first = read_jsonl(run_dir / "metrics.jsonl")[0]["eval/loss"]
         assert summary["final_eval_loss"] < first, (dtype, tf32)
