@@ -2,7 +2,7 @@
 
     python -m experiments.gpu_check                  # real size: one CUDA GPU, < 8 minutes (H200)
     python -m experiments.gpu_check --dry            # the same steps, tiny, on the CPU (~1 min)
-    python -m experiments.gpu_check --out DIR        # default results/gpu/<date> (dry: .../dry)
+    python -m experiments.gpu_check --out DIR        # default results/gpu/<date> (dry: <date>-dry)
 
 Four steps, each written to the output folder as it finishes (gpu_check.log: everything printed
 and every command's output; gpu_check.json: the numbers; gpu_check.md: the summary):
@@ -10,7 +10,7 @@ and every command's output; gpu_check.json: the numbers; gpu_check.md: the summa
   2. throughput   tokens/s and model FLOPs utilisation at the paper's size (model=knight with two
                   KV groups, 8 x 512 = 4,096 tokens per step, bf16 autocast + TF32) for AdamW, R1
                   and R2 per KV group, and Muon if `optimizer=muon` exists; step-time ratios
-  3. compare      AdamW vs R1 vs R2 at their tuned CPU learning rates, SEEDS seeds, paired by seed;
+  3. compare      AdamW vs R1 vs R2 at their tuned CPU learning rates, 2 seeds, paired by seed;
                   run records under <out>/runs/gpu_compare/
   4. analysis     `python -m analysis runs=<out>/runs figures=<out>/figures`
 
