@@ -38,3 +38,15 @@ lint: setup
 
 clean:
 	rm -rf runs figures .cache
+
+# The paper's scale on one CUDA GPU (experiments/gpu_check.py): CUDA tests, throughput and MFU,
+# a short paired comparison, its figures; under 8 minutes on one H200, into results/gpu/<date>/.
+# Where the GPU machine has torch but no .venv: `make gpu-check PY=python3` (no setup step).
+.PHONY: gpu-check gpu-check-dry
+GPU_CHECK := WANDB_MODE=disabled $(PY) -m experiments.gpu_check $(if $(GPU_OUT),--out $(GPU_OUT))
+
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),setup)   ## one GPU, < 8 min: results/gpu/<date>/
+	$(GPU_CHECK)
+
+gpu-check-dry: $(if $(filter $(VENV)/bin/python,$(PY)),setup)   ## the same script, tiny, on the CPU
+	$(GPU_CHECK) --dry
