@@ -76,3 +76,73 @@ def test_every_stage_finds_its_sweep_folder():
             assert sweep_of(experiment) == expected.get(experiment, name), experiment
             block = load_experiment(experiment).study
             assert (block.name, block.baseline) == (name, study.baseline), experiment
+
+
+def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
+    from experiments.__main__ import main
+
+    assert main(["--plan", "--out-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
+    # the grids (4 adapters x 3 toy optimizers; 7 + 5 x 2 x 5 LRs; 5 + 5 x 2 x 6; 3 x 5 + 3 x 7),
+    # plus, with no grid run yet, 2 seeds for one method per seeds stage
+    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 2 + 2,
+                      "riemannian_attention": 5 + 60 + 2 + 2,
+                      "adapters_x_optimizers": 15 + 21 + 2 + 2}
+
+
+def _conf(tmp_path, monkeypatch, files: dict[str, str]):
+    import experiments.__main__ as experiments
+
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    for name, text in files.items():
+        (conf / f"{name}.yaml").write_text(text)
+    monkeypatch.setattr(experiments, "CONF", conf)
+    monkeypatch.setattr(experiments, "ROOT", tmp_path)
+    return experiments
+
+
+@pytest.mark.parametrize(("files", "error"), [
+    ({"a": "study:\n  name: a\n"},
+     "conf/experiment/a.yaml: study.stages is empty; list its stages, each one of "
+     "grid:<experiment>, seeds:<experiment>"),
+    ({"a": "study:\n  name: a\n  stages: [grid:b]\n"},
+     "conf/experiment/a.yaml: study.stages entry 'grid:b' names no experiment "
+     "(no conf/experiment/b.yaml)"),
+    ({"a": "study:\n  name: a\n  stages: [run:a]\n"},
+     "conf/experiment/a.yaml: study.stages entry 'run:a'; allowed: grid:<experiment>, "
+     "seeds:<experiment>"),
+    ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
+     "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
+     "stages, seconds_per_run, smoke"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
+     "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
+     "conf/experiment/b.yaml: study.name='c' is not a study; studies: a (a study is "
+     "conf/experiment/<name>.yaml with study.name=<name>)"),
+    ({"a": "study:\n  name: a\n  baseline: full/adamw\n  stages: [grid:a, grid:b]\n",
+      "b": "study:\n  name: a\n"},
+     "conf/experiment/b.yaml: study.baseline=None differs from its study's ('full/adamw' in "
+     "a.yaml)"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a, grid:b]\n", "b": "sweep: a\n"},
+     "conf/experiment/b.yaml is a stage of study a but its study.name is not 'a'"),
+])
+def test_a_broken_study_is_an_error_not_a_skip(tmp_path, monkeypatch, capsys, files, error):
+    experiments = _conf(tmp_path, monkeypatch, files)
+    assert experiments.main(["--plan"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {error}"
+
+
+def test_a_stage_inherits_its_study_and_a_plain_experiment_is_named(tmp_path, monkeypatch,
+                                                                    capsys):
+    experiments = _conf(tmp_path, monkeypatch, {
+        "a": "sweep: a\nstudy:\n  name: a\n  stages: [grid:a, grid:a_more]\n",
+        "a_more": "defaults:\n  - a\n  - _self_\nhydra:\n  sweeper:\n    params:\n"
+                  "      seed: 0,1\n",
+        "plain": "sweep: p\n"})
+    studies, loose = experiments.discover()
+    assert list(studies) == ["a"] and loose == ["plain"]
+    assert experiments.sweep_of("a_more") == "a" and experiments.count_runs("a_more") == 2
+    assert experiments.main(["--plan", "--out-dir", str(tmp_path)]) == 0
+    assert "not part of a study (no study block): plain" in capsys.readouterr().err
