@@ -382,3 +382,32 @@ def test_a_key_added_later_does_not_split_a_configuration():
     assert rows[0]["toy.draws"] == 1 and "k" not in rows[0]
     assert "toy.draws" not in rows[3]  # another sweep is not filled from this one
     assert "toy.draws" not in old  # the input rows are left alone
+
+
+def test_results_state_their_study_and_config():
+    """results/ (migrated once): every record states its study as the study's YAML declares it
+    and a config_id that is bench's digest of its config with the seed at 0; grouping seeds by
+    that id splits each method's runs exactly as the settings that vary between them do."""
+    from omegaconf import OmegaConf
+
+    from analysis.records import lm_runs
+    from analysis.tuning import config_groups, config_keys
+    from bench.run import config_digest
+    from experiments.__main__ import discover
+
+    studies, _ = discover()
+    paths = sorted((REPO / "results").glob("*/*/config.yaml"))
+    assert len(paths) > 200
+    for path in paths:
+        cfg = OmegaConf.load(path)
+        assert cfg.study.baseline == studies[cfg.study.name].baseline, path
+        meta = cfg.pop("meta")
+        cfg.seed = 0
+        assert meta.config_id == config_digest(cfg), path
+    runs = lm_runs(load_runs(REPO / "results"))
+    for _, method in runs.groupby(["sweep", "method"]):
+        keys = config_keys(method)
+        by_id = sorted(sorted(g["run_id"]) for g in config_groups(method, keys))
+        by_keys = sorted(sorted(g["run_id"])
+                         for g in config_groups(method.drop(columns="meta.config_id"), keys))
+        assert by_id == by_keys
