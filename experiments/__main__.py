@@ -146,10 +146,10 @@ def count_runs(experiment: str) -> int:
     return int(sum(1 for _ in itertools.product(*[range(s) for s in sizes]))) if sizes else 1
 
 
-def seconds_per_run(study: str, out_dir: Path, default: float) -> float:
-    """Mean wall clock of the study's completed runs, else the static estimate."""
+def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
+    """Mean wall clock of the completed runs of the study's sweep, else the static estimate."""
     walls = []
-    for summary in (out_dir / study).glob("*/summary.json"):
+    for summary in (out_dir / sweep).glob("*/summary.json"):
         wall = json.loads(summary.read_text()).get("wall_s")
         if wall:
             walls.append(wall)
@@ -183,7 +183,7 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     total = 0.0
     print(f"{'study':<24}{'stage':<42}{'runs':>6}{'est. minutes':>14}")
     for name, study in studies.items():
-        per_run = seconds_per_run(name, out_dir, study.seconds_per_run)
+        per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
         for kind, exp in study.stages:
             if kind == "grid":
