@@ -86,9 +86,12 @@ def run(args: dict) -> list[str]:
         files, table = [], None
         if not lm_runs(sweep_runs).empty:
             own = baseline if baseline in set(sweep_runs["method"]) else None
-            if not baseline:  # the study's declared baseline (experiments.BASELINES)
-                declared = study_baselines().get(str(sweep))
+            if not baseline:  # the study's baseline, as its records state it
+                declared = declared_baseline(sweep_runs)
                 own = declared if declared in set(sweep_runs["method"]) else None
+                if declared and own is None:
+                    print(f"note: {sweep}: declared baseline {declared} has no runs here, "
+                          "using the default", file=sys.stderr)
             if baseline and own is None:
                 print(f"note: {sweep}: baseline {baseline} not in this sweep, using the default",
                       file=sys.stderr)
@@ -120,13 +123,22 @@ def log_tables(results: list[dict], mode: str, project: str, figures: str) -> No
         run.finish()
 
 
-def study_baselines() -> dict[str, str]:
-    """Each study's baseline method, from the study registry when it is importable."""
-    try:
-        from experiments import BASELINES
-    except ImportError:
-        return {}
-    return dict(BASELINES)
+def declared_baseline(runs) -> str | None:
+    """The baseline method a sweep's records declare (`study.baseline` in config.yaml, from the
+    study's YAML), so the tables do not depend on the directory analysis runs from. Records
+    without a `study` block (older records, plain sweeps) declare none: each method is then
+    compared with the default baseline, AdamW on the same adapter
+    (analysis.tuning.default_baseline). A user's `baseline=` wins over what records declare."""
+    from analysis.records import AnalysisError
+
+    if "study.baseline" not in runs:
+        return None
+    declared = sorted({b for b in runs["study.baseline"] if isinstance(b, str) and b})
+    if len(declared) > 1:
+        sweep = runs["sweep"].iloc[0]
+        raise AnalysisError(f"sweep {sweep!r}: its records declare different baselines "
+                            f"({', '.join(declared)}); pass baseline=<method>")
+    return declared[0] if declared else None
 
 
 def main(argv: list[str] | None = None) -> int:

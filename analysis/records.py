@@ -77,21 +77,19 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def derive_method(row: dict) -> str:
-    """The method name when the record does not state it:
-    adapter/optimizer[/geometry][+block][+retraction]."""
-    adapter = row.get("adapter.name") or "full"
-    optimizer = row.get("optimizer.name") or "adamw"
-    geometry = row.get("model.attention.geometry")
-    if not geometry or geometry == "euclidean":
-        geometry = row.get("adapter.geometry")
-    name = f"{adapter}/{optimizer}"
-    if geometry and geometry != "euclidean":
-        name += f"/{geometry}"
-        if row.get("model.attention.block") is True:
-            name += "+block"
-        if row.get("model.attention.retraction") not in (None, "svd"):
-            name += "+" + row["model.attention.retraction"]
-    return name
+    """The method name when the record does not state it (`meta.method`), named as the
+    training code names it: adapter/optimizer[/<attention geometry>[+block][+<retraction>]]
+    [/lora:<adapter geometry>]. A key the record lacks takes its default (euclidean, svd)."""
+    parts = [row.get("adapter.name") or "full", row.get("optimizer.name") or "adamw"]
+    geometry = row.get("model.attention.geometry") or "euclidean"
+    if geometry != "euclidean":
+        retraction = row.get("model.attention.retraction") or "svd"
+        parts.append(geometry + ("+block" if row.get("model.attention.block") is True else "")
+                     + ("+" + retraction if retraction != "svd" else ""))
+    adapter_geometry = row.get("adapter.geometry") or "euclidean"
+    if adapter_geometry != "euclidean":
+        parts.append("lora:" + adapter_geometry)
+    return "/".join(parts)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -21,13 +21,25 @@ from analysis.markdown import markdown_table
 from analysis.records import BAD_STATUSES, SUMMARY_KEYS, ArgumentError, check_compatible, lm_runs
 
 TUNED_KEYS = ("optimizer.lr", "optimizer.manifold_lr", "adapter.alpha")
-# Settings that may differ between the runs of one config without making them different configs.
-_BOOKKEEPING = ("seed", "sweep", "out_dir", "run_dir", "run_id", "method", "task", "logger")
-_BOOKKEEPING_PREFIXES = ("meta.", "hydra.", "logger.", "metrics.", "wandb.")
-_BOOKKEEPING_TRAINER = (
-    "trainer.device", "trainer.log_every", "trainer.eval_every", "trainer.checkpoint_every",
-    "trainer.resume", "trainer.num_threads", "trainer.compile",
+# Keys that do not change what a run computes: a copy of bench.config.NON_SEMANTIC (analysis
+# reads records only and never imports bench; tests/test_tuning.py checks that they agree).
+NON_SEMANTIC = (
+    "out_dir",
+    "sweep",
+    "study",
+    "logger",
+    "trainer.device",
+    "trainer.threads",
+    "trainer.progress",
+    "trainer.checkpoint_every",
+    "trainer.log_every",
 )
+# Settings that may differ between the runs of one config without making them different configs
+# when the records do not state their config (`meta.config_id`): the non-semantic keys above,
+# the record's own bookkeeping, and what is measured (metrics.*, how often eval runs).
+_BOOKKEEPING = ("seed", "run_dir", "run_id", "method", "task", "trainer.eval_every")
+_BOOKKEEPING_PREFIXES = ("meta.", "hydra.", "metrics.", "wandb.")
+CONFIG_ID = "meta.config_id"
 N_BOOTSTRAP = 10_000
 CONFIDENCE = 0.95
 
@@ -47,10 +59,11 @@ def run_score(status, final_loss) -> float:
 
 def config_keys(runs: pd.DataFrame) -> list[str]:
     """The settings that vary between the runs of one method: the tuned ones first."""
-    skip = set(SUMMARY_KEYS) | set(_BOOKKEEPING) | set(_BOOKKEEPING_TRAINER)
+    skip = set(SUMMARY_KEYS) | set(_BOOKKEEPING)
     varying = [
         c for c in runs.columns
         if c not in skip and not c.startswith(_BOOKKEEPING_PREFIXES) and not c.endswith(".seed")
+        and not any(c == k or c.startswith(k + ".") for k in NON_SEMANTIC)
         and runs[c].astype(str).nunique(dropna=False) > 1
     ]
     return [k for k in TUNED_KEYS if k in varying] + [k for k in varying if k not in TUNED_KEYS]
@@ -68,16 +81,33 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def config_groups(runs: pd.DataFrame, keys: list[str]) -> list[pd.DataFrame]:
+    """The runs of one method split into configs (runs that differ only by seed). Records that
+    state their config (`meta.config_id`: the digest of the semantic config without the seed)
+    are grouped by it; when some run of the method lacks it (records older than the key), by
+    the settings that vary between the runs (`config_keys`), as before records stated it. The
+    groups come in the order of their values of `keys`."""
+    if CONFIG_ID in runs and runs[CONFIG_ID].notna().all():
+        groups = [group for _, group in runs.groupby(CONFIG_ID, sort=True)]
+        if not keys:
+            return groups
+        order = pd.DataFrame([group.iloc[0][keys] for group in groups]).reset_index(drop=True)
+        order = order.sort_values(keys, na_position="last", kind="stable").index
+        return [groups[i] for i in order]
+    if not keys:
+        return [runs]
+    return [group for _, group in runs.groupby(keys, dropna=False, sort=True)]
+
+
 def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
-    """The configs of one method with their seeds' scores, best first."""
+    """The configs of one method (`config_groups`) with their seeds' scores, best first."""
     keys = config_keys(runs)
     runs = runs.assign(_score=[run_score(s, f) for s, f in zip(runs["status"],
                                                                  runs["final_eval_loss"])])
     # With a single config, still name its learning rate in tables and legends.
     shown = keys or [k for k in TUNED_KEYS[:1] if k in runs and runs[k].notna().any()]
     rows = []
-    grouped = runs.groupby(keys, dropna=False, sort=True) if keys else [((), runs)]
-    for _, group in grouped:
+    for group in config_groups(runs, keys):
         scores = group["_score"].dropna().to_numpy(dtype=float)
         first = group.iloc[0]
         rows.append({

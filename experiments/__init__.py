@@ -1,11 +1,4 @@
-"""Named studies: each is a Hydra experiment config (conf/experiment/) plus a README here.
-
-`BASELINES` names the method each study's tables compare against (`python -m analysis` uses it
-for that sweep unless `baseline=` is given); a study not listed compares every method with AdamW
-on the same adapter.
-"""
-
-BASELINES = {
-    "balora_finetune": "lora/adamw",
-    "riemannian_attention": "full/adamw",
-}
+"""Named studies: each is one Hydra experiment config, conf/experiment/<name>.yaml, whose
+`study:` block declares its baseline, stages, time per run and smoke-test overrides, plus its
+README here (experiments/<name>/README.md). `python -m experiments` discovers them; the smoke
+test and `python -m analysis` read the same block (analysis from the run records)."""

@@ -4,57 +4,152 @@
     python -m experiments --plan          # only print the plan
     python -m experiments balora_toy      # one study
 
-Each study is a list of stages. A `grid` stage is one Hydra multirun,
-`python -m bench.run -m +experiment=<config>` (the learning-rate grid on seed 0). A `seeds` stage
-is the second half of the tuning protocol (DESIGN.md §8): for every method of that grid, the
-configuration with the lowest final eval loss is run again with more seeds. Completed runs are
-skipped by the entry point, so an interrupted `make studies` resumes where it stopped. The plan
-counts the runs of each grid (from its `hydra.sweeper.params`) and estimates the time from the
-per-run seconds of the study's completed runs (or a static estimate).
+A study is declared in one YAML, conf/experiment/<name>.yaml, by its `study:` block (schema:
+bench.config.StudyConfig) whose `name` is the file's stem; its README is
+experiments/<name>/README.md. Its `stages` run in order. A `grid:<experiment>` stage is one Hydra
+multirun, `python -m bench.run -m +experiment=<experiment>` (the learning-rate grid on seed 0). A
+`seeds:<experiment>` stage is the second half of the tuning protocol (DESIGN.md §8): for every
+method of that grid, the configuration with the lowest final eval loss is run again with more
+seeds. An experiment that is a stage of another study states that study's `name` (and baseline)
+in its own `study:` block, or inherits it from the experiment it extends. A study without stages,
+a stage that names no experiment, or an experiment claiming a study that does not list it, is an
+error, never a silent skip. Completed runs are skipped by the entry point, so an interrupted
+`make studies` resumes where it stopped. The plan counts the runs of each grid (from its
+`hydra.sweeper.params`) and estimates the time from the per-run seconds of the study's completed
+runs (or the study's `seconds_per_run`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import ConfigError, StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "experiment"
 
 SEEDS = "1,2"  # the extra seeds run at each method's best configuration
-# study -> (stages in order, estimated seconds per run on 2 cores with 2 workers)
-STUDIES = {
-    "balora_toy": ([("grid", "balora_toy")], 15),
-    "balora_finetune": ([("grid", "balora_finetune_full"), ("grid", "balora_finetune"),
-                         ("seeds", "balora_finetune_full"), ("seeds", "balora_finetune")], 30),
-    "riemannian_attention": ([("grid", "riemannian_attention_adamw"),
-                              ("grid", "riemannian_attention"),
-                              ("seeds", "riemannian_attention_adamw"),
-                              ("seeds", "riemannian_attention")], 45),
-    "adapters_x_optimizers": ([("grid", "adapters_x_optimizers"),
-                               ("grid", "adapters_x_optimizers_riemannian"),
-                               ("seeds", "adapters_x_optimizers"),
-                               ("seeds", "adapters_x_optimizers_riemannian")], 30),
-}
+STAGE_KINDS = ("grid", "seeds")
+
+
+@dataclasses.dataclass
+class Study:
+    """A study as its YAML declares it: stages are (kind, experiment) pairs, in order."""
+
+    name: str
+    baseline: str | None
+    stages: list[tuple[str, str]]
+    seconds_per_run: float
+    smoke: list[str]
+
+
+def load_experiment(name: str) -> DictConfig:
+    """conf/experiment/<name>.yaml merged over the experiment files its defaults list includes
+    (another experiment it extends, a shared protocol), in the defaults list's order; Hydra's own
+    group overrides (`override /adapter: ...`) are left out. Hydra composes the same way; this
+    reads the files only, for the study blocks, sweeps and grids."""
+    path = CONF / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"experiment {name!r}: no file {path.relative_to(ROOT)}")
+    own = OmegaConf.load(path)
+    defaults = list(own.pop("defaults", None) or [])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for entry in defaults:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, own)
+        elif isinstance(entry, str) and (CONF / f"{entry}.yaml").is_file():
+            merged = OmegaConf.merge(merged, load_experiment(entry))
+    return merged
+
+
+def _study_block(name: str) -> dict | None:
+    block = OmegaConf.select(load_experiment(name), "study")
+    if block is None:
+        return None
+    block = OmegaConf.to_container(block)
+    allowed = [f.name for f in dataclasses.fields(StudyConfig)]
+    unknown = sorted(set(block) - set(allowed))
+    if unknown:
+        raise ConfigError(f"conf/experiment/{name}.yaml: unknown key study.{unknown[0]}; "
+                          f"allowed keys of study: {', '.join(allowed)}")
+    return block
+
+
+def _stages(name: str, stages: list) -> list[tuple[str, str]]:
+    if not stages:
+        raise ConfigError(f"conf/experiment/{name}.yaml: study.stages is empty; list its stages, "
+                          f"each one of {', '.join(k + ':<experiment>' for k in STAGE_KINDS)}")
+    out = []
+    for stage in stages:
+        kind, _, experiment = str(stage).partition(":")
+        if kind not in STAGE_KINDS or not experiment:
+            raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r}; "
+                              f"allowed: {', '.join(k + ':<experiment>' for k in STAGE_KINDS)}")
+        if not (CONF / f"{experiment}.yaml").is_file():
+            raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r} names "
+                              f"no experiment (no conf/experiment/{experiment}.yaml)")
+        out.append((kind, experiment))
+    return out
+
+
+def discover() -> tuple[dict[str, Study], list[str]]:
+    """The studies declared in conf/experiment/*.yaml, by name, and the experiments that belong
+    to no study (plain experiments, not run by `make studies`). Raises ConfigError for a study
+    without stages, a stage naming no experiment, and an experiment that claims a study which
+    does not exist, does not list it among its stages, or declares another baseline."""
+    blocks = {path.stem: _study_block(path.stem) for path in sorted(CONF.glob("*.yaml"))}
+    studies = {}
+    for stem, block in blocks.items():
+        if block and block.get("name") == stem:
+            studies[stem] = Study(stem, block.get("baseline"), _stages(stem, block.get("stages")),
+                                  float(block.get("seconds_per_run", 30.0)),
+                                  [str(o) for o in block.get("smoke") or []])
+    loose = []
+    for stem, block in blocks.items():
+        if not block or block.get("name") is None:
+            loose.append(stem)
+            continue
+        study = studies.get(block["name"])
+        if study is None:
+            raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={block['name']!r} is not "
+                              f"a study; studies: {', '.join(studies)} (a study is "
+                              "conf/experiment/<name>.yaml with study.name=<name>)")
+        if stem not in {exp for _, exp in study.stages}:
+            raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={study.name!r} but "
+                              f"{study.name}.yaml's study.stages do not list it")
+        if block.get("baseline") != study.baseline:
+            raise ConfigError(f"conf/experiment/{stem}.yaml: study.baseline="
+                              f"{block.get('baseline')!r} differs from its study's "
+                              f"({study.baseline!r} in {study.name}.yaml)")
+    for study in studies.values():
+        for _, exp in study.stages:
+            if (blocks.get(exp) or {}).get("name") != study.name:
+                raise ConfigError(f"conf/experiment/{exp}.yaml is a stage of study {study.name} "
+                                  f"but its study.name is not {study.name!r}")
+    return studies, loose
 
 
 def count_runs(experiment: str) -> int:
-    cfg = OmegaConf.load(CONF / f"{experiment}.yaml")
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    """The runs of the experiment's grid: the product of its sweep params' value counts."""
+    params = OmegaConf.select(load_experiment(experiment), "hydra.sweeper.params") or {}
     sizes = [len(str(v).split(",")) for v in params.values()]
     return int(sum(1 for _ in itertools.product(*[range(s) for s in sizes]))) if sizes else 1
 
 
-def seconds_per_run(study: str, out_dir: Path, default: float) -> float:
-    """Mean wall clock of the study's completed runs, else the static estimate."""
+def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
+    """Mean wall clock of the completed runs of the study's sweep, else the static estimate."""
     walls = []
-    for summary in (out_dir / study).glob("*/summary.json"):
+    for summary in (out_dir / sweep).glob("*/summary.json"):
         wall = json.loads(summary.read_text()).get("wall_s")
         if wall:
             walls.append(wall)
@@ -81,35 +176,28 @@ def best_overrides(out_dir: Path, sweep: str, experiment: str) -> dict[str, list
 
 def sweep_of(experiment: str) -> str:
     """The experiment's `sweep`, following its defaults list to the experiment it extends."""
-    cfg = OmegaConf.load(CONF / f"{experiment}.yaml")
-    if "sweep" in cfg:
-        return str(cfg.sweep)
-    for entry in cfg.get("defaults", []):
-        if isinstance(entry, str) and entry != "_self_" and (CONF / f"{entry}.yaml").exists():
-            return sweep_of(entry)
-    return experiment
+    return str(load_experiment(experiment).get("sweep", experiment))
 
 
-def plan(names: list[str], out_dir: Path, workers: int = 2) -> float:
+def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     total = 0.0
     print(f"{'study':<24}{'stage':<42}{'runs':>6}{'est. minutes':>14}")
-    for name in names:
-        stages, default = STUDIES[name]
-        per_run = seconds_per_run(name, out_dir, default)
-        for kind, exp in stages:
-            if not (CONF / f"{exp}.yaml").exists():
-                print(f"{name:<24}{kind + ' ' + exp:<42}{'-':>6}{'(not available)':>14}")
-                continue
+    for name, study in studies.items():
+        per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
+        runs, study_minutes = 0, 0.0
+        for kind, exp in study.stages:
             if kind == "grid":
                 n = count_runs(exp)
             else:  # one extra run per seed for each method of the grid
                 methods = best_overrides(out_dir, sweep_of(exp), exp)
                 n = len(SEEDS.split(",")) * max(1, len(methods))
             minutes = n * per_run / workers / 60
-            total += minutes
+            runs, study_minutes = runs + n, study_minutes + minutes
             label = f"{kind} {exp}" + (f" (seeds {SEEDS} at the best config)" if kind == "seeds"
                                        else "")
             print(f"{name:<24}{label:<42}{n:>6}{minutes:>14.1f}")
+        print(f"{name:<24}{'all stages':<42}{runs:>6}{study_minutes:>14.1f}")
+        total += study_minutes
     print(f"estimated total: {total:.0f} minutes (completed runs are skipped)")
     return total
 
@@ -126,22 +214,27 @@ def commands(kind: str, exp: str, out_dir: Path) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        studies, loose = discover()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="*", help=f"any of {', '.join(STUDIES)} (default: all)")
+    parser.add_argument("studies", nargs="*", help=f"any of {', '.join(studies)} (default: all)")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
     parser.add_argument("--out-dir", default="runs")
     args = parser.parse_args(argv)
-    unknown = [s for s in args.studies if s not in STUDIES]
+    unknown = [s for s in args.studies if s not in studies]
     if unknown:
-        parser.error(f"unknown study {unknown[0]!r}; allowed: {', '.join(STUDIES)}")
-    names = args.studies or list(STUDIES)
-    plan(names, Path(args.out_dir))
+        parser.error(f"unknown study {unknown[0]!r}; allowed: {', '.join(studies)}")
+    chosen = {name: studies[name] for name in (args.studies or studies)}
+    if loose:
+        print(f"note: not part of a study (no study block): {', '.join(loose)}", file=sys.stderr)
+    plan(chosen, Path(args.out_dir))
     if args.plan:
         return 0
-    for name in names:
-        for kind, exp in STUDIES[name][0]:
-            if not (CONF / f"{exp}.yaml").exists():
-                continue
+    for name, study in chosen.items():
+        for kind, exp in study.stages:
             for cmd in commands(kind, exp, Path(args.out_dir)):
                 print("$", " ".join(cmd[1:]), flush=True)
                 if subprocess.run(cmd, cwd=ROOT).returncode != 0:

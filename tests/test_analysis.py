@@ -125,6 +125,77 @@ def test_method_is_derived_when_the_record_does_not_name_it():
            "model.attention.geometry": "fixed_rank_embedded", "model.attention.block": True}
     assert derive_method(row) == "full/riemannian_adam/fixed_rank_embedded+block"
     assert derive_method({"adapter.name": "lora"}) == "lora/adamw"
+    row = {"adapter.name": "lora", "optimizer.name": "riemannian_adam",
+           "adapter.geometry": "fixed_rank_embedded"}
+    assert derive_method(row) == "lora/riemannian_adam/lora:fixed_rank_embedded"
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["adapter=lora_riemannian", "optimizer=riemannian_adam"],
+    ["adapter=balora_riemannian", "optimizer=riemannian_adam"],
+    ["adapter=full_riemannian", "optimizer=riemannian_adam"],
+    ["optimizer=riemannian_normalized", "model.attention.geometry=fixed_rank_embedded",
+     "model.attention.block=true", "model.attention.retraction=orthographic"],
+    ["adapter=lora_riemannian", "optimizer=riemannian_sgd",
+     "model.attention.geometry=partial_isometry_quotient"],
+])
+def test_derived_method_is_the_name_training_gives(overrides):
+    from omegaconf import OmegaConf
+
+    from analysis.records import flatten
+    from bench.run import method_name
+    from tests.conftest import compose
+
+    cfg = compose(overrides)
+    assert derive_method(flatten(OmegaConf.to_container(cfg, resolve=True))) == method_name(cfg)
+
+
+def _declare(run_dir, **study):
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["study"] = {"name": "x", "stages": ["grid:x"], **study}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_the_baseline_comes_from_the_records_from_any_directory(tmp_path, monkeypatch, capsys):
+    """study.baseline in the records picks the sweep's baseline; baseline= still wins; records
+    without a study block compare with AdamW on the same adapter."""
+    import pandas as pd
+
+    runs = tmp_path / "runs"
+    for seed in range(2):
+        for adapter, optimizer in (("full", "adamw"), ("lora", "adamw"), ("lora", "sgd")):
+            write_run(runs, "declared", adapter=adapter, optimizer=optimizer, seed=seed)
+            write_run(runs, "plain", adapter=adapter, optimizer=optimizer, seed=seed)
+    for run_dir in (runs / "declared").iterdir():
+        _declare(run_dir, baseline="full/adamw")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def baselines(*extra):
+        assert main([f"runs={runs}", f"figures={tmp_path / 'fig'}", *extra]) == 0
+        return {sweep: dict(zip(table["method"], table["baseline"].fillna("")))
+                for sweep in ("declared", "plain")
+                for table in [pd.read_csv(tmp_path / "fig" / f"{sweep}_tuned.csv")]}
+
+    got = baselines()
+    assert got["declared"] == dict.fromkeys(("full/adamw", "lora/adamw", "lora/sgd"),
+                                            "full/adamw")
+    assert got["plain"] == {"full/adamw": "full/adamw", "lora/adamw": "lora/adamw",
+                            "lora/sgd": "lora/adamw"}
+    got = baselines("baseline=lora/sgd")
+    assert set(got["declared"].values()) == set(got["plain"].values()) == {"lora/sgd"}
+
+
+def test_records_declaring_different_baselines_are_refused(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _declare(write_run(runs, "s", adapter="full"), baseline="full/adamw")
+    _declare(write_run(runs, "s"), baseline="lora/adamw")
+    assert main([f"runs={runs}", f"figures={tmp_path / 'fig'}"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: sweep 's': its records declare different baselines (full/adamw, lora/adamw); "
+        "pass baseline=<method>")
 
 
 def test_cli_writes_figures_tables_and_report(tmp_path, capsys):
@@ -311,3 +382,32 @@ def test_a_key_added_later_does_not_split_a_configuration():
     assert rows[0]["toy.draws"] == 1 and "k" not in rows[0]
     assert "toy.draws" not in rows[3]  # another sweep is not filled from this one
     assert "toy.draws" not in old  # the input rows are left alone
+
+
+def test_results_state_their_study_and_config():
+    """results/ (migrated once): every record states its study as the study's YAML declares it
+    and a config_id that is bench's digest of its config with the seed at 0; grouping seeds by
+    that id splits each method's runs exactly as the settings that vary between them do."""
+    from omegaconf import OmegaConf
+
+    from analysis.records import lm_runs
+    from analysis.tuning import config_groups, config_keys
+    from bench.run import config_digest
+    from experiments.__main__ import discover
+
+    studies, _ = discover()
+    paths = sorted((REPO / "results").glob("*/*/config.yaml"))
+    assert len(paths) > 200
+    for path in paths:
+        cfg = OmegaConf.load(path)
+        assert cfg.study.baseline == studies[cfg.study.name].baseline, path
+        meta = cfg.pop("meta")
+        cfg.seed = 0
+        assert meta.config_id == config_digest(cfg), path
+    runs = lm_runs(load_runs(REPO / "results"))
+    for _, method in runs.groupby(["sweep", "method"]):
+        keys = config_keys(method)
+        by_id = sorted(sorted(g["run_id"]) for g in config_groups(method, keys))
+        by_keys = sorted(sorted(g["run_id"])
+                         for g in config_groups(method.drop(columns="meta.config_id"), keys))
+        assert by_id == by_keys

@@ -1,7 +1,9 @@
 """Smoke-sized versions of the studies: the experiment configs compose, run and are analysed.
 
-Each sweep is the study's own experiment config, shrunk by overrides (a tiny model, a few steps,
-one point of its grid), through the real entry point and launcher."""
+The studies and their smoke overrides come from their YAMLs (`study.smoke` in
+conf/experiment/<study>.yaml, discovered by `python -m experiments`); each sweep is the study's
+own experiment config shrunk by those overrides and a tiny model, through the real entry point
+and launcher."""
 
 from __future__ import annotations
 
@@ -10,12 +12,16 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
+from experiments.__main__ import discover, load_experiment, sweep_of
 from tests.conftest import ROOT, run_cli, run_dirs
 
+# A tiny model and budget for any LM study (the toy ignores them).
 SHRINK = ["model.d_model=32", "model.n_layer=1", "model.n_head=4", "model.seq_len=32",
           "trainer.max_steps=8", "trainer.eval_every=4", "trainer.batch_size=4",
           "data.eval_batches=1", "model.pretrain.max_steps=4", "model.pretrain.batch_size=4"]
+STUDIES, _ = discover()
 
 
 def _smoke(tmp_path, experiment, sweep_overrides):
@@ -29,32 +35,114 @@ def _smoke(tmp_path, experiment, sweep_overrides):
     return out, dirs
 
 
-@pytest.mark.parametrize(("experiment", "overrides", "n_runs"), [
-    ("balora_finetune", ["adapter=lora,balora", "optimizer.lr=1e-3", "adapter.alpha=16"], 2),
-    ("riemannian_attention", ["model.attention.geometry=fixed_rank_embedded,"
-                              "partial_isometry_canonical", "model.attention.block=true",
-                              "optimizer.manifold_lr=3e-2"], 2),
-    ("adapters_x_optimizers_riemannian", ["adapter=lora_riemannian,balora_riemannian",
-                                          "optimizer.manifold_lr=1e-3"], 2),
-])
-def test_study_smoke(tmp_path, experiment, overrides, n_runs):
-    out, dirs = _smoke(tmp_path, experiment, overrides)
-    assert len(dirs) == n_runs
+def _n_runs(overrides: list[str]) -> int:
+    """The runs a multirun of these overrides makes: the product of their value counts."""
+    n = 1
+    for override in overrides:
+        n *= len(override.split("=", 1)[1].split(","))
+    return n
+
+
+def test_every_study_declares_a_smoke_run():
+    assert set(STUDIES) == {"balora_toy", "balora_finetune", "riemannian_attention",
+                            "adapters_x_optimizers"}
+    for study in STUDIES.values():
+        assert study.smoke, f"{study.name}: study.smoke is empty"
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_study_smoke(tmp_path, name):
+    study = STUDIES[name]
+    out, dirs = _smoke(tmp_path, name, study.smoke)
+    assert len(dirs) == _n_runs(study.smoke)
+    config = yaml.safe_load((dirs[0] / "config.yaml").read_text())
+    assert config["study"]["name"] == name and config["study"]["baseline"] == study.baseline
     figures = tmp_path / "figures"
     proc = subprocess.run([sys.executable, "-m", "analysis", f"runs={out}",
                            f"figures={figures}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     sweep = dirs[0].parent.name
-    assert (figures / f"{sweep}_tuned.md").exists() and (figures / "REPORT.md").exists()
+    table = "toy" if config["task"] == "toy" else "tuned"
+    assert (figures / f"{sweep}_{table}.md").exists() and (figures / "REPORT.md").exists()
 
 
 def test_every_stage_finds_its_sweep_folder():
-    from experiments.__main__ import STUDIES, sweep_of
-
     expected = {"balora_toy": "balora_toy", "balora_finetune_full": "balora_finetune",
                 "riemannian_attention_adamw": "riemannian_attention",
                 "adapters_x_optimizers_riemannian": "adapters_x_optimizers"}
-    for name, (stages, _) in STUDIES.items():
-        for _, experiment in stages:
+    for name, study in STUDIES.items():
+        for _, experiment in study.stages:
             assert sweep_of(experiment) == expected.get(experiment, name), experiment
+            block = load_experiment(experiment).study
+            assert (block.name, block.baseline) == (name, study.baseline), experiment
+
+
+def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
+    from experiments.__main__ import main
+
+    assert main(["--plan", "--out-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
+    # the grids (4 adapters x 3 toy optimizers; 7 + 5 x 2 x 5 LRs; 5 + 5 x 2 x 6; 3 x 5 + 3 x 7),
+    # plus, with no grid run yet, 2 seeds for one method per seeds stage
+    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 2 + 2,
+                      "riemannian_attention": 5 + 60 + 2 + 2,
+                      "adapters_x_optimizers": 15 + 21 + 2 + 2}
+
+
+def _conf(tmp_path, monkeypatch, files: dict[str, str]):
+    import experiments.__main__ as experiments
+
+    conf = tmp_path / "conf" / "experiment"
+    conf.mkdir(parents=True)
+    for name, text in files.items():
+        (conf / f"{name}.yaml").write_text(text)
+    monkeypatch.setattr(experiments, "CONF", conf)
+    monkeypatch.setattr(experiments, "ROOT", tmp_path)
+    return experiments
+
+
+@pytest.mark.parametrize(("files", "error"), [
+    ({"a": "study:\n  name: a\n"},
+     "conf/experiment/a.yaml: study.stages is empty; list its stages, each one of "
+     "grid:<experiment>, seeds:<experiment>"),
+    ({"a": "study:\n  name: a\n  stages: [grid:b]\n"},
+     "conf/experiment/a.yaml: study.stages entry 'grid:b' names no experiment "
+     "(no conf/experiment/b.yaml)"),
+    ({"a": "study:\n  name: a\n  stages: [run:a]\n"},
+     "conf/experiment/a.yaml: study.stages entry 'run:a'; allowed: grid:<experiment>, "
+     "seeds:<experiment>"),
+    ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
+     "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
+     "stages, seconds_per_run, smoke"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
+     "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
+     "conf/experiment/b.yaml: study.name='c' is not a study; studies: a (a study is "
+     "conf/experiment/<name>.yaml with study.name=<name>)"),
+    ({"a": "study:\n  name: a\n  baseline: full/adamw\n  stages: [grid:a, grid:b]\n",
+      "b": "study:\n  name: a\n"},
+     "conf/experiment/b.yaml: study.baseline=None differs from its study's ('full/adamw' in "
+     "a.yaml)"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a, grid:b]\n", "b": "sweep: a\n"},
+     "conf/experiment/b.yaml is a stage of study a but its study.name is not 'a'"),
+])
+def test_a_broken_study_is_an_error_not_a_skip(tmp_path, monkeypatch, capsys, files, error):
+    experiments = _conf(tmp_path, monkeypatch, files)
+    assert experiments.main(["--plan"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {error}"
+
+
+def test_a_stage_inherits_its_study_and_a_plain_experiment_is_named(tmp_path, monkeypatch,
+                                                                    capsys):
+    experiments = _conf(tmp_path, monkeypatch, {
+        "a": "sweep: a\nstudy:\n  name: a\n  stages: [grid:a, grid:a_more]\n",
+        "a_more": "defaults:\n  - a\n  - _self_\nhydra:\n  sweeper:\n    params:\n"
+                  "      seed: 0,1\n",
+        "plain": "sweep: p\n"})
+    studies, loose = experiments.discover()
+    assert list(studies) == ["a"] and loose == ["plain"]
+    assert experiments.sweep_of("a_more") == "a" and experiments.count_runs("a_more") == 2
+    assert experiments.main(["--plan", "--out-dir", str(tmp_path)]) == 0
+    assert "not part of a study (no study block): plain" in capsys.readouterr().err

@@ -185,3 +185,32 @@ def test_two_stage_protocol_reports_the_config_run_with_more_seeds():
     table = tuned_table(pd.DataFrame(rows))
     row = table[table["method"] == "lora/adamw"].iloc[0]
     assert row["optimizer.lr"] == 1e-3 and row["n_seeds"] == 3
+
+
+def test_the_non_semantic_keys_are_bench_s():
+    from analysis.tuning import NON_SEMANTIC
+    from bench.config import NON_SEMANTIC as BENCH
+
+    assert NON_SEMANTIC == BENCH
+
+
+def test_non_semantic_settings_do_not_split_a_config():
+    rows = [run("lora/adamw", 1e-3, seed, 2.0 + 0.01 * seed, **{
+        "trainer.threads": seed + 1, "trainer.progress": seed == 0,
+        "study.name": f"s{seed}", "trainer.log_every": 10 * (seed + 1)}) for seed in range(3)]
+    got = table(rows)
+    assert got.loc["lora/adamw", "n_configs"] == 1 and got.loc["lora/adamw", "n_seeds"] == 3
+
+
+def test_records_stating_their_config_are_grouped_by_it():
+    """Two configs that differ only in a key the heuristic ignores (the eval cadence): one config
+    without `meta.config_id`, two with it."""
+    rows = [run("lora/adamw", 1e-3, seed, loss, **{"trainer.eval_every": every})
+            for every, losses in ((10, [2.0, 2.1]), (20, [1.9, 2.0]))
+            for seed, loss in enumerate(losses)]
+    heuristic = table(rows).loc["lora/adamw"]
+    assert (heuristic["n_configs"], heuristic["n_seeds"]) == (1, 4)
+    for row in rows:
+        row["meta.config_id"] = f"id{row['trainer.eval_every']}"
+    stated = table(rows).loc["lora/adamw"]
+    assert (stated["n_configs"], stated["n_seeds"], stated["mean"]) == (2, 2, pytest.approx(1.95))
