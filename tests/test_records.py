@@ -271,3 +271,18 @@ def test_a_local_hf_model_that_ships_code_is_refused_without_running_it(tmp_path
         transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=True,
                                                 local_files_only=True)
     assert marker.exists()
+
+
+def test_config_strings_that_look_like_numbers_read_back_as_strings(tmp_path):
+    """A config digest such as 9651e709 is a float (inf) to OmegaConf's YAML loader unless it is
+    quoted; the record writes such strings quoted, so OmegaConf and yaml.safe_load agree."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from bench.tracking.record import RunRecord
+
+    meta = {"config_id": "9651e709", "all_digits": "12345678", "word": "abc", "number": 1.5}
+    record = RunRecord(tmp_path / "run")
+    record.create({"meta": meta})
+    assert OmegaConf.to_container(OmegaConf.load(record.config_path))["meta"] == meta
+    assert yaml.safe_load(record.config_path.read_text())["meta"] == meta

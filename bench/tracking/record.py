@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -92,6 +93,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# OmegaConf's YAML loader reads more plain scalars as numbers than PyYAML writes quoted: "9651e709"
+# (a config digest) is a float (inf) to OmegaConf and a string to yaml.safe_load. Strings that
+# OmegaConf would read as a number are written quoted, so both readers get the string back.
+_OMEGACONF_NUMBER = re.compile(r"^[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?$")
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str):
+    style = "'" if _OMEGACONF_NUMBER.match(value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ConfigDumper.add_representer(str, _represent_str)
+
+
 class RunRecord:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
@@ -104,7 +123,7 @@ class RunRecord:
     # -- files -----------------------------------------------------------------------------
     def create(self, config: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(config, sort_keys=False).encode()
+        text = yaml.dump(config, Dumper=_ConfigDumper, sort_keys=False).encode()
         atomic_write(self.config_path, lambda f: f.write(text))
 
     def log(self, row: dict) -> None:
