@@ -213,7 +213,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
         judged = verdicts(table[compared])
         table.loc[compared, "p_holm"] = judged["p_holm"]
         table.loc[compared, "conclusive"] = judged["conclusive"]
-    table = table.drop(columns="consistent")
+    table = table.drop(columns="consistent").astype({"n": "Int64"})  # blank: not compared
     table["loss"] = loss_key
     table["tuning_seeds"] = ",".join(map(str, left_out))
     if "sweep" in df:
@@ -241,7 +241,7 @@ def _table_row(method, chosen, losses: pd.Series, base, methods) -> dict:
         "n_diverged": chosen["n_diverged"],
         "mean": float(losses.mean()) if len(losses) else math.nan,
         "std": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
-        "test": "", "n": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+        "test": "", "n": None, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
         "p": math.nan, "p_holm": math.nan,
         "conclusive": "baseline" if method == base else "n/a",
         "detectable": math.nan, "consistent": True,
@@ -285,9 +285,9 @@ def reporting(table: pd.DataFrame) -> str:
     if table.empty:
         return "No runs."
     loss = str(table["loss"].iloc[0])
-    kind = ("test loss" if "test" in loss
-            else "eval loss (these records have no test split, so the split that selects also "
-                 "reports)")
+    kind = (f"test loss (`{loss}`)" if "test" in loss
+            else f"eval loss (`{loss}`: these records have no test split, so the split that "
+                 "selects also reports)")
     seeds = sorted({s.split(" ")[0] for cell in table["seeds"] for s in cell.split(", ") if s},
                    key=int)
     left_out = str(table["tuning_seeds"].iloc[0])
@@ -295,12 +295,13 @@ def reporting(table: pd.DataFrame) -> str:
            if left_out else "no configuration was tuned (one per method), so every seed reports")
     m = int(table["p"].notna().sum())
     few = int((table["test"].fillna("").ne("") & (table["n"] < MIN_SEEDS)).sum())
-    text = (f"This table reports the final {kind} (`{loss}`) over seeds {', '.join(seeds)} "
+    text = (f"This table reports the final {kind} over seeds {', '.join(seeds)} "
             f"({why}); Holm's correction runs over its {m} comparison{'s' * (m != 1)} with a "
             "p-value.")
     if few > 0:
-        text += (f" {few} comparison{'s have' if few != 1 else ' has'} fewer than {MIN_SEEDS} "
-                 "seeds and no verdict (n/a), whatever its p-value.")
+        verb = "have" if few != 1 else "has"
+        text += (f" {few} of its comparisons {verb} fewer than {MIN_SEEDS} seeds, so no verdict "
+                 "(n/a) whatever the p-value.")
     return text
 
 
