@@ -68,7 +68,8 @@ def finding(table: pd.DataFrame) -> str:
         if len(others):
             text += (f" It is the baseline; {n_yes} of {len(others)} methods compared with it "
                      "differ conclusively after Holm's correction")
-            text += (f" ({n_na} have too few seeds for a verdict)." if n_na else ".")
+            verb = "has" if n_na == 1 else "have"
+            text += (f" ({n_na} {verb} too few seeds for a verdict)." if n_na else ".")
         else:
             text += (" It is its own baseline and no other method is compared with it; pass "
                      "`baseline=<method>` to compare across adapters.")

@@ -234,3 +234,13 @@ def test_the_protocol_paragraph_says_how_the_verdict_is_made(tmp_path):
                   "(diverged)", "negative = the method has the lower loss"):
         assert words in text, words
     assert "| p_holm |" in text and "| detectable |" in text and "bootstrap" not in text
+
+
+def test_the_report_calls_an_untuned_two_seed_sweep_a_smoke_demonstration():
+    from analysis.report import finding
+
+    rows = [record(m, 1e-3, s, loss + (0.3 if m == "full/sgd" else 0), sweep="default")
+            for m in ("full/adamw", "full/sgd") for s, loss in enumerate([2.0, 2.1])]
+    text = finding(tuned_table(pd.DataFrame(rows)))
+    assert "smoke demonstration" in text and "2 seeds" in text
+    assert "differ conclusively after Holm's correction (1 has too few seeds" in text
