@@ -123,7 +123,7 @@ def detectable_difference(se, df, alpha: float = ALPHA, power: float = POWER) ->
     if se == 0:
         return 0.0
     high = 1.0
-    while t_power(high, df, alpha) < power:  # bracket the root; df = 1 needs ncp near 30
+    while t_power(high, df, alpha) < power:  # bracket the root (df = 1 needs ncp near 16)
         high *= 2
     ncp = optimize.brentq(lambda c: t_power(c, df, alpha) - power, 0.0, high, xtol=1e-10)
     return float(ncp * se)
