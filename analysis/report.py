@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.tuning import PROTOCOL
+from analysis.verdict import MIN_SEEDS
 
 
 def question(sweep: str, experiments: str | Path = "experiments") -> str:
@@ -56,28 +57,46 @@ def finding(table: pd.DataFrame) -> str:
     best = finite.sort_values("mean").iloc[0]
     spread = "" if pd.isna(best["std"]) else f" ± {best['std']:.3g}"
     config = best["hyperparameters"] or "one config"
-    text = (f"Lowest mean final eval loss: `{best['method']}` ({config}), "
+    kind = "test" if "test" in str(best.get("loss", "")) else "eval"
+    text = (f"Lowest mean final {kind} loss: `{best['method']}` ({config}), "
             f"{best['mean']:.4g}{spread} over {best['n_seeds']} seed"
-            f"{'' if best['n_seeds'] == 1 else 's'}.")
+            f"{'' if best['n_seeds'] == 1 else 's'} ({best.get('seeds', '')}).")
     if best["conclusive"] == "baseline":
         others = table[(table["baseline"] == best["method"]) & (table["method"] != best["method"])]
         n_yes = int((others["conclusive"] == "yes").sum())
+        n_na = int((others["conclusive"] == "n/a").sum())
         if len(others):
             text += (f" It is the baseline; {n_yes} of {len(others)} methods compared with it "
-                     "differ conclusively.")
+                     "differ conclusively after Holm's correction")
+            verb = "has" if n_na == 1 else "have"
+            text += (f" ({n_na} {verb} too few seeds for a verdict)." if n_na else ".")
         else:
             text += (" It is its own baseline and no other method is compared with it; pass "
                      "`baseline=<method>` to compare across adapters.")
     elif best["baseline"]:
-        verdict = "conclusive" if best["conclusive"] == "yes" else "not conclusive"
-        text += (f" Against `{best['baseline']}`: difference {best['delta']:+.3g}, 95% interval "
-                 f"[{best['ci_low']:+.3g}, {best['ci_high']:+.3g}], {verdict}.")
+        verdict = {"yes": "conclusive", "no": "not conclusive",
+                   "n/a": f"no verdict (fewer than {MIN_SEEDS} seeds)"}[best["conclusive"]]
+        text += (f" Against `{best['baseline']}` ({best['test']}, n = {best['n']}): difference "
+                 f"{_num(best['delta'], '+.3g')}, 95% t interval [{_num(best['ci_low'], '+.3g')},"
+                 f" {_num(best['ci_high'], '+.3g')}], Holm-adjusted p "
+                 f"{_num(best['p_holm'], '.2g')}, {verdict}; detectable difference "
+                 f"{_num(best['detectable'], '.2g')}.")
     else:
         text += " No baseline method in this sweep, so no conclusive comparison."
+    if (table["n_configs"] == 1).all():  # e.g. the default sweep
+        seeds = int(table["n_seeds"].max())
+        text += (f" Nothing was tuned here (one configuration per method) and it has {seeds} "
+                 f"seed{'s' * (seeds != 1)}: a smoke demonstration of the harness, not a "
+                 "verdict.")
     edges = table.loc[table["edge"] != "", "method"].tolist()
     if edges:
         text += f" Grid edge (extend the grid): {', '.join(f'`{m}`' for m in edges)}."
     return text
+
+
+def _num(value, spec: str) -> str:
+    """A number, or "-" where there is none (too few seeds for an interval)."""
+    return "-" if pd.isna(value) else f"{value:{spec}}"
 
 
 def _strip_heading(markdown: str) -> str:

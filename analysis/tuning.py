@@ -1,11 +1,11 @@
-"""The tuning protocol of DESIGN.md §8 and the statistics of its table.
+"""The tuning protocol of DESIGN.md §8 and the verdicts of its table.
 
 Per method, the runs that differ only by seed form a *config*; a config's score is its mean
 final eval loss over seeds, a diverged or failed seed counting as +inf, so a config where any seed
-diverged loses to every config where none did. The best config of each method is compared with a
-baseline method (default: AdamW on the same adapter) by a seeded percentile bootstrap of the
-difference of mean final losses; the difference is *conclusive* only when the 95% interval
-excludes zero.
+diverged loses to every config where none did. Each method's best config is then reported on the
+seeds that did not tune (the test loss when the records have one) and compared with a baseline
+method (default: AdamW on the same adapter) paired by seed, with Holm's correction over the
+table's comparisons (analysis/verdict.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.markdown import markdown_table
 from analysis.records import BAD_STATUSES, SUMMARY_KEYS, ArgumentError, check_compatible, lm_runs
+from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, POWER, compare, verdicts
 
 TUNED_KEYS = ("optimizer.lr", "optimizer.manifold_lr", "adapter.alpha")
 # Keys that do not change what a run computes: a copy of bench.config.NON_SEMANTIC (analysis
@@ -40,8 +41,11 @@ NON_SEMANTIC = (
 _BOOKKEEPING = ("seed", "run_dir", "run_id", "method", "task", "trainer.eval_every")
 _BOOKKEEPING_PREFIXES = ("meta.", "hydra.", "metrics.", "wandb.")
 CONFIG_ID = "meta.config_id"
-N_BOOTSTRAP = 10_000
-CONFIDENCE = 0.95
+# The study protocol's tuning seed: in a table where some method tried more than one config, its
+# rows report the other seeds (when a method has any).
+TUNING_SEEDS = (0,)
+# The reported loss, first present wins: the test split's, else the eval split's (which selects).
+REPORTED_LOSSES = ("final_test_loss", "final_eval_loss")
 
 
 class GridEdgeWarning(UserWarning):
@@ -59,7 +63,7 @@ def run_score(status, final_loss) -> float:
 
 def config_keys(runs: pd.DataFrame) -> list[str]:
     """The settings that vary between the runs of one method: the tuned ones first."""
-    skip = set(SUMMARY_KEYS) | set(_BOOKKEEPING)
+    skip = set(SUMMARY_KEYS) | set(_BOOKKEEPING) | set(REPORTED_LOSSES)
     varying = [
         c for c in runs.columns
         if c not in skip and not c.startswith(_BOOKKEEPING_PREFIXES) and not c.endswith(".seed")
@@ -155,23 +159,6 @@ def grid_edges(runs: pd.DataFrame, keys: list[str], values: dict) -> list[str]:
     return edges
 
 
-def bootstrap_diff(x: np.ndarray, y: np.ndarray, n: int = N_BOOTSTRAP, seed: int = 0,
-                   confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of mean(x) - mean(y), seeds resampled with replacement per side."""
-    rng = np.random.default_rng(seed)
-    mx = x[rng.integers(0, len(x), size=(n, len(x)))].mean(axis=1)
-    my = y[rng.integers(0, len(y), size=(n, len(y)))].mean(axis=1)
-    with np.errstate(invalid="ignore"):
-        diff = mx - my
-    if np.isnan(diff).any():  # inf - inf: both sides have diverged seeds, no finite difference
-        return math.nan, math.nan
-    tail = (1 - confidence) / 2 * 100
-    # "lower"/"higher" rather than interpolation: the differences may be infinite (diverged seeds).
-    low = np.percentile(diff, tail, method="lower")
-    high = np.percentile(diff, 100 - tail, method="higher")
-    return float(low), float(high)
-
-
 def default_baseline(method: str, methods: pd.DataFrame) -> str | None:
     """AdamW on the same adapter: prefer "<adapter>/adamw", else any adamw method of it."""
     adapter = methods.loc[method, "adapter"]
@@ -186,21 +173,48 @@ def _column(df: pd.DataFrame, key: str, default) -> pd.Series:
     return df[key].fillna(default) if key in df else pd.Series(default, index=df.index)
 
 
-def tuned_table(df: pd.DataFrame, baseline: str | None = None, n_boot: int = N_BOOTSTRAP,
-                seed: int = 0) -> pd.DataFrame:
+def reported_loss(df: pd.DataFrame) -> str:
+    """The summary column a table reports: the test loss when the records have one."""
+    for key in REPORTED_LOSSES:
+        if key in df and df[key].notna().any():
+            return key
+    return REPORTED_LOSSES[-1]
+
+
+def seed_losses(runs: pd.DataFrame, loss_key: str) -> pd.Series:
+    """Per seed (index), the reported loss of these runs: +inf if diverged or failed, NaN if no
+    result; the mean when one seed was recorded twice."""
+    values = [run_score(s, f) for s, f in zip(runs["status"], runs[loss_key])]
+    return pd.Series(values, index=_column(runs, "seed", 0).astype(int).to_numpy(),
+                     dtype=float).groupby(level=0).mean()
+
+
+def reporting_losses(per_seed: pd.Series, tuning_seeds) -> pd.Series:
+    """The seeds a row reports: those that did not tune when any has a result, else all."""
+    kept = per_seed[~per_seed.index.isin(list(tuning_seeds))].dropna()
+    return kept if len(kept) else per_seed.dropna()
+
+
+def tuned_table(df: pd.DataFrame, baseline: str | None = None,
+                tuning_seeds=TUNING_SEEDS) -> pd.DataFrame:
     """One row per method at its best hyperparameters, compared with the baseline method.
 
     ``baseline``: a method name used for every row; default AdamW on the same adapter.
-    Columns: method, hyperparameters, <tuned keys>, n_configs, n_seeds, n_diverged, mean, std,
-    delta (mean - baseline mean; negative = lower loss than the baseline), ci_low, ci_high,
-    conclusive ("yes" | "no" | "baseline" | "n/a" without a baseline), edge, baseline.
+    ``tuning_seeds``: left out of every row when the table tuned anything (some method tried
+    more than one config) and the row has other seeds.
+    Columns: method, hyperparameters, <tuned keys>, n_configs, seeds (reported, "(diverged)"
+    marks a diverged one), n_seeds, n_diverged (diverged runs of the chosen config, any seed),
+    mean, std (over the reported seeds), then the comparison with the baseline (verdict.py):
+    test ("paired" | "welch"), n, delta (method - baseline; negative = lower loss than the
+    baseline), ci_low, ci_high, p, p_holm, conclusive ("yes" | "no" | "n/a" | "baseline"),
+    detectable; baseline, edge, loss (the summary column reported), tuning_seeds (left out).
     """
     df = lm_runs(df)
     check_compatible(df)
     if df.empty:
         return pd.DataFrame()
     if "sweep" in df and df["sweep"].nunique() > 1:
-        parts = [tuned_table(runs, baseline, n_boot, seed) for _, runs in df.groupby("sweep")]
+        parts = [tuned_table(runs, baseline, tuning_seeds) for _, runs in df.groupby("sweep")]
         return pd.concat(parts, ignore_index=True)
     df = df.assign(adapter=_column(df, "adapter.name", "full"),
                    optimizer=_column(df, "optimizer.name", "adamw"))
@@ -209,19 +223,41 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, n_boot: int = N_B
     if baseline is not None and baseline not in best:
         raise ArgumentError(f"baseline {baseline!r} is not a method of these runs; "
                          f"methods: {', '.join(best)}")
+    loss_key = reported_loss(df)
+    # An untuned table (one config per method, e.g. the default sweep) has no tuning seed.
+    left_out = sorted(tuning_seeds) if any(c["n_configs"] > 1 for c in best.values()) else []
+    losses = {method: reporting_losses(seed_losses(df[df["run_id"].isin(chosen["run_ids"])],
+                                                   loss_key), left_out)
+              for method, chosen in best.items()}
     rows = []
     for method, chosen in best.items():
         base = baseline or default_baseline(method, methods)
-        rows.append(_table_row(method, chosen, base, best.get(base), methods, n_boot, seed))
+        row = _table_row(method, chosen, losses[method], base, methods)
+        if base in best and base != method:
+            row.update(compare(losses[method], losses[base]))
+        rows.append(row)
     table = pd.DataFrame(rows)
+    compared = table["test"].ne("")
+    if compared.any():
+        judged = verdicts(table[compared])
+        table.loc[compared, "p_holm"] = judged["p_holm"]
+        table.loc[compared, "conclusive"] = judged["conclusive"]
+    table = table.drop(columns="consistent").astype({"n": "Int64"})  # blank: not compared
+    table["loss"] = loss_key
+    table["tuning_seeds"] = ",".join(map(str, left_out))
     if "sweep" in df:
         table.insert(0, "sweep", df["sweep"].iloc[0])
     return table
 
 
-def _table_row(method, chosen, base, base_config, methods, n_boot, seed) -> dict:
-    scores = chosen["scores"]
-    finite = scores[np.isfinite(scores)]
+def _seeds_label(losses: pd.Series) -> str:
+    """"1, 2, 3 (diverged)": the reported seeds, a diverged one marked."""
+    return ", ".join(f"{seed}" + (" (diverged)" if np.isinf(v) else "")
+                     for seed, v in losses.items())
+
+
+def _table_row(method, chosen, losses: pd.Series, base, methods) -> dict:
+    finite = losses[np.isfinite(losses)]
     row = {
         "method": method,
         "adapter": methods.loc[method, "adapter"],
@@ -229,30 +265,22 @@ def _table_row(method, chosen, base, base_config, methods, n_boot, seed) -> dict
         "hyperparameters": config_label(chosen["keys"], chosen["values"].values()),
         **chosen["values"],
         "n_configs": chosen["n_configs"],
-        "n_seeds": len(scores),
+        "seeds": _seeds_label(losses),
+        "n_seeds": len(losses),
         "n_diverged": chosen["n_diverged"],
-        "mean": chosen["mean"],
-        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan,
-        "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-        "conclusive": "n/a",
-        "edge": ",".join(chosen["edge"]),
+        "mean": float(losses.mean()) if len(losses) else math.nan,
+        "std": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
+        "test": "", "n": None, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+        "p": math.nan, "p_holm": math.nan,
+        "conclusive": "baseline" if method == base else "n/a",
+        "detectable": math.nan, "consistent": True,
         "baseline": base or "",
+        "edge": ",".join(chosen["edge"]),
     }
     if chosen["edge"]:
         where = ", ".join(f"{k}={_fmt(chosen['values'][k])}" for k in chosen["edge"])
         warnings.warn(f"{method}: best {where} is on the edge of the grid tried; "
                       "extend the grid", GridEdgeWarning, stacklevel=3)
-    if method == base:
-        row["conclusive"] = "baseline"
-    elif base_config is not None:
-        other = base_config["scores"]
-        with np.errstate(invalid="ignore"):
-            row["delta"] = float(chosen["mean"] - base_config["mean"])
-        if len(scores) and len(other):
-            row["ci_low"], row["ci_high"] = bootstrap_diff(scores, other, n_boot, seed)
-        # One seed per side has no spread to resample: never conclusive.
-        excludes_zero = row["ci_low"] > 0 or row["ci_high"] < 0
-        row["conclusive"] = "yes" if excludes_zero and min(len(scores), len(other)) >= 2 else "no"
     return row
 
 
@@ -270,24 +298,63 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pa
     figures.mkdir(parents=True, exist_ok=True)
     md, csv = figures / f"{sweep}_tuned.md", figures / f"{sweep}_tuned.csv"
     table.to_csv(csv, index=False)
-    shown = ["method", "hyperparameters", "n_configs", "n_seeds", "n_diverged", "mean", "std",
-             "delta", "ci_low", "ci_high", "conclusive", "baseline", "edge"]
+    shown = ["method", "hyperparameters", "n_configs", "seeds", "n_diverged", "mean", "std",
+             "test", "n", "delta", "ci_low", "ci_high", "p", "p_holm", "conclusive",
+             "detectable", "baseline", "edge"]
     md.write_text(
         f"# {sweep}: methods at their tuned hyperparameters\n\n"
         + markdown_table(table[[c for c in shown if c in table]])
-        + "\n\n" + PROTOCOL + "\n"
+        + "\n\n" + reporting(table) + "\n\n" + PROTOCOL + "\n"
     )
     return [md, csv]
 
 
+def reporting(table: pd.DataFrame) -> str:
+    """What this table reports: which loss, over which seeds, and its family of comparisons."""
+    if table.empty:
+        return "No runs."
+    loss = str(table["loss"].iloc[0])
+    kind = (f"test loss (`{loss}`)" if "test" in loss
+            else f"eval loss (`{loss}`: these records have no test split, so the split that "
+                 "selects also reports)")
+    seeds = sorted({s.split(" ")[0] for cell in table["seeds"] for s in cell.split(", ") if s},
+                   key=int)
+    left_out = str(table["tuning_seeds"].iloc[0])
+    why = (f"tuning seed {left_out} is left out wherever a method has other seeds"
+           if left_out else "no configuration was tuned (one per method), so every seed reports")
+    m = int(table["p"].notna().sum())
+    few = int((table["test"].fillna("").ne("") & (table["n"] < MIN_SEEDS)).sum())
+    text = (f"This table reports the final {kind} over seeds {', '.join(seeds)} "
+            f"({why}); Holm's correction runs over its {m} comparison{'s' * (m != 1)} with a "
+            "p-value.")
+    if few > 0:
+        verb = "have" if few != 1 else "has"
+        text += (f" {few} of its comparisons {verb} fewer than {MIN_SEEDS} seeds, so no verdict "
+                 "(n/a) whatever the p-value.")
+    return text
+
+
 PROTOCOL = (
     "Protocol: per method, the hyperparameters with the lowest mean final eval loss over seeds "
-    "among the configurations run with the most seeds (with a grid on one seed and more seeds at "
-    "its best, that best; a diverged or failed seed counts as +inf; std is over the seeds that "
-    "did not); "
-    "delta = mean - baseline mean (negative: lower loss than the baseline);"
-    f" [ci_low, ci_high] = {CONFIDENCE:.0%} percentile bootstrap "
-    f"interval of delta ({N_BOOTSTRAP} resamples of the seeds, seeded); conclusive = the "
-    "interval excludes zero with >= 2 seeds on each side; edge = the best value is the lowest or "
-    "highest of >= 3 values tried."
+    "among the configurations run with the most seeds (with a grid on the tuning seed and more "
+    "seeds at its best, that best); a diverged or failed seed counts as +inf, so a configuration "
+    "where a seed diverged is never chosen over one where none did (n_diverged: diverged runs of "
+    "the chosen configuration). Each row reports its loss at that configuration on the seeds "
+    "listed (a diverged one is marked \"(diverged)\" and counts as +inf: the row's mean is then "
+    "inf; std is over the seeds that finished). Comparisons with the baseline are paired by seed "
+    "(seed s of every method sees the same batches, so the seed-to-seed variance cancels): "
+    "delta = mean over seeds of (method - baseline), negative = the method has the lower loss; "
+    f"[ci_low, ci_high] = the {CONFIDENCE:.0%} interval of delta from the t distribution of the "
+    "paired differences (n - 1 degrees of freedom); p = the two-sided paired t-test; n = the "
+    "paired seeds. When the two arms neither have the same seeds nor share at least "
+    f"{MIN_SEEDS}, test = welch: Welch's unpaired t-test on each arm's seeds, n = the smaller "
+    "arm. The interval and p use the seeds both arms finished; a seed where only one arm "
+    "diverged makes delta +inf (the method diverged) or -inf (the baseline did). p_holm = "
+    "Holm's step-down adjustment of p over all comparisons of this table (monotone, capped at "
+    f"1); conclusive = yes when p_holm < {ALPHA} with n >= {MIN_SEEDS} and no diverged seed "
+    f"points the other way, n/a when n < {MIN_SEEDS} (too few seeds for a verdict, whatever p "
+    "says), else no; detectable = the smallest difference this design detects with "
+    f"{POWER:.0%} power at two-sided alpha {ALPHA}, from n and the observed spread (noncentral "
+    "t), so \"no\" reads as \"no difference larger than detectable\". edge = the best value is "
+    "the lowest or highest of >= 3 values tried."
 )

@@ -386,13 +386,13 @@ def test_a_key_added_later_does_not_split_a_configuration():
 
 def test_results_state_their_study_and_config():
     """results/ (migrated once): every record states its study as the study's YAML declares it
-    and a config_id that is bench's digest of its config with the seed at 0; grouping seeds by
+    and a config_id that is bench's digest of its config without the seed; grouping seeds by
     that id splits each method's runs exactly as the settings that vary between them do."""
     from omegaconf import OmegaConf
 
     from analysis.records import lm_runs
     from analysis.tuning import config_groups, config_keys
-    from bench.run import config_digest
+    from bench.tracking.identity import config_id
     from experiments.__main__ import discover
 
     studies, _ = discover()
@@ -402,8 +402,7 @@ def test_results_state_their_study_and_config():
         cfg = OmegaConf.load(path)
         assert cfg.study.baseline == studies[cfg.study.name].baseline, path
         meta = cfg.pop("meta")
-        cfg.seed = 0
-        assert meta.config_id == config_digest(cfg), path
+        assert meta.config_id == config_id(cfg), path
     runs = lm_runs(load_runs(REPO / "results"))
     for _, method in runs.groupby(["sweep", "method"]):
         keys = config_keys(method)
