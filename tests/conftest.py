@@ -59,6 +59,24 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
+def config_error(overrides: list[str]) -> str:
+    """The line `python -m bench.run OVERRIDES` prints for a bad config, found in process by the
+    checks the entry point makes before any run folder exists: unknown keys on the command
+    line, Hydra's composition against the schema, `validate`, then building everything
+    (`prepare`). Fails the test when the config is accepted."""
+    from bench.config import ConfigError, check_override_keys, validate
+    from bench.run import prepare
+
+    try:
+        check_override_keys(overrides)
+        cfg = compose(overrides)
+        validate(cfg)
+        prepare(cfg)
+    except ConfigError as e:
+        return f"error: {e}"  # as bench.run's main prints it to stderr before exiting with 2
+    raise AssertionError(f"{overrides} was accepted")
+
+
 def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300):
     """Run `python -m bench.run ARGS` in a subprocess from the repo root."""
     env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", **(env_extra or {})}

@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 from bench.config import ConfigError, ModelConfig  # noqa: E402
 from bench.models.hf import HFCausalLM, attention_modules, load_hf  # noqa: E402
 from bench.train import model_seq_len  # noqa: E402
-from tests.conftest import run_cli, run_dirs  # noqa: E402
+from tests.conftest import config_error, run_cli, run_dirs  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
@@ -118,6 +118,7 @@ def test_load_hf_bad_input(tmp_path):
         load_hf(model_cfg(small))
 
 
+@pytest.mark.e2e
 def test_run_end_to_end_with_local_llama(llama_dir, tmp_path):
     out = tmp_path / "runs"
     proc = run_cli(
@@ -151,12 +152,10 @@ def test_run_end_to_end_with_local_llama(llama_dir, tmp_path):
 
 
 def test_run_missing_path_is_a_config_error(tmp_path):
-    proc = run_cli(
-        ["model=hf", "adapter=lora", "adapter.target_modules=[q_proj]", "logger=none",
-         f"out_dir={tmp_path / 'runs'}"],
-        env_extra=OFFLINE,
-        timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert "model.path" in proc.stderr
-    assert not (tmp_path / "runs").exists()
+    out = tmp_path / "runs"
+    line = config_error(["model=hf", "adapter=lora", "adapter.target_modules=[q_proj]",
+                         "logger=none", f"out_dir={out}"])
+    assert line == ("error: model.path is not set: model=hf needs "
+                    "model.path=/path/to/a/local/model/directory (a transformers "
+                    "`save_pretrained` folder; nothing is downloaded)")
+    assert not out.exists()

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import run_cli, run_dirs
 
+pytestmark = pytest.mark.e2e  # every test here launches sweeps in subprocesses
+
 
 def test_two_run_sweep_completes_on_submitit_local(tmp_path, tiny):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

@@ -7,10 +7,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.run import run
 from tests.conftest import ROOT, compose, read_jsonl, run_dirs
 
 
+@pytest.mark.e2e
 def test_lora_run_logs_hessian_spectra_that_the_analysis_draws(tmp_path, tiny):
     summary = run(compose([*tiny, "adapter=lora", "adapter.r=2", "metrics.hessian.every=6",
                            "metrics.hessian.iters=8"]))

@@ -174,6 +174,7 @@ def test_problem_ratios_are_per_problem_medians():
     assert bootstrap_median(np.array([7.0, 7.0])) == (7.0, 7.0)
 
 
+@pytest.mark.e2e
 def test_reduced_study_writes_records_and_figures(tmp_path, one_thread):
     out = tmp_path / "runs"
     args = ["-m", "+experiment=balora_toy", "adapter=lora,balora", "toy.method=gd", "seed=0",

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from bench.config import schema_defaults
@@ -154,6 +155,7 @@ def test_an_own_folder_is_resumed_and_a_record_computed_differently_is_not_taken
     assert (d / "summary.json").is_file() and len(run_dirs(tmp_path / "runs")) == 2
 
 
+@pytest.mark.e2e
 def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
     args = [
         "model.init=scratch",
@@ -209,6 +211,7 @@ def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
     ]
 
 
+@pytest.mark.e2e
 def test_nan_in_one_run_of_a_sweep_marks_it_diverged_and_the_sweep_goes_on(tmp_path, tiny):
     # inject_nan_at beyond max_steps never fires: three distinct runs, one of them diverges.
     out = tmp_path / "runs"

@@ -67,6 +67,7 @@ def read_wandb_log(path: Path, tmp_path: Path) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.e2e
 def test_offline_run_files_hold_the_logged_metrics(tmp_path):
     run_dir = bench_run(tmp_path, "wandb_offline")
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
@@ -112,6 +113,7 @@ def test_offline_run_files_hold_the_logged_metrics(tmp_path):
             assert final[key] == expected, key
 
 
+@pytest.mark.e2e
 def test_logger_none_leaves_no_wandb_files(tmp_path):
     run_dir = bench_run(tmp_path, "none")
     assert (run_dir / "metrics.jsonl").exists()
