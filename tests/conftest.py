@@ -90,6 +90,31 @@ def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300):
     )
 
 
+def kill_at_first_checkpoint(args: list[str], out_dir: Path, timeout: float = 120) -> Path:
+    """Start `python -m bench.run ARGS out_dir=OUT_DIR`, SIGKILL it as soon as its first
+    checkpoint.pt exists (the run must still be going), and return that checkpoint's path."""
+    import signal
+    import time
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args, f"out_dir={out_dir}"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline, checkpoint = time.time() + timeout, None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(Path(out_dir).glob("*/*/checkpoint.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.02)
+    alive = proc.poll() is None
+    if alive:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint is not None and alive, "run ended before its first checkpoint"
+    return checkpoint
+
+
 def run_dirs(out_dir: Path) -> list[Path]:
     """Run directories under out_dir (those with a config.yaml; not Hydra's or submitit's)."""
     return sorted(p.parent for p in Path(out_dir).glob("*/*/config.yaml"))

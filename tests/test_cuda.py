@@ -10,11 +10,6 @@ the conditioning of the random points; TF32 is switched off, since it alone give
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import geoopt
 import pytest
@@ -22,7 +17,14 @@ import torch
 import yaml
 
 from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, build_riemannian
-from tests.conftest import GEOMETRY_VARIANTS, ROOT, make_variant, read_jsonl, run_cli, run_dirs
+from tests.conftest import (
+    GEOMETRY_VARIANTS,
+    kill_at_first_checkpoint,
+    make_variant,
+    read_jsonl,
+    run_cli,
+    run_dirs,
+)
 from tests.test_riemannian_optim import LR, approximation_problem, loss_fn
 
 pytestmark = [
@@ -54,20 +56,8 @@ def no_tf32():
 # -------------------------------------------------------------------------- runs on CUDA
 def test_a_run_completes_on_cuda_and_resumes_from_its_checkpoint(tmp_path):
     args = [*TINY_CUDA, "trainer.max_steps=2000", "trainer.eval_every=500",
-            "trainer.log_every=10", "trainer.checkpoint_every=50", f"out_dir={tmp_path}"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, checkpoint = time.time() + 180, None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(tmp_path.glob("*/*/checkpoint.pt"))
-        if found:
-            checkpoint = found[0]
-            break
-        time.sleep(0.02)
-    assert checkpoint is not None and proc.poll() is None, "run ended before its first checkpoint"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+            "trainer.log_every=10", "trainer.checkpoint_every=50"]
+    checkpoint = kill_at_first_checkpoint(args, tmp_path, timeout=180)
     (run_dir,) = run_dirs(tmp_path)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]
@@ -76,7 +66,7 @@ def test_a_run_completes_on_cuda_and_resumes_from_its_checkpoint(tmp_path):
     kept = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
     kept = [r for r in kept if r["step"] <= saved]
 
-    resumed = run_cli(args)
+    resumed = run_cli([*args, f"out_dir={tmp_path}"])
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2000

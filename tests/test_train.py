@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from bench.config import schema_defaults
 from bench.run import run
 from bench.tracking.identity import run_id
 from bench.train import lr_factor
-from tests.conftest import ROOT, compose, read_jsonl, run_cli, run_dirs
+from tests.conftest import ROOT, compose, kill_at_first_checkpoint, read_jsonl, run_cli, run_dirs
 
 
 def _curve(run_dir):
@@ -176,25 +173,7 @@ def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
     clean = run_cli([*args, f"out_dir={tmp_path / 'clean'}"])
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.run", *args, f"out_dir={out}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    checkpoint = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(out.glob("*/*/checkpoint.pt"))
-        if found:
-            checkpoint = found[0]
-            break
-        time.sleep(0.05)
-    assert checkpoint is not None and proc.poll() is None, "run ended before its first checkpoint"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    checkpoint = kill_at_first_checkpoint(args, out)
     (killed_dir,) = run_dirs(out)
     assert json.loads((killed_dir / "summary.json").read_text())["status"] == "running"
     state = torch.load(checkpoint, weights_only=False)
