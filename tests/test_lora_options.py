@@ -292,3 +292,13 @@ def test_bad_lora_options_stop_in_validate(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(compose(overrides))
     assert str(err.value) == message
+
+
+def test_rslora_scales_a_riemannian_lora_too():
+    cfg = compose(["adapter=lora_riemannian", "adapter.rslora=true", "adapter.r=4",
+                   "optimizer=riemannian_adam"])
+    validate(cfg)
+    assert method_name(cfg) == "lora+rslora/riemannian_adam/lora:fixed_rank_embedded"
+    adapter = build_adapter(cfg.adapter)
+    adapter.apply(_gpt())
+    assert {layer.scaling for _, layer in adapter.targets} == {cfg.adapter.alpha / 2}
