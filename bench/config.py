@@ -20,6 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from bench.adapters import ADAPTERS as ADAPTER_CLASSES
 from bench.adapters.balancing import ALIGNMENTS
 from bench.adapters.balora import MOMENTS
+from bench.adapters.lora import INITS as LORA_INITS
+from bench.adapters.lora import LoRA
 from bench.errors import ConfigError
 from bench.manifolds import MANIFOLDS
 from bench.models.gpt import GPTConfig
@@ -118,6 +120,9 @@ class AdapterConfig:
     start_step: int = 1
     alignment: str = "procrustes"
     moments: str = "keep"
+    # LoRA-type adapters (lora, balora, dora): PEFT's init_lora_weights and use_rslora
+    init: str = "default"  # default | pissa | olora (bench.adapters.lora)
+    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
     # Riemannian LoRA: the update B A on a fixed-rank manifold (issue: riemannian optimizers)
     geometry: str = "euclidean"
     init_scale: float = 1e-3
@@ -271,6 +276,47 @@ def _finite_floats(cfg: Any, node: type = None, prefix: str = "") -> None:
                 )
 
 
+# BaLoRA's projection keys (papers/balora.md §3): adapter=dora refuses any of them off its default
+BALANCING_KEYS = ("project_every", "start_step", "alignment", "moments")
+
+
+def _check_lora_options(cfg: Any) -> None:
+    """adapter.init and adapter.rslora need a LoRA-type adapter on plain weights (task=lm);
+    adapter=dora has no balancing projection and no Riemannian geometry."""
+    a = cfg.adapter
+    _choice("adapter.init", a.init, LORA_INITS)
+    lora_type = [name for name, cls in ADAPTER_CLASSES.items() if issubclass(cls, LoRA)]
+    for key, value, default in (("init", a.init, "default"), ("rslora", a.rslora, False)):
+        if value == default:
+            continue
+        if a.name not in lora_type:
+            raise ConfigError(
+                f"adapter.{key}={value!r} needs a LoRA adapter: allowed adapter.name: "
+                f"{', '.join(lora_type)} (got {a.name!r})"
+            )
+        if cfg.task != "lm":
+            raise ConfigError(f"adapter.{key}={value!r} applies to task=lm only (got {cfg.task!r})")
+    if a.init != "default" and a.geometry != "euclidean":
+        raise ConfigError(
+            f"adapter.init={a.init!r} with adapter.geometry={a.geometry!r}: allowed "
+            "adapter.init=default (a Riemannian LoRA starts at its own random point)"
+        )
+    if a.name == "dora":
+        defaults = AdapterConfig()
+        for key in BALANCING_KEYS:
+            if a[key] != getattr(defaults, key):
+                raise ConfigError(
+                    f"adapter.{key}={a[key]!r} is BaLoRA's balancing projection, which "
+                    f"adapter=dora does not support: allowed adapter.{key}="
+                    f"{getattr(defaults, key)!r}, or adapter=balora"
+                )
+        if a.geometry != "euclidean":
+            raise ConfigError(
+                f"adapter.geometry={a.geometry!r} with adapter=dora: allowed values: euclidean "
+                "(DoRA's magnitude and direction have no fixed-rank manifold here)"
+            )
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that the schema types cannot express. Raises ConfigError."""
     _finite_floats(cfg)
@@ -298,6 +344,7 @@ def validate(cfg: Any) -> None:
         )
     _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
     _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
+    _check_lora_options(cfg)
     _choice("data.name", cfg.data.name, ("builtin", "text"))
     _positive("optimizer.lr", cfg.optimizer.lr)
     if cfg.optimizer.manifold_lr is not None:
@@ -374,7 +421,7 @@ def validate(cfg: Any) -> None:
         )
     if target == "from_baseline":  # a method name: adapter/optimizer[/geometry...]
         parts = str(cfg.metrics.baseline).split("/")
-        if len(parts) < 2 or parts[0] not in ADAPTERS or parts[1] not in OPTIMIZERS:
+        if len(parts) < 2 or parts[0].split("+")[0] not in ADAPTERS or parts[1] not in OPTIMIZERS:
             raise ConfigError(
                 f"metrics.baseline={cfg.metrics.baseline!r} is not a method name "
                 f"<adapter>/<optimizer>[/...]: adapters {', '.join(ADAPTERS)}; optimizers "

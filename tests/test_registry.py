@@ -13,7 +13,7 @@ import bench.config
 from bench.adapters import ADAPTERS, build_adapter
 from bench.adapters.balancing import ALIGNMENTS
 from bench.adapters.balora import MOMENTS
-from bench.adapters.lora import ManifoldLoRALinear
+from bench.adapters.lora import INITS, ManifoldLoRALinear
 from bench.config import ConfigError, validate
 from bench.manifolds import (
     FIXED_RANK,
@@ -105,6 +105,7 @@ def test_riemannian_entries_are_the_riemannian_optimizers():
         ("model.attention.geometry", ("euclidean", *MANIFOLDS), []),
         ("adapter.alignment", ALIGNMENTS, []),
         ("adapter.moments", MOMENTS, []),
+        ("adapter.init", INITS, ["adapter=lora"]),
     ],
 )
 def test_schema_allows_exactly_the_registered_names(key, registered, companions):

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from bench.adapters.balora import BaLoRA
 from bench.adapters.base import Adapter, count_trainable, find_targets
+from bench.adapters.dora import DoRA
 from bench.adapters.full import Full
 from bench.adapters.lora import LoRA
 from bench.errors import ConfigError
 
-ADAPTERS: dict[str, type[Adapter]] = {cls.name: cls for cls in (Full, LoRA, BaLoRA)}
+ADAPTERS: dict[str, type[Adapter]] = {cls.name: cls for cls in (Full, LoRA, BaLoRA, DoRA)}
 
 
 def build_adapter(cfg) -> Adapter:

@@ -1,7 +1,15 @@
 """LoRA (Hu et al. 2021) in PEFT's notation: W = W0 + s * B @ A, s = alpha / r.
 
 A = `lora_A` (r x in, kaiming-uniform), B = `lora_B` (out x r, zeros), so the model's function is
-unchanged at init. Base weights are frozen. `balora/gap = ||B^T B - A A^T||_F` is logged for
+unchanged at init. Base weights are frozen. Options, each PEFT's (peft 0.21.2, `LoraConfig`):
+`rslora` scales by s = alpha / sqrt(r) (`use_rslora`); `init` = pissa | olora (`init_lora_weights`)
+starts B A from W0 and rewrites the base to W0 - s B A, so the function is still unchanged:
+
+    pissa  W0 = U S V^T (exact SVD): B = U_r sqrt(S_r / s), A = sqrt(S_r / s) V_r^T; s B A is W0's
+           best rank-r part and A A^T = B^T B = S_r / s (balanced)
+    olora  W0 = Q R (reduced QR): B = Q_r (B^T B = I), A = R_r (its first r rows); no 1/s, so the
+           adapter starts at s Q_r R_r (maximally unbalanced)
+ `balora/gap = ||B^T B - A A^T||_F` is logged for
 plain LoRA too: under gradient flow it is conserved, so LoRA never balances itself
 (papers/balora.md §2).
 """
@@ -19,20 +27,58 @@ from bench.adapters.base import Adapter, find_targets, freeze_all
 from bench.errors import ConfigError
 from bench.manifolds import FIXED_RANK, geometry_kind, make
 
+# adapter.init: how B A starts (module docstring)
+INITS = ("default", "pissa", "olora")
+
+
+def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
+    """s = alpha / r, or alpha / sqrt(r) with rsLoRA (Kalajdzievski 2023)."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
 
 class LoRALinear(nn.Module):
     """y = base(x) + s * dropout(x) A^T B^T, with x (..., in) -> y (..., out)."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "default",
+        rslora: bool = False,
+    ):
         super().__init__()
+        if init not in INITS:
+            raise ConfigError(f"adapter.init={init!r} is not allowed; allowed values: "
+                              f"{', '.join(INITS)}")
         self.base = base
         out_features, in_features = base.weight.shape
-        self.r, self.scaling = r, alpha / r
+        self.r, self.scaling = r, lora_scale(alpha, r, rslora)
         self.lora_A = nn.Parameter(torch.empty(r, in_features, device=base.weight.device))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=base.weight.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's init of A
+        if init == "default":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's init of A
+        else:
+            self._init_from_base(init)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+
+    @torch.no_grad()
+    def _init_from_base(self, init: str) -> None:
+        """PiSSA or OLoRA (module docstring), in float32 as PEFT; the base becomes W0 - s B A."""
+        weight = self.base.weight
+        w0, r, s = weight.float(), self.r, self.scaling  # (out, in)
+        if init == "pissa":
+            U, S, Vh = torch.linalg.svd(w0, full_matrices=False)  # (out, k), (k,), (k, in)
+            root = (S[:r] / s).sqrt()  # (r,)
+            A, B = root[:, None] * Vh[:r], U[:, :r] * root  # (r, in), (out, r)
+        else:
+            Q, R = torch.linalg.qr(w0)  # (out, k), (k, in)
+            A, B = R[:r], Q[:, :r]
+        self.lora_A.copy_(A)
+        self.lora_B.copy_(B)
+        weight.copy_(w0 - (s * B) @ A)  # the residual, so that W0 - s B A + s B A = W0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -62,7 +108,15 @@ class ManifoldLoRALinear(nn.Module):
     init is unchanged (issue: Riemannian LoRA). x (..., in) -> base(x) + s (x R) L^T.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, geometry: str, init_scale: float):
+    def __init__(
+        self,
+        base: nn.Linear,
+        r: int,
+        alpha: float,
+        geometry: str,
+        init_scale: float,
+        rslora: bool = False,
+    ):
         super().__init__()
         if geometry_kind(geometry) != "fixed_rank":
             raise ConfigError(
@@ -70,7 +124,7 @@ class ManifoldLoRALinear(nn.Module):
                 f"{' or '.join(FIXED_RANK)}"
             )
         out_f, in_f = base.weight.shape
-        self.base, self.r, self.scaling = base, r, alpha / r
+        self.base, self.r, self.scaling = base, r, lora_scale(alpha, r, rslora)
         self.manifold = make(geometry, out_f, in_f, r)
         x0 = self.manifold.random_point(dtype=torch.float64)
         left, right = self.manifold.factors(x0)  # (out, r), (in, r), entries ~ 1 / sqrt(dim)
@@ -86,6 +140,16 @@ class ManifoldLoRALinear(nn.Module):
         return self.base(x) + (x @ right) @ left.T * self.scaling
 
 
+def _is_shared(model: nn.Module, linear: nn.Linear) -> bool:
+    """Whether linear's weight is also another module's parameter (tied embeddings)."""
+    return any(
+        p is linear.weight
+        for m in model.modules()
+        if m is not linear
+        for p in m.parameters(recurse=False)
+    )
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -93,6 +157,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 class LoRA(Adapter):
     name = "lora"
+    layer_class = LoRALinear  # the (A, B)-factored layer; DoRA's subclasses it
 
     def apply(self, model: nn.Module) -> nn.Module:
         targets = find_targets(model, self.cfg.target_modules)
@@ -106,6 +171,12 @@ class LoRA(Adapter):
                     f"adapter.r={r} does not fit module {name} of shape {out_f} x {in_f}: "
                     f"allowed 1 <= r <= {min(in_f, out_f)}"
                 )
+            if self.cfg.get("init", "default") != "default" and _is_shared(model, linear):
+                raise ConfigError(
+                    f"adapter.init={self.cfg.init} rewrites the base weight of {name}, which is "
+                    "tied to another module (model.tie_embeddings): allowed adapter.init=default "
+                    "or adapter.target_modules without it"
+                )
             layer = self.make_layer(linear)
             _set_module(model, name, layer)
             self.targets.append((name, layer))
@@ -113,9 +184,15 @@ class LoRA(Adapter):
 
     def make_layer(self, linear: nn.Linear) -> nn.Module:
         c = self.cfg
+        init, rslora = c.get("init", "default"), c.get("rslora", False)
         if c.get("geometry", "euclidean") != "euclidean":
-            return ManifoldLoRALinear(linear, c.r, c.alpha, c.geometry, c.init_scale)
-        return LoRALinear(linear, c.r, c.alpha, c.dropout)
+            if init != "default":
+                raise ConfigError(
+                    f"adapter.init={init!r} with adapter.geometry={c.geometry!r}: allowed "
+                    "adapter.init=default (a Riemannian LoRA starts at its own random point)"
+                )
+            return ManifoldLoRALinear(linear, c.r, c.alpha, c.geometry, c.init_scale, rslora)
+        return self.layer_class(linear, c.r, c.alpha, c.dropout, init, rslora)
 
     def layers(self) -> list[LoRALinear]:
         """The (A, B)-factored layers (not the Riemannian ones, which have no A and B)."""

@@ -29,14 +29,20 @@ from bench.tracking.record import RunRecord
 
 
 def method_name(cfg) -> str:
-    """The method a run belongs to. LM: adapter/optimizer[/geometry[+block][+retraction]]
-    [/lora:<geometry>]; toy: adapter[:alignment]/<toy.method> (alignment when not procrustes)."""
+    """The method a run belongs to. LM: adapter[+init][+rslora]/optimizer
+    [/geometry[+block][+retraction]][/lora:<geometry>] (init, rslora only off their defaults); toy:
+    adapter[:alignment]/<toy.method> (alignment when not procrustes)."""
     if cfg.task == "toy":
         adapter = cfg.adapter.name
         if adapter == "balora" and cfg.adapter.alignment != "procrustes":
             adapter += ":" + cfg.adapter.alignment
         return f"{adapter}/{cfg.toy.method}"
-    parts = [cfg.adapter.name, cfg.optimizer.name]
+    adapter = cfg.adapter.name  # + LoRA options off their defaults: lora+pissa, lora+rslora
+    if cfg.adapter.get("init", "default") != "default":
+        adapter += "+" + cfg.adapter.init
+    if cfg.adapter.get("rslora", False):
+        adapter += "+rslora"
+    parts = [adapter, cfg.optimizer.name]
     attention = cfg.model.attention
     if attention.geometry != "euclidean":
         parts.append(attention.geometry + ("+block" if attention.block else "")
