@@ -195,13 +195,28 @@ def reporting_losses(per_seed: pd.Series, tuning_seeds) -> pd.Series:
     return kept if len(kept) else per_seed.dropna()
 
 
+def declared_tuning_seeds(df: pd.DataFrame) -> tuple[int, ...]:
+    """The tuning seeds the records' study block states (`study.tuning_seeds`, flattened to
+    "0" or "0,1"), else the protocol's TUNING_SEEDS; records of one sweep that disagree are an
+    error."""
+    column = df.get("study.tuning_seeds")
+    stated = set() if column is None else {str(v) for v in column.dropna() if str(v) != ""}
+    if len(stated) > 1:
+        raise ArgumentError(f"the records of one sweep state different study.tuning_seeds: "
+                            f"{', '.join(sorted(stated))}")
+    if not stated:
+        return TUNING_SEEDS
+    return tuple(int(seed) for seed in stated.pop().split(","))
+
+
 def tuned_table(df: pd.DataFrame, baseline: str | None = None,
-                tuning_seeds=TUNING_SEEDS) -> pd.DataFrame:
+                tuning_seeds=None) -> pd.DataFrame:
     """One row per method at its best hyperparameters, compared with the baseline method.
 
     ``baseline``: a method name used for every row; default AdamW on the same adapter.
     ``tuning_seeds``: left out of every row when the table tuned anything (some method tried
-    more than one config) and the row has other seeds.
+    more than one config) and the row has other seeds; default: what the records' study block
+    states (`declared_tuning_seeds`).
     Columns: method, hyperparameters, <tuned keys>, n_configs, seeds (reported, "(diverged)"
     marks a diverged one), n_seeds, n_diverged (diverged runs of the chosen config, any seed),
     mean, std (over the reported seeds), then the comparison with the baseline (verdict.py):
@@ -216,6 +231,8 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
     if "sweep" in df and df["sweep"].nunique() > 1:
         parts = [tuned_table(runs, baseline, tuning_seeds) for _, runs in df.groupby("sweep")]
         return pd.concat(parts, ignore_index=True)
+    if tuning_seeds is None:
+        tuning_seeds = declared_tuning_seeds(df)
     df = df.assign(adapter=_column(df, "adapter.name", "full"),
                    optimizer=_column(df, "optimizer.name", "adamw"))
     best = {method: best_config(runs) for method, runs in df.groupby("method", sort=True)}

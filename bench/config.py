@@ -212,6 +212,10 @@ class StudyConfig:
     # tuning seed) or "seeds:<experiment>" (each method's best config of that grid, more seeds)
     stages: list[str] = field(default_factory=list)
     seconds_per_run: float = 30.0  # estimate on 2 cores with 2 workers, until runs exist
+    # the verdict protocol (DESIGN.md §8): grids tune on the tuning seeds; each method's best
+    # configuration then runs on the reporting seeds, which alone are reported
+    tuning_seeds: list[int] = field(default_factory=lambda: [0])
+    reporting_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     smoke: list[str] = field(default_factory=list)  # overrides that shrink it for the smoke test
 
 

@@ -36,7 +36,6 @@ from bench.config import ConfigError, StudyConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "experiment"
 
-SEEDS = "1,2"  # the extra seeds run at each method's best configuration
 STAGE_KINDS = ("grid", "seeds")
 
 
@@ -49,6 +48,12 @@ class Study:
     stages: list[tuple[str, str]]
     seconds_per_run: float
     smoke: list[str]
+    reporting_seeds: list[int]
+
+    @property
+    def seeds(self) -> str:
+        """The reporting seeds as a Hydra sweep value: "1,2,3,4,5"."""
+        return ",".join(map(str, self.reporting_seeds))
 
 
 def load_experiment(name: str) -> DictConfig:
@@ -109,11 +114,14 @@ def discover() -> tuple[dict[str, Study], list[str]]:
     does not exist, does not list it among its stages, or declares another baseline."""
     blocks = {path.stem: _study_block(path.stem) for path in sorted(CONF.glob("*.yaml"))}
     studies = {}
+    default = StudyConfig()
     for stem, block in blocks.items():
         if block and block.get("name") == stem:
-            studies[stem] = Study(stem, block.get("baseline"), _stages(stem, block.get("stages")),
-                                  float(block.get("seconds_per_run", 30.0)),
-                                  [str(o) for o in block.get("smoke") or []])
+            studies[stem] = Study(
+                stem, block.get("baseline"), _stages(stem, block.get("stages")),
+                float(block.get("seconds_per_run", default.seconds_per_run)),
+                [str(o) for o in block.get("smoke") or []],
+                [int(s) for s in block.get("reporting_seeds", default.reporting_seeds)])
     loose = []
     for stem, block in blocks.items():
         if not block or block.get("name") is None:
@@ -181,7 +189,7 @@ def sweep_of(experiment: str) -> str:
 
 def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     total = 0.0
-    print(f"{'study':<24}{'stage':<42}{'runs':>6}{'est. minutes':>14}")
+    print(f"{'study':<24}{'stage':<60}{'runs':>6}{'est. minutes':>14}")
     for name, study in studies.items():
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
@@ -190,26 +198,25 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
                 n = count_runs(exp)
             else:  # one extra run per seed for each method of the grid
                 methods = best_overrides(out_dir, sweep_of(exp), exp)
-                n = len(SEEDS.split(",")) * max(1, len(methods))
+                n = len(study.reporting_seeds) * max(1, len(methods))
             minutes = n * per_run / workers / 60
             runs, study_minutes = runs + n, study_minutes + minutes
-            label = f"{kind} {exp}" + (f" (seeds {SEEDS} at the best config)" if kind == "seeds"
-                                       else "")
-            print(f"{name:<24}{label:<42}{n:>6}{minutes:>14.1f}")
-        print(f"{name:<24}{'all stages':<42}{runs:>6}{study_minutes:>14.1f}")
+            label = f"{kind} {exp}" + (f" (seeds {study.seeds})" if kind == "seeds" else "")
+            print(f"{name:<24}{label:<60}{n:>6}{minutes:>14.1f}")
+        print(f"{name:<24}{'all stages':<60}{runs:>6}{study_minutes:>14.1f}")
         total += study_minutes
     print(f"estimated total: {total:.0f} minutes (completed runs are skipped)")
     return total
 
 
-def commands(kind: str, exp: str, out_dir: Path) -> list[list[str]]:
+def commands(kind: str, exp: str, out_dir: Path, seeds: str) -> list[list[str]]:
     base = [sys.executable, "-m", "bench.run", "-m"]
     if kind == "grid":
         return [[*base, f"+experiment={exp}", f"out_dir={out_dir}"]]
     best = best_overrides(out_dir, sweep_of(exp), exp)
     if not best:
         print(f"note: no completed seed-0 run of {exp} yet; run its grid first", file=sys.stderr)
-    return [[*base, *overrides, f"seed={SEEDS}", f"out_dir={out_dir}"]
+    return [[*base, *overrides, f"seed={seeds}", f"out_dir={out_dir}"]
             for overrides in best.values()]
 
 
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name, study in chosen.items():
         for kind, exp in study.stages:
-            for cmd in commands(kind, exp, Path(args.out_dir)):
+            for cmd in commands(kind, exp, Path(args.out_dir), study.seeds):
                 print("$", " ".join(cmd[1:]), flush=True)
                 if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                     print(f"study {name}: {exp} failed; rerun to resume", file=sys.stderr)

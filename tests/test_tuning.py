@@ -205,3 +205,17 @@ def test_records_stating_their_config_are_grouped_by_it():
         row["meta.config_id"] = f"id{row['trainer.eval_every']}"
     stated = table(rows).loc["lora/adamw"]
     assert (stated["n_configs"], stated["n_seeds"], stated["mean"]) == (2, 2, pytest.approx(1.95))
+
+
+def test_tuning_seeds_come_from_the_records_study_block():
+    """A sweep whose records state study.tuning_seeds=[1] leaves seed 1 out (not seed 0); one
+    whose records disagree is an error."""
+    from analysis.records import ArgumentError
+
+    rows = [run("lora/adamw", lr, seed, 2.0 + lr + 0.01 * seed, **{"study.tuning_seeds": "1"})
+            for lr in (1e-3, 1e-2) for seed in (0, 1, 2)]
+    row = tuned_table(pd.DataFrame(rows)).iloc[0]
+    assert row["seeds"] == "0, 2" and row["tuning_seeds"] == "1"
+    rows[0]["study.tuning_seeds"] = "0"
+    with pytest.raises(ArgumentError, match="different study.tuning_seeds"):
+        tuned_table(pd.DataFrame(rows))
