@@ -189,3 +189,60 @@ def test_wandb_mode_environment_variable_wins(tmp_path, monkeypatch):
     logger = WandbLogger(mode="offline", project="p", entity=None, run_dir=tmp_path, name="n",
                          group="g", tags=[], config={}, run_id="x")
     assert logger.run is None
+
+
+def wandb_history(folder: Path, tmp_path: Path) -> tuple[list[dict], dict]:
+    """The history rows and the final summary of one offline-run folder, as W&B decodes them."""
+    (log,) = folder.glob("run-*.wandb")
+    history, summary = [], {}
+    for rec in read_wandb_log(log, tmp_path):
+        if rec["type"] == "history":
+            history.append(rec["history"]["item"])
+        elif rec["type"] == "summary":
+            summary.update(rec["summary"].get("update", {}))
+    return history, summary
+
+
+@pytest.mark.e2e
+def test_killed_and_relaunched_run_is_one_complete_wandb_run(tmp_path):
+    """A run killed at its first checkpoint and launched again: exactly one offline folder (the
+    one `wandb sync runs/*/*/wandb/offline-run-*` publishes) holds every metrics.jsonl row once,
+    in order; the killed and resumed segments of its id are under wandb/partial/."""
+    from tests.conftest import kill_at_first_checkpoint
+
+    args = [*FAST, "trainer.max_steps=120", "trainer.log_every=20", "trainer.eval_every=60",
+            "trainer.checkpoint_every=40", "trainer.threads=1", "logger=wandb_offline"]
+    out_dir = tmp_path / "runs"
+    kill_at_first_checkpoint(args, out_dir, env=wandb_env(tmp_path, WANDB_MODE="offline"))
+    (run_dir,) = [p.parent for p in out_dir.glob("*/*/config.yaml")]
+    killed = list(run_dir.glob("wandb/offline-run-*"))
+    assert len(killed) == 1  # the killed process's own folder
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args, f"out_dir={out_dir}"],
+        cwd=REPO, env=wandb_env(tmp_path), capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(0, 121, 20))
+
+    published = sorted(out_dir.glob("*/*/wandb/offline-run-*"))  # what the README syncs
+    assert len(published) == 1 and published[0].name.endswith(run_dir.name)
+    history, final = wandb_history(published[0], tmp_path)
+    assert [h["step"] for h in history] == [r["step"] for r in rows]  # every row once, in order
+    for row, item in zip(rows, history, strict=True):
+        for key, value in row.items():
+            if value is not None:
+                assert item[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    assert final["status"] == "completed" and final["steps"] == 120
+    # define_metric: the run table shows the best eval loss, not the last.
+    evals = [r["eval/loss"] for r in rows if r.get("eval/loss") is not None]
+    assert final["eval/loss"]["min"] == pytest.approx(min(evals), rel=1e-6)
+
+    # Both processes' folders (the killed one, the resumed one with only the later rows) are
+    # kept apart, outside the sync glob.
+    partial = sorted((run_dir / "wandb" / "partial").iterdir())
+    assert killed[0].name in [p.name for p in partial] and len(partial) == 2
+    resumed, _ = wandb_history(next(p for p in partial if p.name != killed[0].name), tmp_path)
+    assert 0 < len(resumed) < len(rows) and resumed[0]["step"] > 0
