@@ -246,3 +246,79 @@ def test_killed_and_relaunched_run_is_one_complete_wandb_run(tmp_path):
     assert killed[0].name in [p.name for p in partial] and len(partial) == 2
     resumed, _ = wandb_history(next(p for p in partial if p.name != killed[0].name), tmp_path)
     assert 0 < len(resumed) < len(rows) and resumed[0]["step"] > 0
+
+
+class FakeRun:
+    """What WandbLogger uses of a wandb run; its folder is made as wandb.init makes one."""
+
+    def __init__(self, root: Path, number: int, run_id: str):
+        folder = root / "wandb" / f"offline-run-2026010{number}_000000-{run_id}"
+        (folder / "files").mkdir(parents=True)
+        self.dir, self.rows, self.summary, self.exit_code = str(folder / "files"), [], {}, None
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def log(self, row):
+        self.rows.append(row)
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+def fake_wandb(tmp_path, monkeypatch, mode: str = "offline") -> list[FakeRun]:
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", mode)
+    runs: list[FakeRun] = []
+
+    def init(**kwargs):
+        runs.append(FakeRun(tmp_path, len(runs), kwargs["id"]))
+        return runs[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    return runs
+
+
+def write_rows(run_dir: Path, steps: list[int]) -> list[dict]:
+    rows = [{"step": s, "train/loss": 1.0 / (s + 1), "eval/loss": None} for s in steps]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [{k: v for k, v in r.items() if v is not None} for r in rows]
+
+
+def test_rows_after_the_last_logged_are_appended_to_the_same_run(tmp_path, monkeypatch):
+    runs = fake_wandb(tmp_path, monkeypatch)
+    rows = write_rows(tmp_path, [0, 3, 6, 7])  # 7: the row of a diverged step (record only)
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    for row in rows[:3]:
+        logger.log(row)
+    logger.finish({"status": "diverged"})
+    assert len(runs) == 1 and runs[0].rows == rows and runs[0].exit_code == 1
+    assert not (tmp_path / "wandb" / "partial").exists()
+
+
+def test_resumed_offline_run_is_replayed_and_its_segments_set_apart(tmp_path, monkeypatch):
+    runs = fake_wandb(tmp_path, monkeypatch)
+    rows = write_rows(tmp_path, [0, 3, 6, 9, 12])
+    killed = FakeRun(tmp_path, 9, "x-s0-0")  # an earlier process's folder of the same id
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    for row in rows[2:]:  # resumed from the checkpoint at step 6
+        logger.log(row)
+    logger.finish({"status": "completed", "steps": 12})
+    assert len(runs) == 2 and runs[0].rows == rows[2:] and runs[1].rows == rows
+    assert runs[1].summary == {"status": "completed", "steps": 12} and runs[1].exit_code == 0
+    assert [p.name for p in (tmp_path / "wandb").glob("offline-run-*")] == \
+        [Path(runs[1].dir).parent.name]
+    assert sorted(p.name for p in (tmp_path / "wandb" / "partial").iterdir()) == sorted(
+        [Path(runs[0].dir).parent.name, Path(killed.dir).parent.name])
+
+
+def test_resumed_online_run_is_not_replayed(tmp_path, monkeypatch):
+    runs = fake_wandb(tmp_path, monkeypatch, mode="online")
+    rows = write_rows(tmp_path, [0, 3, 6, 9, 12])
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    for row in rows[2:]:
+        logger.log(row)
+    logger.finish({"status": "completed"})
+    assert len(runs) == 1 and runs[0].rows == rows[2:]  # nothing appended twice

@@ -100,10 +100,10 @@ class WandbLogger:
             rows = self._record_rows()
             steps = [r.get("step") for r in rows]
             logged = len(self.logged_steps)
-            replay = self.mode == "offline" and (
-                steps[:logged] != self.logged_steps or bool(self._segments()))
-            if not replay:  # rows the record holds after the last one logged (a diverged step)
-                for row in rows[logged:]:
+            prefix = steps[:logged] == self.logged_steps  # this process logged rows 0..logged-1
+            replay = self.mode == "offline" and (not prefix or bool(self._segments()))
+            if prefix and not replay:  # the record's rows after the last one logged (the row
+                for row in rows[logged:]:  # of a diverged step; a toy run's curve)
                     self.run.log(_loggable(row))
             self._end(self.run, summary)
             if replay:
