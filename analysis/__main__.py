@@ -70,6 +70,10 @@ def run(args: dict) -> list[str]:
     if curves is None:
         curves = load_curves(runs)
 
+    from analysis.targets import with_targets
+
+    runs = with_targets(runs, curves)  # time to a from_baseline target, from the records
+
     from analysis.plots import draw_sweep
     from analysis.report import write_report
     from analysis.tables import write_summary

@@ -205,7 +205,8 @@ def steps_to_target(runs, curves, figures, sweep, **_):
                     textcoords="offset points", ha="center", fontsize=8)
     ax.set_xticks(range(shown["method"].nunique()))
     ax.set_xticklabels(sorted(shown["method"].unique()), rotation=30, ha="right", fontsize=8)
-    target = lm["metrics.target_loss"].dropna().unique() if "metrics.target_loss" in lm else []
+    # The resolved target (analysis/targets.py: a number, or the sweep's baseline loss).
+    target = lm["target_loss"].dropna().unique() if "target_loss" in lm else []
     where = f" (eval loss {target[0]:.4g})" if len(target) == 1 else ""
     ax.set_ylabel(f"steps to target{where}")
     ax.set_title(f"{sweep}: steps to target; k/n = seeds that reached it")

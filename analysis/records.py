@@ -24,6 +24,7 @@ SUMMARY_KEYS = (
     "steps_to_target",
     "tokens_to_target",
     "seconds_to_target",
+    "target_loss",  # the target those were measured against (analysis/targets.py resolves it)
     "tokens_per_s",
     "peak_mem_mb",
     "error",

@@ -29,6 +29,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
                 "steps": run.get("steps"),
                 "final loss": run.get("final_eval_loss"),
                 "best loss": run.get("best_eval_loss"),
+                "steps to target": run.get("steps_to_target"),
                 "tokens/s": run.get("tokens_per_s"),
                 "tuned": "yes" if run["run_id"] in chosen else "",
                 "error": (str(error)[:80] if isinstance(error, str) and error else ""),
@@ -36,7 +37,8 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
             })
     table = pd.DataFrame(rows)
     if not table.empty:
-        table["steps"] = table["steps"].astype("Int64")
+        for column in ("steps", "steps to target"):
+            table[column] = pd.to_numeric(table[column]).astype("Int64")
     return table
 
 

@@ -28,7 +28,6 @@ from bench.adapters import build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.data.corpus import check_context, eval_batches, load_corpus
 from bench.metrics.monitor import HessianMonitor
-from bench.metrics.targets import fill_targets
 from bench.models import build_model
 from bench.optim import build_optimizer
 from bench.pretrain import load_pretrained
@@ -240,25 +239,13 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     summary = {**prepared.summary, **summary}
+    # Only this run writes its record: a from_baseline target is resolved by analysis, from the
+    # records of the whole sweep (analysis/targets.py).
     record.write_summary(summary)
     record.close()
-    if cfg.metrics.target_loss == "from_baseline":
-        summary = _fill_from_baseline(cfg, record) or summary
     logger.finish(summary)
     print(f"[bench] {rid}: {summary['status']}" + task.describe(summary))
     return summary
-
-
-def _fill_from_baseline(cfg, record: RunRecord) -> dict | None:
-    """Time to the baseline's final loss for every finished run of the sweep (the last run to
-    finish fills them all; bench/metrics/targets.py). None while the baseline has not finished."""
-    try:
-        target = fill_targets(record.dir.parent, cfg.metrics.baseline)
-    except ConfigError as e:  # the baseline's runs have not (all) finished yet
-        print(f"[bench] note: {e}; time to target is filled when it finishes")
-        return None
-    print(f"[bench] time to the baseline's loss {target:.4f} filled in for sweep {cfg.sweep}")
-    return record.read_summary()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -259,7 +259,7 @@ class Trainer:
 
     def _time_to_target(self) -> dict:
         """AlgoPerf's time to result, from the rows this run logged (bench/metrics/targets.py);
-        `from_baseline` is resolved after the sweep, by bench.run."""
+        `from_baseline` is resolved from the records by analysis (analysis/targets.py)."""
         target = self.target_loss
         if not isinstance(target, (int, float)) or isinstance(target, bool):
             return dict.fromkeys(TARGET_KEYS)

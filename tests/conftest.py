@@ -90,13 +90,15 @@ def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300):
     )
 
 
-def kill_at_first_checkpoint(args: list[str], out_dir: Path, timeout: float = 120) -> Path:
+def kill_at_first_checkpoint(args: list[str], out_dir: Path, timeout: float = 120,
+                             env: dict | None = None) -> Path:
     """Start `python -m bench.run ARGS out_dir=OUT_DIR`, SIGKILL it as soon as its first
-    checkpoint.pt exists (the run must still be going), and return that checkpoint's path."""
+    checkpoint.pt exists (the run must still be going), and return that checkpoint's path.
+    `env`: the subprocess's environment (default: this one with W&B disabled)."""
     import signal
     import time
 
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env = env if env is not None else {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, "-m", "bench.run", *args, f"out_dir={out_dir}"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

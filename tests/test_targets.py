@@ -1,18 +1,18 @@
-"""Time to target and from_baseline targets on hand-made rows and synthetic run folders."""
+"""Time to target on hand-made rows, from_baseline targets resolved by analysis from synthetic
+run folders, and a from_baseline sweep whose runs each write only their own record."""
 
 import json
+import math
 
 import pytest
 import yaml
 
-from bench.config import ConfigError
-from bench.metrics.targets import (
-    BaselineNotReady,
-    baseline_target,
-    check_baseline,
-    fill_targets,
-    time_to_target,
-)
+from analysis import targets as analysis_targets
+from analysis.__main__ import main as analysis_main
+from analysis.records import load_runs
+from bench.metrics.targets import time_to_target
+from bench.run import run
+from tests.conftest import compose, read_jsonl, run_dirs
 
 ROWS = [
     {"step": 0, "tokens": 0, "wall_s": 0.0, "eval/loss": 5.0},
@@ -42,6 +42,20 @@ def test_time_to_target_is_the_first_eval_row_at_or_below():
         time_to_target(ROWS, float("nan"))
 
 
+def test_analysis_time_to_target_agrees_with_bench():
+    """analysis/targets.py re-implements bench's rule (analysis never imports bench)."""
+    rows = [*ROWS, {"step": 60, "tokens": 3840, "wall_s": 9.0, "eval/loss": math.nan},
+            {"step": 70, "tokens": 4480, "wall_s": 10.5, "eval/loss": 1.0}]
+    for target in (None, 0.5, 1.0, 2.0, 2.5, 2.9, 3.0, 3.5, 3.9, 5.0, 9.0, 4):
+        for data in (rows, rows[:3], []):
+            assert analysis_targets.time_to_target(data, target) == time_to_target(data, target)
+    for bad in (math.nan, math.inf, True, "from_baseline"):
+        with pytest.raises(ValueError, match="finite"):
+            analysis_targets.time_to_target(ROWS, bad)
+        with pytest.raises(ValueError, match="finite"):
+            time_to_target(ROWS, bad)
+
+
 def make_run(
     sweep,
     name,
@@ -59,7 +73,7 @@ def make_run(
         "seed": seed,
         "optimizer": {"lr": lr},
         "trainer": {"log_every": 10},
-        "metrics": {"target_loss": target_loss},
+        "metrics": {"target_loss": target_loss, "baseline": "full/adamw"},
         "meta": {"method": method, "run_id": name},
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -76,70 +90,89 @@ def make_run(
     return run
 
 
-def read_summary(run):
-    return json.loads((run / "summary.json").read_text())
+def table(runs_dir):
+    """The run table with time to target resolved, as `python -m analysis` draws it."""
+    from analysis.records import load_curves
+
+    runs = load_runs(runs_dir)
+    return analysis_targets.with_targets(runs, load_curves(runs)).set_index("run_id")
 
 
 def test_baseline_target_is_the_best_mean_over_seeds(tmp_path):
-    make_run(tmp_path, "full-s0", "full/adamw", 3.0, seed=0)
-    make_run(tmp_path, "full-s1", "full/adamw", 3.2, seed=1, status="completed")
-    make_run(tmp_path, "full-s2", "full/adamw", None, seed=2, status="diverged")  # left out
-    make_run(tmp_path, "full-s3", "full/adamw", 2.0, seed=3, status="running")  # left out
-    make_run(tmp_path, "full-lr-s0", "full/adamw", 3.4, seed=0, lr=1e-2)  # worse mean 3.15
-    make_run(tmp_path, "full-lr-s1", "full/adamw", 2.9, seed=1, lr=1e-2)  # (but the best seed)
-    make_run(tmp_path, "lora-s0", "lora/adamw", 2.5)
-    assert baseline_target(tmp_path, "full/adamw") == pytest.approx(3.1)
-    assert baseline_target(tmp_path, "lora/adamw") == pytest.approx(2.5)
+    sweep = tmp_path / "s"
+    make_run(sweep, "full-s0", "full/adamw", 3.0, seed=0)
+    make_run(sweep, "full-s1", "full/adamw", 3.2, seed=1, status="completed")
+    make_run(sweep, "full-s2", "full/adamw", None, seed=2, status="diverged")  # left out
+    make_run(sweep, "full-s3", "full/adamw", 2.0, seed=3, status="running")  # left out
+    make_run(sweep, "full-lr-s0", "full/adamw", 3.4, seed=0, lr=1e-2)  # worse mean 3.15
+    make_run(sweep, "full-lr-s1", "full/adamw", 2.9, seed=1, lr=1e-2)  # (but the best seed)
+    make_run(sweep, "lora-s0", "lora/adamw", 2.5)
+    runs = load_runs(tmp_path)
+    assert analysis_targets.baseline_target(runs, "full/adamw") == pytest.approx(3.1)
+    assert analysis_targets.baseline_target(runs, "lora/adamw") == pytest.approx(2.5)
+    assert analysis_targets.baseline_target(runs, "balora/adamw") is None
 
 
-def test_unknown_baseline_is_a_config_error_listing_the_methods(tmp_path):
-    make_run(tmp_path, "full-s0", "full/adamw", 3.0)
-    make_run(tmp_path, "lora-s0", "lora/adamw", 2.5)
-    with pytest.raises(ConfigError, match="metrics.baseline='balora/adamw'") as err:
-        baseline_target(tmp_path, "balora/adamw")
-    assert "full/adamw, lora/adamw" in str(err.value)
-    with pytest.raises(ConfigError, match="needs metrics.baseline"):
-        baseline_target(tmp_path, None)
-    with pytest.raises(ConfigError, match="methods there are: none"):
-        baseline_target(tmp_path / "empty", "full/adamw")
+def test_from_baseline_times_are_computed_from_the_records(tmp_path):
+    sweep = tmp_path / "s"
+    make_run(sweep, "full-s0", "full/adamw", 3.0)
+    make_run(sweep, "lora-s0", "lora/adamw", 2.5)
+    make_run(sweep, "sgd-s0", "lora/sgd", 4.0, rows=ROWS[:3])  # never reaches 3.0
+    make_run(sweep, "balora-s0", "balora/adamw", None, status="running")
+    own = make_run(sweep, "own-s0", "lora/adamw", 2.5, seed=1, target_loss=4.0)
+    summary = json.loads((own / "summary.json").read_text())
+    summary["steps_to_target"] = 20  # its own numbers, as its run wrote them
+    (own / "summary.json").write_text(json.dumps(summary))
+    before = {p: p.read_bytes() for p in sweep.glob("*/*")}
+    runs = table(tmp_path)
+    for name in ("full-s0", "lora-s0"):
+        assert runs.loc[name, "steps_to_target"] == 40
+        assert runs.loc[name, "tokens_to_target"] == 2560
+        assert runs.loc[name, "seconds_to_target"] == 6.0
+        assert runs.loc[name, "target_loss"] == 3.0
+    assert math.isnan(runs.loc["sgd-s0", "steps_to_target"])
+    assert math.isnan(runs.loc["balora-s0", "steps_to_target"])  # still running: no time yet
+    assert runs.loc["own-s0", "steps_to_target"] == 20 and runs.loc["own-s0", "target_loss"] == 4
+    assert {p: p.read_bytes() for p in sweep.glob("*/*")} == before  # analysis writes no record
 
 
-def test_baseline_without_a_completed_run_is_not_ready(tmp_path):
-    make_run(tmp_path, "full-s0", "full/adamw", None, status="running")
-    with pytest.raises(BaselineNotReady, match="none of its 1 run"):
-        fill_targets(tmp_path, "full/adamw")
-    assert isinstance(BaselineNotReady("x"), ConfigError)
+def test_baseline_without_a_completed_run_warns_and_shows_no_time(tmp_path):
+    make_run(tmp_path / "s", "full-s0", "full/adamw", None, status="running")
+    make_run(tmp_path / "s", "lora-s0", "lora/adamw", 2.5)
+    with pytest.warns(UserWarning, match="metrics.baseline='full/adamw' has no completed run"):
+        runs = table(tmp_path)
+    assert runs["steps_to_target"].isna().all()
 
 
-def test_fill_targets_rewrites_finished_summaries(tmp_path):
-    base = make_run(tmp_path, "full-s0", "full/adamw", 3.0)
-    lora = make_run(tmp_path, "lora-s0", "lora/adamw", 2.5)
-    slow = make_run(tmp_path, "sgd-s0", "lora/sgd", 4.0, rows=ROWS[:3])  # never reaches 3.0
-    going = make_run(tmp_path, "balora-s0", "balora/adamw", None, status="running")
-    own = make_run(tmp_path, "own-s0", "lora/adamw", 2.5, seed=1, target_loss=4.0)
-    before = {run: read_summary(run) for run in (going, own)}
-    assert fill_targets(tmp_path, "full/adamw") == 3.0
-    for run in (base, lora):
-        summary = read_summary(run)
-        assert summary["steps_to_target"] == 40
-        assert summary["tokens_to_target"] == 2560
-        assert summary["seconds_to_target"] == 6.0
-        assert summary["target_loss"] == 3.0 and summary["target_baseline"] == "full/adamw"
-        assert summary["status"] == "completed" and summary["final_eval_loss"] is not None
-    assert read_summary(slow)["steps_to_target"] is None
-    assert read_summary(slow)["target_loss"] == 3.0
-    for run, summary in before.items():  # running runs and runs with their own target: as is
-        assert read_summary(run) == summary
-    assert not list(tmp_path.glob("*/.summary.json.*"))  # no temp files left behind
-    assert fill_targets(tmp_path, "full/adamw") == 3.0  # idempotent
-    assert read_summary(base)["steps_to_target"] == 40
+def summary_column(path, column: str) -> dict:
+    """run_id -> the value of `column` in a `<sweep>_summary.md` markdown table."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    return {row[header.index("run_id")]: row[header.index(column)] for row in cells}
 
 
-def test_check_baseline_before_a_run(tmp_path):
-    make_run(tmp_path, "full-s0", "full/adamw", None, status="running")
-    check_baseline(tmp_path, "full/adamw", "lora/adamw")  # the baseline's run is there
-    check_baseline(tmp_path / "new", "lora/sgd", "lora/sgd")  # this run is a baseline run
-    with pytest.raises(ConfigError, match="full/adamw, lora/adamw"):
-        check_baseline(tmp_path, "balora/adamw", "lora/adamw")
-    with pytest.raises(ConfigError, match="needs metrics.baseline"):
-        check_baseline(tmp_path, None, "lora/adamw")
+def test_from_baseline_sweep_each_run_writes_only_its_own_record(tmp_path, tiny):
+    """A from_baseline sweep whose baseline ends last: the earlier run's summary.json is not
+    touched when the baseline ends, and analysis shows both runs' time to the baseline's loss."""
+    extra = ["metrics.target_loss=from_baseline", "metrics.baseline=full/adamw"]
+    run(compose([*tiny, *extra, "optimizer=sgd", "optimizer.lr=0.5"]))
+    (sgd,) = run_dirs(tmp_path / "runs")
+    written = (sgd / "summary.json").read_bytes(), (sgd / "summary.json").stat().st_mtime_ns
+    run(compose([*tiny, *extra]))  # the baseline ends last
+    assert ((sgd / "summary.json").read_bytes(), (sgd / "summary.json").stat().st_mtime_ns) \
+        == written
+    dirs = run_dirs(tmp_path / "runs")
+    (base,) = [d for d in dirs if d.name.startswith("full-adamw")]
+    summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in dirs}
+    assert all(s["status"] == "completed" and s["steps_to_target"] is None
+               for s in summaries.values())  # no run knew the baseline's loss
+    target = summaries[base.name]["final_eval_loss"]
+
+    assert analysis_main([f"runs={tmp_path / 'runs'}", f"figures={tmp_path / 'fig'}"]) == 0
+    shown = summary_column(tmp_path / "fig" / "default_summary.md", "steps to target")
+    for d in dirs:  # bench's own rule on each record's rows, against the baseline's loss
+        expected = time_to_target(read_jsonl(d / "metrics.jsonl"), target)["steps_to_target"]
+        assert shown[d.name] == ("" if expected is None else str(expected)), d.name
+    assert shown[base.name] == "12"  # its own final loss is reached at its last eval
+    assert (tmp_path / "fig" / "default_steps_to_target.png").exists()

@@ -189,3 +189,136 @@ def test_wandb_mode_environment_variable_wins(tmp_path, monkeypatch):
     logger = WandbLogger(mode="offline", project="p", entity=None, run_dir=tmp_path, name="n",
                          group="g", tags=[], config={}, run_id="x")
     assert logger.run is None
+
+
+def wandb_history(folder: Path, tmp_path: Path) -> tuple[list[dict], dict]:
+    """The history rows and the final summary of one offline-run folder, as W&B decodes them."""
+    (log,) = folder.glob("run-*.wandb")
+    history, summary = [], {}
+    for rec in read_wandb_log(log, tmp_path):
+        if rec["type"] == "history":
+            history.append(rec["history"]["item"])
+        elif rec["type"] == "summary":
+            summary.update(rec["summary"].get("update", {}))
+    return history, summary
+
+
+@pytest.mark.e2e
+def test_killed_and_relaunched_run_is_one_complete_wandb_run(tmp_path):
+    """A run killed at its first checkpoint and launched again: exactly one offline folder (the
+    one `wandb sync runs/*/*/wandb/offline-run-*` publishes) holds every metrics.jsonl row once,
+    in order; the killed and resumed segments of its id are under wandb/partial/."""
+    from tests.conftest import kill_at_first_checkpoint
+
+    args = [*FAST, "trainer.max_steps=120", "trainer.log_every=20", "trainer.eval_every=60",
+            "trainer.checkpoint_every=40", "trainer.threads=1", "logger=wandb_offline"]
+    out_dir = tmp_path / "runs"
+    kill_at_first_checkpoint(args, out_dir, env=wandb_env(tmp_path, WANDB_MODE="offline"))
+    (run_dir,) = [p.parent for p in out_dir.glob("*/*/config.yaml")]
+    killed = list(run_dir.glob("wandb/offline-run-*"))
+    assert len(killed) == 1  # the killed process's own folder
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", *args, f"out_dir={out_dir}"],
+        cwd=REPO, env=wandb_env(tmp_path), capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(0, 121, 20))
+
+    published = sorted(out_dir.glob("*/*/wandb/offline-run-*"))  # what the README syncs
+    assert len(published) == 1 and published[0].name.endswith(run_dir.name)
+    history, final = wandb_history(published[0], tmp_path)
+    assert [h["step"] for h in history] == [r["step"] for r in rows]  # every row once, in order
+    for row, item in zip(rows, history, strict=True):
+        for key, value in row.items():
+            if value is not None:
+                assert item[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    assert final["status"] == "completed" and final["steps"] == 120
+    # define_metric: the run table shows the best eval loss, not the last.
+    evals = [r["eval/loss"] for r in rows if r.get("eval/loss") is not None]
+    assert final["eval/loss"]["min"] == pytest.approx(min(evals), rel=1e-6)
+
+    # Both processes' folders (the killed one, the resumed one with only the later rows) are
+    # kept apart, outside the sync glob.
+    partial = sorted((run_dir / "wandb" / "partial").iterdir())
+    assert killed[0].name in [p.name for p in partial] and len(partial) == 2
+    resumed, _ = wandb_history(next(p for p in partial if p.name != killed[0].name), tmp_path)
+    assert 0 < len(resumed) < len(rows) and resumed[0]["step"] > 0
+
+
+class FakeRun:
+    """What WandbLogger uses of a wandb run; its folder is made as wandb.init makes one."""
+
+    def __init__(self, root: Path, number: int, run_id: str):
+        folder = root / "wandb" / f"offline-run-2026010{number}_000000-{run_id}"
+        (folder / "files").mkdir(parents=True)
+        self.dir, self.rows, self.summary, self.exit_code = str(folder / "files"), [], {}, None
+
+    def define_metric(self, *args, **kwargs):
+        pass
+
+    def log(self, row):
+        self.rows.append(row)
+
+    def finish(self, exit_code=0):
+        self.exit_code = exit_code
+
+
+def fake_wandb(tmp_path, monkeypatch, mode: str = "offline") -> list[FakeRun]:
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", mode)
+    runs: list[FakeRun] = []
+
+    def init(**kwargs):
+        runs.append(FakeRun(tmp_path, len(runs), kwargs["id"]))
+        return runs[-1]
+
+    monkeypatch.setattr(wandb, "init", init)
+    return runs
+
+
+def write_rows(run_dir: Path, steps: list[int]) -> list[dict]:
+    rows = [{"step": s, "train/loss": 1.0 / (s + 1), "eval/loss": None} for s in steps]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return [{k: v for k, v in r.items() if v is not None} for r in rows]
+
+
+def test_rows_after_the_last_logged_are_appended_to_the_same_run(tmp_path, monkeypatch):
+    runs = fake_wandb(tmp_path, monkeypatch)
+    rows = write_rows(tmp_path, [0, 3, 6, 7])  # 7: the row of a diverged step (record only)
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    for row in rows[:3]:
+        logger.log(row)
+    logger.finish({"status": "diverged"})
+    assert len(runs) == 1 and runs[0].rows == rows and runs[0].exit_code == 1
+    assert not (tmp_path / "wandb" / "partial").exists()
+
+
+def test_resumed_offline_run_is_replayed_and_its_segments_set_apart(tmp_path, monkeypatch):
+    runs = fake_wandb(tmp_path, monkeypatch)
+    rows = write_rows(tmp_path, [0, 3, 6, 9, 12])
+    killed = FakeRun(tmp_path, 9, "x-s0-0")  # an earlier process's folder of the same id
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    for row in rows[2:]:  # resumed from the checkpoint at step 6
+        logger.log(row)
+    logger.finish({"status": "completed", "steps": 12})
+    assert len(runs) == 2 and runs[0].rows == rows[2:] and runs[1].rows == rows
+    assert runs[1].summary == {"status": "completed", "steps": 12} and runs[1].exit_code == 0
+    assert [p.name for p in (tmp_path / "wandb").glob("offline-run-*")] == \
+        [Path(runs[1].dir).parent.name]
+    assert sorted(p.name for p in (tmp_path / "wandb" / "partial").iterdir()) == sorted(
+        [Path(runs[0].dir).parent.name, Path(killed.dir).parent.name])
+
+
+def test_resumed_online_run_is_not_replayed(tmp_path, monkeypatch):
+    runs = fake_wandb(tmp_path, monkeypatch, mode="online")
+    rows = write_rows(tmp_path, [0, 3, 6, 9, 12])
+    logger = WandbLogger(**logger_kwargs(tmp_path))
+    for row in rows[2:]:
+        logger.log(row)
+    logger.finish({"status": "completed"})
+    assert len(runs) == 1 and runs[0].rows == rows[2:]  # nothing appended twice
