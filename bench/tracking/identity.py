@@ -25,18 +25,22 @@ from omegaconf import OmegaConf
 
 from bench import __version__
 from bench.config import ABSENT_IS_NOT_DEFAULT, NON_SEMANTIC, schema_defaults
+from bench.optim import OPTIMIZERS
 from bench.tracking.record import RunRecord
 
 
 def method_name(cfg) -> str:
-    """The method a run belongs to. LM: adapter/optimizer[/geometry[+block][+retraction]]
-    [/lora:<geometry>]; toy: adapter[:alignment]/<toy.method> (alignment when not procrustes)."""
+    """The method a run belongs to. LM: adapter/optimizer[+variant][/geometry[+block]
+    [+retraction]][/lora:<geometry>] (variant: the optimizer's method_suffix, e.g. +sgd);
+    toy: adapter[:alignment]/<toy.method> (alignment when not procrustes)."""
     if cfg.task == "toy":
         adapter = cfg.adapter.name
         if adapter == "balora" and cfg.adapter.alignment != "procrustes":
             adapter += ":" + cfg.adapter.alignment
         return f"{adapter}/{cfg.toy.method}"
-    parts = [cfg.adapter.name, cfg.optimizer.name]
+    spec = OPTIMIZERS.get(cfg.optimizer.name)
+    suffix = spec.method_suffix(cfg.optimizer) if spec and spec.method_suffix else ""
+    parts = [cfg.adapter.name, cfg.optimizer.name + suffix]  # e.g. lora_preconditioned+sgd
     attention = cfg.model.attention
     if attention.geometry != "euclidean":
         parts.append(attention.geometry + ("+block" if attention.block else "")
