@@ -26,10 +26,14 @@ from bench.errors import ConfigError
 from bench.manifolds import MANIFOLDS
 from bench.models.gpt import GPTConfig
 from bench.optim import OPTIMIZERS as OPTIMIZER_SPECS
+from bench.optim.lora_preconditioned import BASES as PRECONDITIONED_BASES
+from bench.optim.muon import ADJUST_LR
 
 # The allowed names of every choice a package offers come from that package's registry.
 ADAPTERS = tuple(ADAPTER_CLASSES)
 OPTIMIZERS = tuple(OPTIMIZER_SPECS)
+# The adapters with LoRA factors lora_A, lora_B (what optimizers with needs_lora step).
+LORA_ADAPTERS = tuple(name for name, cls in ADAPTER_CLASSES.items() if issubclass(cls, LoRA))
 GEOMETRIES = ("euclidean", *MANIFOLDS)  # euclidean: plain weights, no manifold
 # model.attention.retraction: "svd" (the schema default) is every geometry's own retraction (the
 # first of its choices, or its only one); a geometry that offers a choice lists it itself.
@@ -140,6 +144,13 @@ class OptimizerConfig:
     manifold_lr: float | None = None
     trust_floor: float = 1e-3  # c in T = -lr M / max(||M||, c) (knight.md §1)
     repair_every: int = 100
+    # muon: AdamW's LR on embeddings, head, norms, biases (None: lr); torch's LR adjustment
+    adamw_lr: float | None = None
+    adjust_lr: str = "original"  # original | match_rms_adamw
+    # lora_preconditioned: the damping of (B^T B + reg I)^-1 and the optimizer that steps
+    reg: float = 1e-6
+    base: str = "adamw"  # adamw | sgd (ScaledGD)
+    lr_ratio: float = 16.0  # loraplus: B's LR / A's LR
 
 
 @dataclass
@@ -321,6 +332,26 @@ def _check_lora_options(cfg: Any) -> None:
             )
 
 
+def _check_new_optimizers(cfg: Any) -> None:
+    """muon, lora_preconditioned, loraplus: their keys, and the LoRA adapter two of them need."""
+    o = cfg.optimizer
+    if o.adamw_lr is not None:
+        _positive("optimizer.adamw_lr", o.adamw_lr)
+    _choice("optimizer.adjust_lr", o.adjust_lr, ADJUST_LR)
+    _choice("optimizer.base", o.base, tuple(PRECONDITIONED_BASES))
+    if o.reg < 0:
+        raise ConfigError(f"optimizer.reg={o.reg} must be >= 0")
+    _positive("optimizer.lr_ratio", o.lr_ratio)
+    if OPTIMIZER_SPECS[o.name].needs_lora and (
+        cfg.adapter.name not in LORA_ADAPTERS or cfg.adapter.geometry != "euclidean"
+    ):
+        raise ConfigError(
+            f"optimizer.name={o.name!r} needs a LoRA adapter with factors lora_A, lora_B: "
+            f"adapter.name={' or '.join(LORA_ADAPTERS)} with adapter.geometry=euclidean (got "
+            f"adapter.name={cfg.adapter.name!r}, adapter.geometry={cfg.adapter.geometry!r})"
+        )
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks that the schema types cannot express. Raises ConfigError."""
     _finite_floats(cfg)
@@ -355,6 +386,7 @@ def validate(cfg: Any) -> None:
         _positive("optimizer.manifold_lr", cfg.optimizer.manifold_lr)
     if cfg.optimizer.weight_decay < 0:
         raise ConfigError(f"optimizer.weight_decay={cfg.optimizer.weight_decay} must be >= 0")
+    _check_new_optimizers(cfg)
     for key in ("max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every"):
         _positive(f"trainer.{key}", cfg.trainer[key])
     _positive("trainer.divergence_factor", cfg.trainer.divergence_factor)
@@ -424,8 +456,9 @@ def validate(cfg: Any) -> None:
             "e.g. full/adamw)"
         )
     if target == "from_baseline":  # a method name: adapter/optimizer[/geometry...]
-        parts = str(cfg.metrics.baseline).split("/")
-        if len(parts) < 2 or parts[0].split("+")[0] not in ADAPTERS or parts[1] not in OPTIMIZERS:
+        parts = str(cfg.metrics.baseline).split("/")  # adapter[+option]/optimizer[+variant]
+        if (len(parts) < 2 or parts[0].split("+")[0] not in ADAPTERS
+                or parts[1].split("+")[0] not in OPTIMIZERS):
             raise ConfigError(
                 f"metrics.baseline={cfg.metrics.baseline!r} is not a method name "
                 f"<adapter>/<optimizer>[/...]: adapters {', '.join(ADAPTERS)}; optimizers "

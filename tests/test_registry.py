@@ -75,7 +75,12 @@ def test_every_adapter_yaml_builds_a_registered_adapter(stem):
 def test_every_optimizer_yaml_builds_a_registered_optimizer_that_steps(stem):
     cfg = compose([f"optimizer={stem}", "adapter=full"])
     assert cfg.optimizer.name in OPTIMIZERS
-    geometry = "euclidean"
+    geometry, adapter = "euclidean", "full"
+    if OPTIMIZERS[cfg.optimizer.name].needs_lora:
+        with pytest.raises(ConfigError, match="needs a LoRA adapter"):
+            validate(cfg)
+        adapter = "lora"
+        cfg = compose([f"optimizer={stem}", f"adapter={adapter}"])
     if OPTIMIZERS[cfg.optimizer.name].needs_manifold:
         with pytest.raises(ConfigError, match="needs manifold parameters"):
             validate(cfg)
@@ -88,6 +93,8 @@ def test_every_optimizer_yaml_builds_a_registered_optimizer_that_steps(stem):
     assert isinstance(optimizer, torch.optim.Optimizer)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     _step(model, optimizer)
+    if adapter == "lora":  # B = 0 at init gives g_A = 0: A moves from the second step on
+        _step(model, optimizer)
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     assert all(not torch.equal(b, a) for b, a in zip(before, after))
 
@@ -101,7 +108,8 @@ def test_riemannian_entries_are_the_riemannian_optimizers():
     ("key", "registered", "companions"),
     [
         ("adapter.name", tuple(ADAPTERS), []),
-        ("optimizer.name", tuple(OPTIMIZERS), ["model.attention.geometry=fixed_rank_embedded"]),
+        ("optimizer.name", tuple(OPTIMIZERS),
+         ["model.attention.geometry=fixed_rank_embedded", "adapter=lora"]),
         ("model.attention.geometry", ("euclidean", *MANIFOLDS), []),
         ("adapter.alignment", ALIGNMENTS, []),
         ("adapter.moments", MOMENTS, []),

@@ -1,5 +1,6 @@
-"""What every optimizer builder shares: its registry entry, the decay groups and the combination
-of a Riemannian optimizer with AdamW for the Euclidean rest."""
+"""What every optimizer builder shares: its registry entry, the decay groups, the combination
+of two optimizers stepped as one (a Riemannian one or Muon, and AdamW for the rest) and the LoRA
+factor pairs of a model."""
 
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ import torch
 class OptimizerSpec:
     """One entry of bench.optim.OPTIMIZERS.
 
-    `build(params, cfg)` makes the optimizer from the trainable parameters (a non-empty list) and
-    the optimizer config group. `needs_manifold`: it steps `geoopt.ManifoldParameter`s, so a run
-    must have some (model.attention.geometry or adapter.geometry not euclidean).
+    `build(model, params, cfg)` makes the optimizer from the model (for parameter names and
+    modules), its trainable parameters (a non-empty list, in `model.parameters()` order) and the
+    optimizer config group. `needs_manifold`: it steps `geoopt.ManifoldParameter`s, so a run
+    must have some (model.attention.geometry or adapter.geometry not euclidean). `needs_lora`: it
+    steps LoRA factor pairs (`lora_A`, `lora_B`), so a run needs a LoRA adapter.
+    `method_suffix(cfg)`: appended to the optimizer's name in the method name
+    (bench.tracking.identity.method_name) when an option changes what the optimizer computes.
     """
 
-    build: Callable[[list[torch.nn.Parameter], object], torch.optim.Optimizer]
+    build: Callable[[torch.nn.Module, list[torch.nn.Parameter], object], torch.optim.Optimizer]
     needs_manifold: bool = False
+    needs_lora: bool = False
+    method_suffix: Callable[[object], str] | None = None
 
 
 class CombinedOptimizer(torch.optim.Optimizer):
@@ -55,3 +62,15 @@ def euclidean_groups(params, weight_decay: float) -> list[dict]:
     if rest:
         groups.append({"params": rest, "weight_decay": 0.0})
     return groups
+
+
+def lora_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Parameter, torch.nn.Parameter]]:
+    """(A, B) = (lora_A (r x in), lora_B (out x r)) of every module that holds both as trainable
+    2-D parameters (bench.adapters.lora.LoRALinear and its kin), in `model.modules()` order."""
+    pairs = []
+    for module in model.modules():
+        a, b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if (isinstance(a, torch.nn.Parameter) and isinstance(b, torch.nn.Parameter)
+                and a.ndim == b.ndim == 2 and a.requires_grad and b.requires_grad):
+            pairs.append((a, b))
+    return pairs

@@ -7,15 +7,27 @@ import torch
 from bench.optim.base import euclidean_groups
 
 
-def adamw(params, cfg) -> torch.optim.Optimizer:
-    """AdamW at cfg.lr with cfg.betas, cfg.eps and decoupled cfg.weight_decay."""
+def adamw_over(params, cfg, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW at `lr` (default cfg.lr) with cfg.betas, cfg.eps and decoupled cfg.weight_decay:
+    the Euclidean part of the optimizers that combine AdamW with another."""
     return torch.optim.AdamW(
-        euclidean_groups(params, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps
+        euclidean_groups(params, cfg.weight_decay), lr=cfg.lr if lr is None else lr,
+        betas=tuple(cfg.betas), eps=cfg.eps,
     )
 
 
-def sgd(params, cfg) -> torch.optim.Optimizer:
+def sgd_over(params, cfg) -> torch.optim.SGD:
     """SGD at cfg.lr with heavy-ball cfg.momentum and coupled (L2) cfg.weight_decay."""
     return torch.optim.SGD(
         euclidean_groups(params, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
     )
+
+
+def adamw(model, params, cfg) -> torch.optim.Optimizer:
+    """AdamW at cfg.lr with cfg.betas, cfg.eps and decoupled cfg.weight_decay."""
+    return adamw_over(params, cfg)
+
+
+def sgd(model, params, cfg) -> torch.optim.Optimizer:
+    """SGD at cfg.lr with heavy-ball cfg.momentum and coupled (L2) cfg.weight_decay."""
+    return sgd_over(params, cfg)

@@ -13,7 +13,7 @@ import geoopt
 import torch
 
 from bench.optim.base import CombinedOptimizer
-from bench.optim.euclidean import adamw
+from bench.optim.euclidean import adamw_over
 
 
 class _EuclideanPoint:
@@ -198,23 +198,23 @@ def _with_adamw(name: str, params, cfg, **options) -> CombinedOptimizer:
     opts = {"riemannian": build_riemannian(name, on_manifold, lr=cfg.manifold_lr or cfg.lr,
                                            **options)}
     if rest:
-        opts["adamw"] = adamw(rest, cfg)
+        opts["adamw"] = adamw_over(rest, cfg)
     return CombinedOptimizer(opts)
 
 
-def riemannian_normalized(params, cfg) -> CombinedOptimizer:
+def riemannian_normalized(model, params, cfg) -> CombinedOptimizer:
     """`RiemannianNormalized` (cfg.momentum, cfg.trust_floor as c, cfg.repair_every) + AdamW."""
     return _with_adamw("riemannian_normalized", params, cfg, momentum=cfg.momentum,
                        c=cfg.trust_floor, repair_every=cfg.repair_every)
 
 
-def riemannian_sgd(params, cfg) -> CombinedOptimizer:
+def riemannian_sgd(model, params, cfg) -> CombinedOptimizer:
     """geoopt's `RiemannianSGD` (cfg.momentum; stabilize = cfg.repair_every) + AdamW."""
     return _with_adamw("riemannian_sgd", params, cfg, momentum=cfg.momentum,
                        stabilize=cfg.repair_every)
 
 
-def riemannian_adam(params, cfg) -> CombinedOptimizer:
+def riemannian_adam(model, params, cfg) -> CombinedOptimizer:
     """geoopt's `RiemannianAdam` (cfg.betas, cfg.eps; stabilize = cfg.repair_every) + AdamW."""
     return _with_adamw("riemannian_adam", params, cfg, betas=tuple(cfg.betas), eps=cfg.eps,
                        stabilize=cfg.repair_every)

@@ -25,13 +25,15 @@ from omegaconf import OmegaConf
 
 from bench import __version__
 from bench.config import ABSENT_IS_NOT_DEFAULT, NON_SEMANTIC, schema_defaults
+from bench.optim import OPTIMIZERS
 from bench.tracking.record import RunRecord
 
 
 def method_name(cfg) -> str:
-    """The method a run belongs to. LM: adapter[+init][+rslora]/optimizer
-    [/geometry[+block][+retraction]][/lora:<geometry>] (init, rslora only off their defaults); toy:
-    adapter[:alignment]/<toy.method> (alignment when not procrustes)."""
+    """The method a run belongs to. LM: adapter[+init][+rslora]/optimizer[+variant]
+    [/geometry[+block][+retraction]][/lora:<geometry>] (init, rslora only off their defaults;
+    variant: the optimizer's method_suffix, e.g. +sgd); toy: adapter[:alignment]/<toy.method>
+    (alignment when not procrustes)."""
     if cfg.task == "toy":
         adapter = cfg.adapter.name
         if adapter == "balora" and cfg.adapter.alignment != "procrustes":
@@ -42,7 +44,9 @@ def method_name(cfg) -> str:
         adapter += "+" + cfg.adapter.init
     if cfg.adapter.get("rslora", False):
         adapter += "+rslora"
-    parts = [adapter, cfg.optimizer.name]
+    spec = OPTIMIZERS.get(cfg.optimizer.name)
+    suffix = spec.method_suffix(cfg.optimizer) if spec and spec.method_suffix else ""
+    parts = [adapter, cfg.optimizer.name + suffix]  # e.g. lora_preconditioned+sgd
     attention = cfg.model.attention
     if attention.geometry != "euclidean":
         parts.append(attention.geometry + ("+block" if attention.block else "")

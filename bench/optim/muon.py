@@ -1,0 +1,79 @@
+"""Muon (torch.optim.Muon) on the block matrices, AdamW on everything else.
+
+Muon steps a 2-D weight by the orthogonalised momentum: with momentum buffer M <- mu M + G and
+the Nesterov look-ahead N = G + mu M, the update is -lr' NS_5(N), where NS_5 is five quintic
+Newton-Schulz iterations pushing the singular values of N / ||N||_F towards 1 (U S' V^T with
+S' ~ 1, not exactly U V^T). The Newton-Schulz iteration runs in bfloat16 inside torch, whatever
+the parameters' dtype: its rounding (~3 significant digits) is part of the method.
+lr' = lr * adjust(shape): `optimizer.adjust_lr=original` (Keller Jordan's sqrt(max(1, out/in)))
+or `match_rms_adamw` (Moonshot's 0.2 sqrt(max(out, in)): an update whose RMS matches AdamW's, so
+AdamW's LR and weight decay carry over). Weight decay is decoupled, lr * optimizer.weight_decay
+(torch's default 0.1 is never used: the config's value is passed).
+
+Which parameters: Muon takes the trainable 2-D matrices inside the blocks (attention q, k, v,
+o, the MLP; lora_A and lora_B in LoRA runs). Embeddings (every nn.Embedding), the output head
+(a module named `lm_head`, or a transformers model's `get_output_embeddings()`; tied to the token
+embedding in gpt_*), norms and biases go to AdamW at optimizer.adamw_lr (null: optimizer.lr),
+with the decay groups of optimizer=adamw. Manifold points are not plain matrices: a run with a
+manifold geometry is refused.
+"""
+
+from __future__ import annotations
+
+import geoopt
+import torch
+import torch.nn as nn
+
+from bench.errors import ConfigError
+from bench.optim.base import CombinedOptimizer
+from bench.optim.euclidean import adamw_over
+
+ADJUST_LR = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
+
+
+def embeddings_and_head(model: nn.Module) -> set[int]:
+    """ids of the parameters of the input embeddings and of the output head."""
+    found = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) or name.rpartition(".")[2] == "lm_head":
+            found.update(id(p) for p in module.parameters())
+        output = getattr(module, "get_output_embeddings", None)
+        head = output() if callable(output) else None
+        if isinstance(head, nn.Module):
+            found.update(id(p) for p in head.parameters())
+    return found
+
+
+def split_for_muon(model: nn.Module, params: list) -> tuple[list, list]:
+    """(the 2-D block matrices for Muon, the rest for AdamW), each in `params` order."""
+    if any(isinstance(p, geoopt.ManifoldParameter) for p in params):
+        raise ConfigError(
+            "optimizer.name='muon' steps plain matrices, not manifold points: "
+            "model.attention.geometry and adapter.geometry must be euclidean"
+        )
+    outside = embeddings_and_head(model)
+    matrices = [p for p in params if p.ndim == 2 and id(p) not in outside]
+    chosen = {id(p) for p in matrices}
+    return matrices, [p for p in params if id(p) not in chosen]
+
+
+def muon(model, params, cfg) -> CombinedOptimizer:
+    """torch.optim.Muon (cfg.lr, cfg.momentum with Nesterov, cfg.weight_decay, cfg.adjust_lr) on
+    the block matrices + AdamW (cfg.adamw_lr or cfg.lr) on the rest."""
+    matrices, rest = split_for_muon(model, params)
+    if not matrices:
+        raise ConfigError(
+            "optimizer.name='muon' found no trainable 2-D matrix inside the blocks (embeddings "
+            "and the head go to AdamW): train some, e.g. adapter.target_modules=[q, k, v, o] or "
+            "adapter=lora"
+        )
+    if cfg.adjust_lr not in ADJUST_LR:
+        raise ConfigError(
+            f"optimizer.adjust_lr={cfg.adjust_lr!r} is not allowed; allowed values: "
+            f"{', '.join(ADJUST_LR)}"
+        )
+    opts = {"muon": torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     momentum=cfg.momentum, adjust_lr_fn=cfg.adjust_lr)}
+    if rest:
+        opts["adamw"] = adamw_over(rest, cfg, lr=cfg.adamw_lr or cfg.lr)
+    return CombinedOptimizer(opts)
