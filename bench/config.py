@@ -412,10 +412,13 @@ def validate(cfg: Any) -> None:
         )
     if not 0 <= cfg.adapter.dropout < 1:
         raise ConfigError(f"adapter.dropout={cfg.adapter.dropout} must be in [0, 1)")
-    if cfg.adapter.moments == "transport" and cfg.optimizer.name not in ("adamw",):
+    # both rotate Adam's moments: AdamW's on lora_A/lora_B or on an R2 point, and Riemannian
+    # Adam's on an R2 point (bench/adapters/balora.py)
+    if cfg.adapter.moments == "transport" and cfg.optimizer.name not in ("adamw",
+                                                                          "riemannian_adam"):
         raise ConfigError(
-            f"adapter.moments=transport needs an optimizer with moment estimates (adamw); "
-            f"optimizer.name={cfg.optimizer.name!r} has none"
+            f"adapter.moments=transport needs an optimizer with moment estimates (adamw or "
+            f"riemannian_adam); optimizer.name={cfg.optimizer.name!r} has none"
         )
     if cfg.adapter.name == "balora" and cfg.adapter.geometry not in (
         "euclidean",

@@ -203,6 +203,9 @@ def run(cfg: DictConfig) -> dict | None:
         print(f"[bench] {rid}: running in another process, skipped")
         return None
     try:
+        if record.is_complete():  # the other process finished it between our check and the lock
+            print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+            return record.read_summary()
         record.load_checkpoint()  # one that cannot be resumed stops here, before any write
         return _run_locked(cfg, task, rid, record, prepared)
     finally:

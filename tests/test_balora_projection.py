@@ -206,3 +206,66 @@ def test_mismatched_shapes_raise():
     A, B = factors()
     with pytest.raises(ValueError, match="shapes"):
         project_balanced(A, B[:, :3])
+
+
+def test_moment_transport_rotates_riemannian_adam_moments_of_r2_layers():
+    """adapter=balora_riemannian, moments=transport: the R2 layers' Riemannian Adam moments
+    (packed like the point [L; R_f]) are rotated with the frame, exp_avg <- exp_avg R and
+    exp_avg_sq <- exp_avg_sq (R∘R), so exp_avg is the same dense tangent vector at the new point.
+    The point is first moved along its orbit by a random rotation Q (same W), so R ~ Q^T != I."""
+    import geoopt
+    from omegaconf import OmegaConf
+
+    from bench.adapters import build_adapter
+    from bench.adapters.lora import ManifoldLoRALinear
+    from bench.config import AdapterConfig
+    from bench.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(d_model=32, n_layer=1, n_head=2, seq_len=16))
+    adapter = build_adapter(OmegaConf.structured(AdapterConfig(
+        name="balora", r=4, geometry="fixed_rank_quotient", init_scale=0.1, alignment="none",
+        moments="transport")))
+    model = adapter.apply(model)
+    opt = geoopt.optim.RiemannianAdam([p for p in model.parameters() if p.requires_grad], 1e-2)
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        opt.zero_grad()
+        model(x, x)[1].backward()
+        opt.step()
+    layer = next(m for m in model.modules() if isinstance(m, ManifoldLoRALinear))
+    manifold, state = layer.manifold, opt.state[layer.point]
+    q = torch.from_numpy(random_orthogonal(4, np.random.default_rng(7))).to(layer.point.dtype)
+    with torch.no_grad():  # same W, same horizontal lift, in a rotated frame
+        dense_before = manifold.tangent_to_dense(layer.point, state["exp_avg"]).clone()
+        layer.point.copy_(layer.point @ q)
+        state["exp_avg"].copy_(state["exp_avg"] @ q)
+    x_old, m_old = layer.point.detach().clone(), state["exp_avg"].clone()
+    v_old = state["exp_avg_sq"].clone()
+    left, right = manifold.unpack(x_old)
+    _, _, R = project_balanced_with_rotation(right.mT, left, "none")
+    R = R.to(x_old.dtype)
+    assert (R - torch.eye(4, dtype=R.dtype)).abs().max() > 0.1
+
+    adapter.after_step(3, opt)
+    torch.testing.assert_close(state["exp_avg"], m_old @ R, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(state["exp_avg_sq"], v_old @ (R * R), rtol=1e-4, atol=1e-9)
+    x_new = layer.point.detach()
+    err = (manifold.tangent_to_dense(x_new, state["exp_avg"]) - dense_before).norm()
+    kept = (manifold.tangent_to_dense(x_new, m_old) - dense_before).norm()  # moments=keep
+    assert err < 0.05 * dense_before.norm() and kept > 0.5 * dense_before.norm()
+
+
+def test_moment_transport_is_accepted_with_riemannian_adam_and_refused_without_moments():
+    """balora_riemannian's R2 layers now take moments=transport with either Adam; an optimizer
+    without moment estimates is refused with the line naming the keys."""
+    from bench.config import ConfigError, validate
+    from tests.conftest import compose
+
+    base = ["adapter=balora_riemannian", "adapter.moments=transport"]
+    for name in ("riemannian_adam", "adamw"):
+        validate(compose([*base, f"optimizer={name}"]))
+    with pytest.raises(ConfigError, match=r"^adapter.moments=transport needs an optimizer with "
+                       r"moment estimates \(adamw or riemannian_adam\); "
+                       r"optimizer.name='riemannian_sgd' has none$"):
+        validate(compose([*base, "optimizer=riemannian_sgd"]))

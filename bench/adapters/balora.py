@@ -18,7 +18,8 @@ from bench.adapters.balancing import (
 from bench.adapters.lora import LoRA, LoRALinear, ManifoldLoRALinear
 
 # What happens to Adam's moments at a projection: keep them (the paper) or rotate them into the
-# new frame (`rotate_moments`; adapter.moments).
+# new frame (`rotate_moments`; adapter.moments): AdamW's on lora_A/lora_B, and Riemannian Adam's
+# on the packed point of a Riemannian LoRA layer on R2 (adapter=balora_riemannian).
 MOMENTS = ("keep", "transport")
 
 
@@ -73,6 +74,8 @@ class BaLoRA(LoRA):
                 b.copy_(B_new[i])
                 if c.moments == "transport" and isinstance(layer, LoRALinear):
                     self._transport(optimizer, layer, R[i])
+                elif c.moments == "transport" and isinstance(layer, ManifoldLoRALinear):
+                    self._transport_point(optimizer, layer, R[i])
 
     @staticmethod
     def _transport(optimizer, layer, R: Tensor) -> None:
@@ -84,6 +87,28 @@ class BaLoRA(LoRA):
         v_A, v_B = rotate_second_moments(R, sa["exp_avg_sq"], sb["exp_avg_sq"])
         sa["exp_avg"].copy_(m_A), sb["exp_avg"].copy_(m_B)
         sa["exp_avg_sq"].copy_(v_A), sb["exp_avg_sq"].copy_(v_B)
+
+    @staticmethod
+    def _transport_point(optimizer, layer, R: Tensor) -> None:
+        """Rotate Riemannian Adam's moments of an R2 layer's packed point [L; R_f] (geoopt:
+        exp_avg, a horizontal tangent vector, and exp_avg_sq, packed like the point).
+
+        The projection moves the point along its GL(r) orbit, (L, R_f) -> ~(L O, R_f O) with
+        O = R orthogonal (B = L, A = R_f^T: B_new ~ B R, A_new ~ R^T A), keeping W = L R_f^T.
+        The quotient metric is invariant under that action, so a horizontal lift (xi_L, xi_R)
+        at the old point is (xi_L O, xi_R O) at the new one: with the views m_B = m_L and
+        m_A = m_R^T, `rotate_moments` gives exactly that (m_B R, R^T m_A), and
+        `rotate_second_moments` its entrywise heuristic, v_L (R∘R), v_R (R∘R)."""
+        state = _adam_state(optimizer, layer.point)
+        if not state or "exp_avg" not in state:
+            return
+        manifold = layer.manifold
+        m_left, m_right = manifold.unpack(state["exp_avg"])  # views: (out, r), (in, r)
+        v_left, v_right = manifold.unpack(state["exp_avg_sq"])
+        m_A, m_B = rotate_moments(R, m_right.mT, m_left)  # (r, in), (out, r)
+        v_A, v_B = rotate_second_moments(R, v_right.mT, v_left)
+        m_right.copy_(m_A.mT), m_left.copy_(m_B)
+        v_right.copy_(v_A.mT), v_left.copy_(v_B)
 
     def metrics(self) -> dict:
         return {"balora/gap": self._gap} if self._gap is not None else super().metrics()

@@ -38,7 +38,10 @@ class FixedRankEmbedded(LowRankManifold):
         Malick 2012, Prop. 24; `orthographic_retraction`): Cholesky QRs and an r x r inverse,
         no SVD, about 4x cheaper for r = 32; also second order, but it needs S + M
         invertible, i.e. steps small against S's smallest singular value (a LoRA update that
-        starts near 0 has tiny S: keep "svd" there). S is then no longer diagonal.
+        starts near 0 has tiny S: keep "svd" there). Its S' is not diagonal; an r x r SVD
+        S' = P diag(sigma) Q^T re-diagonalises it (U' P, V' Q, diag(sigma); W' unchanged), which
+        keeps the factors in the svd retraction's gauge, so that Adam's per-entry moments
+        follow the same factors from step to step.
     Transport: orthogonal projection of the dense tangent vector onto the new tangent space, in
     factored form. Every operation costs O((n + m) r^2 + r^3).
 
@@ -127,7 +130,13 @@ class FixedRankEmbedded(LowRankManifold):
         up, vp, mm = self._proju_blocks(x, u)
         if self.retraction == "orthographic":
             u_new, s_new, v_new = orthographic_retraction(uu, vv, s + mm, up, vp)
-            return self.pack(u_new, v_new, s_new)
+            # Re-diagonalise (the gauge): S' = P diag(sigma) Q^T (an r x r SVD), then
+            # U' P, V' Q, diag(sigma) is the same W' = U' S' V'^T with orthonormal factors. A
+            # non-diagonal S' lets U', V' drift by rotations P, Q from step to step; the point
+            # is the same, but Adam's per-entry moments of the packed factors are not invariant
+            # under those rotations (SGD's and the normalized step's are), so it diverged.
+            p, sigma, qh = torch.linalg.svd(s_new)  # (..., r, r), (..., r), (..., r, r)
+            return self.pack(u_new @ p, v_new @ mT(qh), torch.diag_embed(sigma))
         u_new, sigma, v_new = truncated_retraction(uu, vv, s + mm, up, vp)
         return self.pack(u_new, v_new, torch.diag_embed(sigma))
 
