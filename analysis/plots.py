@@ -194,8 +194,8 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
             late.set_ylim(*limits)
         ax.axvspan(cutoff, xmax, color="tab:gray", alpha=0.08, lw=0)
     late.set_xlabel(xlabel)
-    late.set_title(f"late phase (last {LATE:.0%} of the {xlabel.split(' ')[0]}s), zoomed",
-                   fontsize=9)
+    span = "steps" if x == "step" else "wall clock"
+    late.set_title(f"late phase (last {LATE:.0%} of the {span}), zoomed", fontsize=9)
     late.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     fig.tight_layout()
@@ -453,5 +453,7 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
                "configuration. Band: 95% t interval of the paired differences.")
     if few_any:
         caption += " Where fewer than 2 seeds pair, only the mean is drawn."
-    fig.text(0.01, -0.06, caption, fontsize=7, ha="left", va="top", wrap=True)
+    # under the one-row legend (about 0.3 inch below the figure's bottom edge)
+    fig.text(0.01, -0.35 / fig.get_figheight(), caption, fontsize=7, ha="left", va="top",
+             wrap=True)
     return save(fig, Path(figures), f"{sweep}_delta_vs_step")
