@@ -90,3 +90,26 @@ def test_cli_writes_the_budget_figure_and_reports_it(tmp_path, capsys):
     for name in ("bud_delta_vs_step.png", "bud_delta_vs_step.pdf"):
         assert (fig / name).stat().st_size > 0 and str(fig / name) in out
     assert "](bud_delta_vs_step.png)" in (fig / "REPORT.md").read_text()
+
+
+def test_loss_figure_zooms_on_the_late_phase_with_the_legend_outside(tmp_path, monkeypatch):
+    """Dense evaluation (101 evaluations; write_run logs every 10 steps): the late panel spans
+    the last 50% of the steps and its y range is set by the curves there, not by the early
+    loss; the legend is the figure's."""
+    early = [5.0 - 0.02 * i for i in range(50)]  # steps 0-490: 5.0 down to 4.02
+    late = [2.0 - 0.001 * i for i in range(51)]  # steps 500-1000: 2.0 down to 1.95
+    for seed in range(2):
+        write_run(tmp_path, "dense", seed=seed, losses=[v + 0.001 * seed for v in early + late],
+                  **{"trainer": {"max_steps": 100, "batch_size": 4, "eval_every": 1}})
+    runs = load_runs(tmp_path, "dense")
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, figures, stem: figs.append(fig) or [stem])
+    assert plots.loss_vs_step(runs, load_curves(runs), tmp_path, "dense") == [
+        "dense_loss_vs_step"]
+    (fig,) = figs
+    full, zoom = fig.axes
+    assert zoom.get_xlim()[0] == pytest.approx(500)  # write_run's steps are 10 * i: 0 ... 1000
+    low, high = zoom.get_ylim()
+    assert 1.9 < low < 1.95 and 2.0 < high < 2.01  # the late values only (early ones are > 4)
+    assert full.get_ylim()[1] > 4.9
+    assert full.get_legend() is None and zoom.get_legend() is None and fig.legends
