@@ -378,7 +378,7 @@ def write_toy_table(df: pd.DataFrame, figures: Path, sweep: str) -> Path:
                      f"problems, LoRA's median final excess loss is {ratio:.3g}x BaLoRA's "
                      f"(median of the per-problem ratios, 95% bootstrap CI {row['95% CI']}; "
                      f"quartiles {row['per problem: quartiles']}; at least 10x on "
-                     f"{row['>= 10x']} problems, share {row['share >= 10x']:.2f}, 95% CI "
+                     f"{row['>= 10x']} problems, share {row['share >= 10x']:.3g}, 95% CI "
                      f"{row['share 95% CI']}); pooled over all inits, {row['LoRA / this']:.3g}x "
                      f"(95% bootstrap CI over problems {row['pooled 95% CI']}).")
         lines.append("")
