@@ -4,7 +4,11 @@ Each figure is a function ``(runs, curves, figures, sweep, **options) -> list[Pa
 in ``FIGURES`` with ``@figure("name")``; it writes ``<figures>/<sweep>_<name>.png`` and ``.pdf`` and
 returns the paths, or returns [] when the sweep has nothing to show for it. Curves are drawn at
 each method's tuned hyperparameters (mean over seeds and min-max band); a diverged or failed run is
-drawn dashed up to its last logged point and marked there with an x, never dropped.
+drawn dashed up to its last logged point and marked there with an x, never dropped. The loss
+figures have a second panel zoomed on the late phase (the last half of the x range) and their
+legend below the panels. ``delta_vs_step`` (not registered: it needs the sweep's tuned table,
+so ``python -m analysis`` calls it) draws the budget figure ``<sweep>_delta_vs_step``: each
+method's paired difference to its baseline at every evaluated step with its 95% t band.
 """
 
 from __future__ import annotations
