@@ -4,7 +4,11 @@ Each figure is a function ``(runs, curves, figures, sweep, **options) -> list[Pa
 in ``FIGURES`` with ``@figure("name")``; it writes ``<figures>/<sweep>_<name>.png`` and ``.pdf`` and
 returns the paths, or returns [] when the sweep has nothing to show for it. Curves are drawn at
 each method's tuned hyperparameters (mean over seeds and min-max band); a diverged or failed run is
-drawn dashed up to its last logged point and marked there with an x, never dropped.
+drawn dashed up to its last logged point and marked there with an x, never dropped. The loss
+figures have a second panel zoomed on the late phase (the last half of the x range) and their
+legend below the panels. ``delta_vs_step`` (not registered: it needs the sweep's tuned table,
+so ``python -m analysis`` calls it) draws the budget figure ``<sweep>_delta_vs_step``: each
+method's paired difference to its baseline at every evaluated step with its 95% t band.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib import ticker, transforms  # noqa: E402
+from matplotlib import patches, ticker, transforms  # noqa: E402
 
 from analysis.records import BAD_STATUSES, lm_runs  # noqa: E402
 from analysis.tuning import best_config, best_runs, config_label  # noqa: E402
@@ -134,7 +138,28 @@ def _log_y(ax):
     ax.tick_params(axis="y", which="minor", labelsize=7)
 
 
+LATE = 0.5  # the zoomed panel of the loss figures shows the last LATE of the x range
+
+
+def _late_limits(drawn, cutoff) -> tuple[float, float] | None:
+    """y limits of the late panel: min and max over seeds of every drawn curve at x >= cutoff."""
+    lows, highs = [], []
+    for xs, values in drawn:
+        late = values[(xs >= cutoff).to_numpy()].to_numpy(dtype=float)
+        late = late[np.isfinite(late)]
+        if late.size:
+            lows.append(late.min())
+            highs.append(late.max())
+    if not lows:
+        return None
+    low, high = min(lows), max(highs)
+    pad = 0.05 * (high - low) or 0.01 * abs(high) or 0.01
+    return low - pad, high + pad
+
+
 def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
+    """Two panels: the whole run, and the late phase (the last LATE of the x range) zoomed on
+    the curves there; the legend below both, outside the curves."""
     lm = lm_runs(runs)
     curves = curves[curves["run_id"].isin(lm["run_id"])]
     if lm.empty or curves.empty or (x != "step" and curves[x].isna().all()):
@@ -142,8 +167,8 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
     metric = loss_metric(curves)
     shown = best_runs(lm)
     colors = method_colors(lm["method"].unique())
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    unplaced = []
+    fig, (ax, late) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    unplaced, drawn = [], []
     for method, group in shown.groupby("method", sort=True):
         chosen = best_config(lm[lm["method"] == method])
         good = group[~group["status"].isin(BAD_STATUSES)]
@@ -152,27 +177,49 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
         if len(good):
             xs, values = _xy(curves, good["run_id"], metric, x)
             _band(ax, xs, values, colors[method], label)
+            _band(late, xs, values, colors[method], None)
+            drawn.append((xs, values))
         unplaced += _mark_failures(ax, curves, group, metric, x, colors[method], method)
     _place_at_top(ax, unplaced, x)
     if logy and (curves.loc[curves["metric"] == metric, "value"] > 0).all():
         _log_y(ax)
-    ax.set_xlabel("step" if x == "step" else "wall clock (s)")
+    xlabel = "step" if x == "step" else "wall clock (s)"
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
-    ax.set_title(f"{sweep}: {metric} at each method's tuned hyperparameters")
+    ax.set_title(f"{sweep}: {metric} at each method's tuned hyperparameters", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    _footnote(fig, lm, shown, sweep)
+    xmax = max((float(xs.max()) for xs, _ in drawn if xs.notna().any()), default=None)
+    if xmax is not None and xmax > 0:
+        xmin = min(float(xs.min()) for xs, _ in drawn if xs.notna().any())
+        cutoff = xmax - LATE * (xmax - xmin)
+        late.set_xlim(cutoff, xmax + 0.02 * (xmax - xmin))
+        limits = _late_limits(drawn, cutoff)
+        if limits:
+            late.set_ylim(*limits)
+        ax.axvspan(cutoff, xmax, color="tab:gray", alpha=0.08, lw=0)
+    late.set_xlabel(xlabel)
+    span = "steps" if x == "step" else "wall clock"
+    late.set_title(f"late phase (last {LATE:.0%} of the {span}), zoomed", fontsize=9)
+    late.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.tight_layout()
+    ncol = 2 if len(handles) > 4 else 1
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=ncol, frameon=False)
+    _footnote(fig, lm, shown, sweep, below=-(-len(handles) // ncol))
     return save(fig, figures, f"{sweep}_loss_vs_{'step' if x == 'step' else 'time'}")
 
 
-def _footnote(fig, lm, shown, sweep):
+def _footnote(fig, lm, shown, sweep, below: int = 0):
+    """A line under the figure (``below``: legend rows above it) on the runs not drawn."""
     others = lm[~lm["run_id"].isin(shown["run_id"])]
     if others.empty:
         return
     bad = others["status"].isin(BAD_STATUSES).sum()
-    fig.text(0.01, -0.02, f"not shown: {len(others)} runs at other hyperparameters ({bad} diverged"
-             f" or failed); every run is listed in {sweep}_summary.md", fontsize=7, ha="left",
-             va="top")
+    fig.text(0.01, -0.02 - 0.04 * below, f"not shown: {len(others)} runs at other "
+             f"hyperparameters ({bad} diverged or failed); every run is listed in "
+             f"{sweep}_summary.md", fontsize=7, ha="left", va="top")
 
 
 @figure("loss_vs_step")
@@ -291,3 +338,127 @@ def lr_scale_heatmap(runs, curves, figures, sweep, **_):
     fig.colorbar(image, ax=axes[0].tolist(), label="final eval loss (mean over seeds)")
     fig.suptitle(f"{sweep}: final eval loss over learning rate x alpha/r", fontsize=10)
     return save(fig, figures, f"{sweep}_lr_scale_heatmap")
+
+
+# ------------------------------------------------------------ paired difference vs step (budget)
+def _reported_seeds(cell: str) -> list[int]:
+    """The seeds of a tuned-table row ("1, 2 (diverged)" -> [1, 2])."""
+    return [int(s.split(" ")[0]) for s in str(cell).split(", ") if s.strip()]
+
+
+def _seed_curves(runs: pd.DataFrame, curves: pd.DataFrame, run_ids, seeds, metric) -> pd.DataFrame:
+    """(step x seed) metric of these runs at these seeds; a seed recorded twice: the mean."""
+    chosen = runs[runs["run_id"].isin(list(run_ids))]
+    seed = (chosen["seed"].fillna(0) if "seed" in chosen else pd.Series(0, index=chosen.index))
+    chosen = chosen[seed.astype(int).isin(list(seeds))]
+    values = pivot(curves, chosen["run_id"], metric)
+    by_seed = dict(zip(chosen["run_id"], seed.loc[chosen.index].astype(int)))
+    values = values.T.groupby(values.columns.map(by_seed)).mean().T
+    return values.reindex(columns=sorted(set(values.columns)))
+
+
+def paired_deltas(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame,
+                  metric: str | None = None) -> dict[str, pd.DataFrame]:
+    """Per compared method of a tuned table (analysis.tuning.tuned_table), its paired
+    difference to its baseline at each evaluated step, over the seeds the row reports.
+
+    At step t, over the seeds s both arms evaluated there with a finite loss (n_t of them):
+    d_s(t) = loss_method(s, t) - loss_baseline(s, t); mean = mean_s d_s(t), and for n_t >= 2 the
+    95% t interval [low, high] of analysis.verdict.paired_t (n_t - 1 degrees of freedom), NaN
+    for n_t < 2. Method and baseline runs are each method's selected configuration, the same as
+    the table's. Returns {method: DataFrame(index=step; mean, low, high, n)}.
+    """
+    from analysis.verdict import paired_t
+
+    lm = lm_runs(runs)
+    metric = metric or loss_metric(curves)
+    out = {}
+    compared = table[table["test"].fillna("").ne("")] if "test" in table else table.iloc[:0]
+    for row in compared.itertuples():
+        base = table[table["method"] == row.baseline]
+        if base.empty:
+            continue
+        method_ids = best_config(lm[lm["method"] == row.method])["run_ids"]
+        base_ids = best_config(lm[lm["method"] == row.baseline])["run_ids"]
+        m = _seed_curves(lm, curves, method_ids, _reported_seeds(row.seeds), metric)
+        b = _seed_curves(lm, curves, base_ids, _reported_seeds(base["seeds"].iloc[0]), metric)
+        shared = m.columns.intersection(b.columns)
+        steps = m.index.intersection(b.index)
+        d = m.loc[steps, shared] - b.loc[steps, shared]  # (steps, seeds) paired differences
+        d = d.where(np.isfinite(d))
+        rows = []
+        for step, values in d.iterrows():
+            v = values.dropna().to_numpy(dtype=float)  # (n_t,) the seeds both arms have at t
+            if not len(v):
+                continue
+            test = paired_t(v)
+            rows.append({"step": step, "mean": float(v.mean()), "low": float(test.low),
+                         "high": float(test.high), "n": len(v)})
+        out[row.method] = pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n"]
+                                       ).set_index("step")
+    return out
+
+
+def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path, sweep: str,
+                  table: pd.DataFrame | None) -> list[Path]:
+    """``<sweep>_delta_vs_step``: each method's paired difference to its baseline (method -
+    baseline eval loss, paired by seed, over the seeds its tuned-table row reports) against
+    step, with its 95% t interval band and a zero line; with < 2 paired seeds at a step only the
+    mean is drawn (the legend says so). [] when the table compares nothing."""
+    if table is None or table.empty or lm_runs(runs).empty:
+        return []
+    curves = curves[curves["run_id"].isin(lm_runs(runs)["run_id"])]
+    if curves.empty:
+        return []
+    metric = loss_metric(curves)
+    deltas = {m: d for m, d in paired_deltas(runs, curves, table, metric).items() if not d.empty}
+    if not deltas:
+        return []
+    colors = method_colors(lm_runs(runs)["method"].unique())
+    baselines = table.set_index("method")["baseline"]
+    # One panel per method (shared y): ten overlapping bands are unreadable on one axis.
+    cols = min(3, len(deltas))
+    rows = -(-len(deltas) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.3 * cols, 2.9 * rows + 0.6), sharex=True,
+                             sharey=True, squeeze=False)
+    few_any = False
+    for ax, (method, d) in zip(axes.flat, sorted(deltas.items())):
+        n_min, n_max = int(d["n"].min()), int(d["n"].max())
+        seeds = f"{n_min}" if n_min == n_max else f"{n_min}-{n_max}"
+        band = d["n"] >= 2
+        note = "" if band.all() else ("; no band: < 2 paired seeds" if not band.any()
+                                      else "; band where >= 2 pair")
+        few_any |= not band.all()
+        ax.axhline(0, color="k", lw=1)
+        marker = "o" if len(d) <= 30 else None  # sparse evaluation: show where it evaluated
+        ax.plot(d.index, d["mean"], color=colors[method], lw=1.6, marker=marker, ms=3)
+        if band.any():
+            ax.fill_between(d.index, d["low"].where(band), d["high"].where(band),
+                            color=colors[method], alpha=0.25, lw=0)
+        ax.set_title(f"{method}\nvs {baselines[method]} ({seeds} paired seeds{note})",
+                     fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(deltas):]:
+        ax.set_visible(False)
+    for ax in axes.flat[:len(deltas)]:  # hidden panels below some: label every x axis
+        ax.set_xlabel("step", fontsize=8)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric}: method - baseline", fontsize=8)
+    handles = [plt.Line2D([], [], color="tab:gray", lw=1.6, label="mean paired difference"),
+               patches.Patch(color="tab:gray", alpha=0.25,
+                                            label="95% t interval (n - 1 df)"),
+               plt.Line2D([], [], color="k", lw=1, label="0: no difference (< 0: method lower)")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3,
+               fontsize=8, frameon=False)
+    fig.suptitle(f"{sweep}: paired difference to the baseline vs step", fontsize=10)
+    fig.tight_layout()
+    caption = ("Line: mean over seeds of (method - baseline) at each evaluated step, paired by "
+               "seed, over the seeds each method's tuned-table row reports, at its selected "
+               "configuration. Band: 95% t interval of the paired differences.")
+    if few_any:
+        caption += " Where fewer than 2 seeds pair, only the mean is drawn."
+    # under the one-row legend (about 0.3 inch below the figure's bottom edge)
+    fig.text(0.01, -0.35 / fig.get_figheight(), caption, fontsize=7, ha="left", va="top",
+             wrap=True)
+    return save(fig, Path(figures), f"{sweep}_delta_vs_step")

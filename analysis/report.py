@@ -94,6 +94,15 @@ def finding(table: pd.DataFrame) -> str:
     return text
 
 
+DELTA_VS_STEP = (
+    "Budget: each compared method's paired difference to its baseline (method - baseline eval "
+    "loss, < 0: the method is lower) at every evaluated step, over the seeds its row of the tuned "
+    "table reports, at its selected configuration; band: the 95% t interval of the paired "
+    "differences (mean only where fewer than 2 seeds pair). A verdict that holds at the last "
+    "step but not earlier (or the reverse) depends on the budget."
+)
+
+
 def _num(value, spec: str) -> str:
     """A number, or "-" where there is none (too few seeds for an interval)."""
     return "-" if pd.isna(value) else f"{value:{spec}}"
@@ -125,6 +134,8 @@ def write_report(results: list[dict], figures: str | Path,
                 pdf = path.with_suffix(".pdf")
                 link = f" ([pdf]({pdf.name}))" if pdf.exists() else ""
                 out += [f"### {path.stem}{link}", "", f"![{path.stem}]({path.name})", ""]
+                if path.stem.endswith("_delta_vs_step"):
+                    out += [DELTA_VS_STEP, ""]
         csvs = [Path(p).name for p in result["files"] if Path(p).suffix == ".csv"]
         if csvs:
             out += ["Data: " + ", ".join(f"[{c}]({c})" for c in csvs), ""]

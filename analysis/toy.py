@@ -10,7 +10,9 @@ Reads the toy runs' records only (``config.yaml`` and ``toy.json``, written by b
 - ``<sweep>_gap_per_problem.png/.pdf``: per problem (T, W0), LoRA's median final excess loss
   over each BaLoRA variant's (the paper's GD claim is about this ratio for its one problem);
 - ``<sweep>_toy.md``: median final excess loss and median kappa per (variant, optimizer), and
-  LoRA's median final excess loss over each variant's, pooled and per problem (the "GD gap").
+  LoRA's median final excess loss over each variant's (the "GD gap"): pooled, with a bootstrap
+  interval over problems, and per problem, its distribution (median with a bootstrap interval,
+  quartiles, the share of problems >= 10x with a bootstrap interval).
 
 A problem is one draw of (T, W0), named by the seed that drew it (bench/toy.py). The curves,
 histograms and pooled medians pool the inits of every problem of a (variant, optimizer).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -242,11 +245,73 @@ def bootstrap_median(values: np.ndarray, n: int = 10_000, seed: int = 0,
     return float(low), float(high)
 
 
+def bootstrap_share(values: np.ndarray, threshold: float = 10.0, n: int = 10_000, seed: int = 0,
+                    confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the share of `values` >= threshold (resampled with
+    replacement, like bootstrap_median)."""
+    values = np.asarray(values, dtype=float)
+    if not len(values):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    shares = (values[rng.integers(0, len(values), size=(n, len(values)))] >= threshold).mean(1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(shares, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+POOLED_RESAMPLES = 2_000  # of the pooled ratio's bootstrap (each resample pools every init)
+
+
+def _finals_by_problem(sel: pd.DataFrame, problems) -> np.ndarray:
+    """(problems, inits) final excess losses of these rows, NaN where an init has no kept LR
+    (or the problem has fewer inits)."""
+    groups = {p: [c[-1] for c in g["curve"]] for p, g in sel.groupby("problem")}
+    width = max((len(v) for v in groups.values()), default=0)
+    out = np.full((len(problems), width), np.nan)
+    for i, p in enumerate(problems):
+        values = groups.get(p, [])
+        out[i, :len(values)] = values
+    return out
+
+
+def pooled_ratio_bootstrap(lora: pd.DataFrame, sel: pd.DataFrame, n: int = POOLED_RESAMPLES,
+                           seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval over problems of the pooled ratio median(LoRA's finals) /
+    median(this variant's finals): each resample draws the variant's problems (those with a kept
+    LR) with replacement and pools, for both arms, every init of the same drawn problems."""
+    problems = sorted(set(_kept(sel)["problem"]))
+    if not problems:
+        return math.nan, math.nan
+    a = _finals_by_problem(lora, problems)  # (P, inits) LoRA
+    b = _finals_by_problem(sel, problems)  # (P, inits) this variant
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(problems), size=(n, len(problems)))  # (n, P) drawn problems
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        # a resample where an arm has no kept LR: "All-NaN slice", its ratio NaN and dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ratios = (np.nanmedian(a[draws].reshape(n, -1), axis=1)
+                  / np.nanmedian(b[draws].reshape(n, -1), axis=1))  # (n,)
+    ratios = ratios[np.isfinite(ratios)]
+    if not len(ratios):
+        return math.nan, math.nan
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if math.isnan(low) else f"{low:.3g} - {high:.3g}"
+
+
 def toy_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (variant, optimizer): inits, median final excess loss and IQR, median kappa, median
-    chosen LR, LoRA's median final excess loss over this row's, both pooled over the inits of
-    this row's problems ("LoRA / this"), and over problems: the median of the per-problem ratios
-    with its 95% bootstrap interval and how many problems reach 10x (the paper's GD claim)."""
+    chosen LR; LoRA's median final excess loss over this row's pooled over the inits of this
+    row's problems ("LoRA / this") with a 95% bootstrap interval over problems ("pooled 95% CI":
+    both arms on the same resampled problems); and the distribution over problems of the
+    per-problem ratio (LoRA's median over a problem's inits / this row's): its median with a
+    95% bootstrap interval ("95% CI"), quartiles, how many problems reach 10x (the paper's GD
+    claim) and that share's 95% bootstrap interval. Bootstraps: percentile, resampling problems
+    with replacement, seed 0."""
     opts, variants = _order(df)
     rows = []
     for opt in opts:
@@ -261,8 +326,13 @@ def toy_table(df: pd.DataFrame) -> pd.DataFrame:
             lora = float(np.median(lora_final)) if len(lora_final) else None
             q25, q75 = (np.quantile(final, [0.25, 0.75]) if len(final) else (math.nan,) * 2)
             kappa = sel["kappa"][np.isfinite(sel["kappa"])]
-            ratios = problem_ratios(df, opt, variant) if variant != "LoRA" else pd.Series()
-            low, high = bootstrap_median(ratios.to_numpy())
+            other = variant != "LoRA"
+            ratios = problem_ratios(df, opt, variant) if other else pd.Series(dtype=float)
+            r = ratios.to_numpy()
+            low, high = bootstrap_median(r)
+            quartiles = np.quantile(r, [0.25, 0.75]) if len(r) else (math.nan,) * 2
+            pooled = (pooled_ratio_bootstrap(lora_rows, sel) if other and lora is not None
+                      else (math.nan, math.nan))
             rows.append({
                 "optimizer": opt,
                 "variant": variant,
@@ -273,9 +343,14 @@ def toy_table(df: pd.DataFrame) -> pd.DataFrame:
                 "median kappa": float(kappa.median()) if len(kappa) else math.nan,
                 "median lr": float(sel["lr"].median()),
                 "LoRA / this": (lora / med if lora is not None and med > 0 else math.nan),
+                "pooled 95% CI": _interval(*pooled),
                 "per problem: median": float(ratios.median()) if len(ratios) else math.nan,
-                "95% CI": f"{low:.3g} - {high:.3g}" if len(ratios) else "",
+                "95% CI": _interval(low, high) if len(ratios) else "",
+                "per problem: quartiles": (f"{quartiles[0]:.3g} - {quartiles[1]:.3g}"
+                                           if len(r) else ""),
                 ">= 10x": f"{(ratios >= 10).sum()}/{len(ratios)}" if len(ratios) else "",
+                "share >= 10x": float((r >= 10).mean()) if len(r) else math.nan,
+                "share 95% CI": _interval(*bootstrap_share(r)) if len(r) else "",
             })
     return pd.DataFrame(rows)
 
@@ -284,10 +359,15 @@ def write_toy_table(df: pd.DataFrame, figures: Path, sweep: str) -> Path:
     table = toy_table(df)
     lines = [f"# {sweep}: final excess loss and condition number", "",
              "Median over inits (all problems pooled) at each init's tuned LR, after the last "
-             "step; kappa is the exact Hessian condition number at the end point. \"per "
-             "problem\": LoRA's median over a problem's inits divided by this row's, one ratio "
-             "per problem (T, W0); its median, a 95% bootstrap interval over problems, and how "
-             "many problems reach 10x.", "",
+             "step; kappa is the exact Hessian condition number at the end point. \"LoRA / "
+             "this\": LoRA's median final excess loss over this row's, pooled over the inits of "
+             "this row's problems; \"pooled 95% CI\": its percentile bootstrap interval over "
+             f"problems ({POOLED_RESAMPLES:,} resamples of the problems with replacement, both "
+             "arms pooled over the same drawn problems). \"per problem\": LoRA's median over a "
+             "problem's inits divided by this row's, one ratio per problem (T, W0); its median "
+             "with a 95% percentile bootstrap interval over problems (10,000 resamples), its "
+             "quartiles, and how many problems (the share, with its 95% bootstrap interval "
+             "over problems) reach 10x.", "",
              markdown_table(table), ""]
     gd = table[(table["optimizer"] == "gd") & (table["variant"] == "BaLoRA")]
     if not gd.empty and math.isfinite(gd["LoRA / this"].iloc[0]):
@@ -296,9 +376,11 @@ def write_toy_table(df: pd.DataFrame, figures: Path, sweep: str) -> Path:
         problems = row[">= 10x"].split("/")[1]  # the problems with a ratio on both sides
         lines.append(f"GD gap (the paper's claim: at least 10x): over {problems} "
                      f"problems, LoRA's median final excess loss is {ratio:.3g}x BaLoRA's "
-                     f"(median of the per-problem ratios, 95% CI {row['95% CI']}; at "
-                     f"least 10x on {row['>= 10x']} problems); pooled over all inits, "
-                     f"{row['LoRA / this']:.3g}x.")
+                     f"(median of the per-problem ratios, 95% bootstrap CI {row['95% CI']}; "
+                     f"quartiles {row['per problem: quartiles']}; at least 10x on "
+                     f"{row['>= 10x']} problems, share {row['share >= 10x']:.3g}, 95% CI "
+                     f"{row['share 95% CI']}); pooled over all inits, {row['LoRA / this']:.3g}x "
+                     f"(95% bootstrap CI over problems {row['pooled 95% CI']}).")
         lines.append("")
     figures.mkdir(parents=True, exist_ok=True)
     path = figures / f"{sweep}_toy.md"

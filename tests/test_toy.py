@@ -255,7 +255,7 @@ def test_full_study_completes_in_time_and_balora_wins_with_gd(full_study):
     for d in runs:
         assert json.loads((d / "summary.json").read_text())["status"] == "completed"
     table = toy_table(load_toy(runs)).set_index(["optimizer", "variant"])
-    assert (table["problems"] == 40).all()
+    assert (table["problems"] == 100).all()  # toy.draws (conf/experiment/balora_toy.yaml)
     gd = table.loc[("gd", "BaLoRA")]
     assert float(gd["95% CI"].split(" - ")[0]) > 1  # better per problem, conclusively
     assert table.loc[("gd", "LoRA"), "median kappa"] > gd["median kappa"]
@@ -269,3 +269,36 @@ def test_full_study_gd_gap_is_at_least_10x(full_study):
     sweep_dir, _ = full_study
     table = toy_table(load_toy(run_dirs(sweep_dir.parent))).set_index(["optimizer", "variant"])
     assert table.loc[("gd", "BaLoRA"), "LoRA / this"] >= 10
+
+
+def test_toy_table_states_the_ratio_distribution_and_bootstrap_intervals_over_problems():
+    """Per-problem ratios 1, 5, 10, 20 (LoRA's inits 10x, 50x, ... the variant's scale): their
+    quartiles and share >= 10x by hand; the pooled ratio's bootstrap resamples problems with
+    both arms on the same drawn problems, so when LoRA is exactly c x the variant on every init
+    of every problem, every resample's pooled ratio is c: the interval is [c, c]."""
+    import numpy as np
+    import pandas as pd
+
+    def row(variant, problem, final, optimizer="gd"):
+        return {"optimizer": optimizer, "variant": variant, "problem": problem,
+                "curve": np.array([1.0, final]), "kappa": 5.0, "lr": 0.1}
+
+    rows = []
+    for p, (ratio, scale) in enumerate([(1, 1e-3), (5, 1.0), (10, 1e2), (20, 1e-5)]):
+        for init in (1.0, 2.0, 3.0):
+            rows += [row("LoRA", p, ratio * scale * init), row("BaLoRA", p, scale * init)]
+            # sign-GD: LoRA exactly 7x the variant on every init of every problem
+            rows += [row("LoRA", p, 7 * scale * init, "sign_gd"),
+                     row("BaLoRA", p, scale * init, "sign_gd")]
+    table = toy_table(pd.DataFrame(rows)).set_index(["optimizer", "variant"])
+    gd = table.loc[("gd", "BaLoRA")]
+    assert gd["per problem: median"] == pytest.approx(7.5)
+    assert gd["per problem: quartiles"] == "4 - 12.5"  # linear interpolation of 1, 5, 10, 20
+    assert gd[">= 10x"] == "2/4" and gd["share >= 10x"] == 0.5
+    low, high = map(float, gd["share 95% CI"].split(" - "))
+    assert 0 <= low < 0.5 < high <= 1
+    low, high = map(float, gd["pooled 95% CI"].split(" - "))
+    assert low < gd["LoRA / this"] < high  # the problems' scales differ: the pooled ratio moves
+    sign = table.loc[("sign_gd", "BaLoRA")]
+    assert sign["LoRA / this"] == pytest.approx(7.0)
+    assert sign["pooled 95% CI"] == "7 - 7" and sign["share 95% CI"] == "0 - 0"
