@@ -242,7 +242,7 @@ def test_toy_figures_ignore_folders_without_toy_runs(tmp_path):
 def full_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "runs"
     start = time.perf_counter()
-    proc = run_cli(["-m", "+experiment=balora_toy", f"out_dir={out}"], timeout=600)
+    proc = run_cli(["-m", "+experiment=balora_toy", f"out_dir={out}"], timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "balora_toy", time.perf_counter() - start
 
@@ -251,7 +251,8 @@ def full_study(tmp_path_factory):
 def test_full_study_completes_in_time_and_balora_wins_with_gd(full_study):
     sweep_dir, elapsed = full_study
     runs = run_dirs(sweep_dir.parent)
-    assert len(runs) == 12 and elapsed < 300
+    # 300 s was the bar at 40 problems per run; 100 problems are 2.5x the work (issue 12)
+    assert len(runs) == 12 and elapsed < 750
     for d in runs:
         assert json.loads((d / "summary.json").read_text())["status"] == "completed"
     table = toy_table(load_toy(runs)).set_index(["optimizer", "variant"])
