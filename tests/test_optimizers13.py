@@ -14,7 +14,7 @@ import yaml
 
 import bench.train
 from bench.adapters import build_adapter
-from bench.config import ConfigError, validate
+from bench.config import LORA_ADAPTERS, ConfigError, validate
 from bench.manifolds import make
 from bench.models.gpt import GPT, GPTConfig
 from bench.optim import build_optimizer
@@ -263,8 +263,9 @@ def test_lora_optimizers_refuse_a_run_without_lora_factors(name, adapter):
     got = compose(adapter).adapter
     assert str(err.value) == (
         f"optimizer.name={name!r} needs a LoRA adapter with factors lora_A, lora_B: "
-        f"adapter.name=lora or balora with adapter.geometry=euclidean (got "
+        f"adapter.name={' or '.join(LORA_ADAPTERS)} with adapter.geometry=euclidean (got "
         f"adapter.name={got.name!r}, adapter.geometry={got.geometry!r})")
+    assert {"lora", "balora", "dora"} <= set(LORA_ADAPTERS)  # the registered LoRA subclasses
     validate(compose([f"optimizer={name}", "adapter=balora"]))  # BaLoRA has the factors
 
 

@@ -85,10 +85,10 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
     # the grids (4 adapters x 3 toy optimizers; 7 + 5 x 2 x 5 LRs; 5 + 5 x 2 x 6; 3 x 5 + 3 x 7),
-    # plus, with no grid run yet, 2 seeds for one method per seeds stage
-    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 2 + 2,
-                      "riemannian_attention": 5 + 60 + 2 + 2,
-                      "adapters_x_optimizers": 15 + 21 + 2 + 2}
+    # plus, with no grid run yet, the 5 reporting seeds for one method per seeds stage
+    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 5 + 5,
+                      "riemannian_attention": 5 + 60 + 5 + 5,
+                      "adapters_x_optimizers": 15 + 21 + 5 + 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
@@ -115,7 +115,7 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
      "seeds:<experiment>"),
     ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
      "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
-     "stages, seconds_per_run, smoke"),
+     "stages, seconds_per_run, tuning_seeds, reporting_seeds, smoke"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},

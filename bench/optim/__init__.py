@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from bench.errors import ConfigError
-from bench.optim import lora_preconditioned as _preconditioned
 from bench.optim.base import CombinedOptimizer, OptimizerSpec
 from bench.optim.euclidean import adamw, sgd
+from bench.optim.lora_preconditioned import lora_preconditioned, method_suffix
 from bench.optim.loraplus import loraplus
 from bench.optim.muon import muon
 from bench.optim.riemannian import riemannian_adam, riemannian_normalized, riemannian_sgd
@@ -34,8 +34,8 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "riemannian_sgd": OptimizerSpec(riemannian_sgd, needs_manifold=True),
     "riemannian_normalized": OptimizerSpec(riemannian_normalized, needs_manifold=True),
     "muon": OptimizerSpec(muon),
-    "lora_preconditioned": OptimizerSpec(_preconditioned.lora_preconditioned, needs_lora=True,
-                                         method_suffix=_preconditioned.method_suffix),
+    "lora_preconditioned": OptimizerSpec(lora_preconditioned, needs_lora=True,
+                                         method_suffix=method_suffix),
     "loraplus": OptimizerSpec(loraplus, needs_lora=True),
 }
 
