@@ -14,38 +14,19 @@ timed step for Muon. Its cost there is a property of torch's CPU bfloat16 matmul
 from __future__ import annotations
 
 import copy
-import time
 
 import pytest
 import torch
 
 from bench.adapters import build_adapter
-from bench.data.corpus import get_batch, load_corpus
-from bench.models.gpt import GPT, GPTConfig
+from bench.data.corpus import load_corpus
+from bench.models.gpt import GPT
 from bench.optim import build_optimizer
 from tests.conftest import compose
+from tests.test_perf_riemannian import SMALL, STEPS, WARMUP, _timed_steps
 
 pytestmark = pytest.mark.perf
-SMALL = GPTConfig(d_model=256, n_layer=6, n_head=8, seq_len=256)
-BATCH, WARMUP, STEPS, ROUNDS = 8, 2, 6, 3
-
-
-def _timed_steps(model, opt, data, warmup=WARMUP, steps=STEPS):
-    """(mean seconds per full training step, mean seconds of optimizer.step alone)."""
-    total = step_only = 0.0
-    for i in range(warmup + steps):
-        x, y = get_batch(data, BATCH, SMALL.seq_len, 0, i)
-        t0 = time.perf_counter()
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        t1 = time.perf_counter()
-        opt.step()
-        t2 = time.perf_counter()
-        if i >= warmup:
-            total += t2 - t0
-            step_only += t2 - t1
-    return total / steps, step_only / steps
+ROUNDS = 3
 
 
 FULL = ("adapter=full", "adapter.target_modules=[all]")  # every parameter trains

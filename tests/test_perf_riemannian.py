@@ -30,10 +30,10 @@ class _Opt:  # the optimizer config group, as bench.config.OptimizerConfig
             (0.9, 0.999), 1e-8, 0.9, 1e-3, 100)
 
 
-def _timed_steps(model, opt, data):
+def _timed_steps(model, opt, data, warmup=WARMUP, steps=STEPS):
     """(mean seconds per full training step, mean seconds of optimizer.step alone)."""
     total = step_only = 0.0
-    for i in range(WARMUP + STEPS):
+    for i in range(warmup + steps):
         x, y = get_batch(data, BATCH, SMALL.seq_len, 0, i)
         t0 = time.perf_counter()
         _, loss = model(x, y)
@@ -42,10 +42,10 @@ def _timed_steps(model, opt, data):
         t1 = time.perf_counter()
         opt.step()
         t2 = time.perf_counter()
-        if i >= WARMUP:
+        if i >= warmup:
             total += t2 - t0
             step_only += t2 - t1
-    return total / STEPS, step_only / STEPS
+    return total / steps, step_only / steps
 
 
 @pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
