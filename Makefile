@@ -21,14 +21,14 @@ run: setup                    ## the default sweep (conf/config.yaml), then ever
 	$(PY) -m bench.run -m
 	$(MAKE) plots
 
-test: setup                   ## the test suite (slow and perf tests excluded)
-	WANDB_MODE=disabled $(PY) -m pytest -q
+test: setup                   ## the test suite (slow and perf tests excluded), a worker per core
+	WANDB_MODE=disabled $(PY) -m pytest -q -n auto --dist worksteal
 
 plots: setup                  ## every figure and table, from the run records in runs/
 	$(PY) -m analysis
 
 perf: setup                   ## benchmarks: ratios measured side by side in one run
-	WANDB_MODE=disabled $(PY) -m pytest -m perf -s -q -p no:randomly
+	WANDB_MODE=disabled $(PY) -m pytest -m perf -s -q -p no:randomly -p no:xdist
 
 studies: setup                ## every study at its documented size (resumable)
 	$(PY) -m experiments

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf
 
 from bench.adapters.full import Full
 from bench.data.corpus import Corpus, load_corpus
+from bench.metrics.cost import usable_cpus
 from bench.models import GPT_KEYS, gpt_config
 from bench.models.gpt import GPT
 from bench.tracking.record import RunRecord, atomic_write
@@ -58,7 +58,7 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
     print(f"[bench] pretraining {cfg.model.name} on {p.domain} ({p.max_steps} steps) -> {folder}")
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
     # Other workers wait on the lock meanwhile, so pretraining may use every core.
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     torch.manual_seed(PRETRAIN_SEED)
     device = torch.device(
         "cuda" if torch.cuda.is_available() and cfg.trainer.device != "cpu" else "cpu"

@@ -12,7 +12,6 @@ created. A run that diverges or fails is recorded as such and the sweep goes on.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 import warnings
@@ -27,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.adapters import build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.data.corpus import check_context, eval_batches, load_corpus
+from bench.metrics.cost import usable_cpus
 from bench.metrics.monitor import HessianMonitor
 from bench.models import build_model
 from bench.optim import build_optimizer
@@ -55,8 +55,9 @@ def _setup_threads(cfg) -> None:
                 cpus = hc.launcher.get("cpus_per_task")
         except (ValueError, AttributeError):
             pass
-        threads = cpus or max(1, (os.cpu_count() or 1) // workers)
+        threads = cpus or max(1, usable_cpus() // workers)
     torch.set_num_threads(threads)
+
 
 
 def cli_overrides() -> list[str]:

@@ -41,6 +41,21 @@ GEOMETRY_VARIANTS = {
 }
 
 
+def pytest_configure(config):
+    """`make test` runs the suite on parallel workers (pytest-xdist, one per core): each worker
+    is pinned to its share of the cores, so its in-process tests and the `python -m bench.run`
+    subprocesses it starts (which inherit the affinity; bench.metrics.cost.usable_cpus) never
+    oversubscribe the machine."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = cpus[int(worker.removeprefix("gw")) % len(cpus)::max(1, min(count, len(cpus)))]
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))
+
+
 def make_variant(variant: str, n: int, m: int, r: int):
     """The manifold of a GEOMETRY_VARIANTS id for n x m matrices of rank r."""
     name, options = GEOMETRY_VARIANTS[variant]
@@ -75,6 +90,27 @@ def config_error(overrides: list[str]) -> str:
     except ConfigError as e:
         return f"error: {e}"  # as bench.run's main prints it to stderr before exiting with 2
     raise AssertionError(f"{overrides} was accepted")
+
+
+# Sweeps whose launcher is not the point run one after another in one process (conf/hydra/
+# launcher/serial.yaml): joblib's worker processes each import torch again (~5 s a process).
+# The default launcher (joblib) keeps its own end-to-end tests.
+SERIAL = "hydra/launcher=serial"
+
+
+def run_analysis(runs: Path, figures: Path) -> str:
+    """`python -m analysis runs=RUNS figures=FIGURES`, in process (analysis imports nothing
+    from bench/); fails the test on a non-zero exit. Returns what it printed."""
+    import contextlib
+    import io
+
+    from analysis.__main__ import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main([f"runs={runs}", f"figures={figures}"])
+    assert code == 0, out.getvalue()[-3000:]
+    return out.getvalue()
 
 
 def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli, run_dirs
+from tests.conftest import SERIAL, run_cli, run_dirs
 
 pytestmark = pytest.mark.e2e  # every test here launches sweeps in subprocesses
 
@@ -24,7 +24,7 @@ def test_two_run_sweep_completes_on_submitit_local(tmp_path, tiny):
 
 def test_relaunching_a_sweep_skips_completed_runs(tmp_path, tiny):
     out = tmp_path / "runs"
-    args = ["-m", *tiny, f"out_dir={out}", "hydra.sweeper.params=null", "seed=0,1"]
+    args = ["-m", *tiny, f"out_dir={out}", SERIAL, "hydra.sweeper.params=null", "seed=0,1"]
     first = run_cli(args)
     assert first.returncode == 0, first.stderr
     again = run_cli(args)

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from bench.run import run
-from tests.conftest import ROOT, compose, read_jsonl, run_dirs
+from tests.conftest import compose, read_jsonl, run_analysis, run_dirs
 
 
 @pytest.mark.e2e
@@ -21,9 +18,6 @@ def test_lora_run_logs_hessian_spectra_that_the_analysis_draws(tmp_path, tiny):
     rows = [r for r in read_jsonl(d / "metrics.jsonl") if "cond/lambda_max" in r]
     assert [r["step"] for r in rows] == [6, 12]
     assert all(r["sharpness/lambda_max"] == r["cond/lambda_max"] > 0 for r in rows)
-    proc = subprocess.run([sys.executable, "-m", "analysis", f"runs={tmp_path / 'runs'}",
-                           f"figures={tmp_path / 'fig'}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    run_analysis(tmp_path / "runs", tmp_path / "fig")
     assert (tmp_path / "fig" / "default_sharpness_vs_step.png").exists()
 

@@ -8,14 +8,12 @@ and launcher."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from experiments.__main__ import discover, load_experiment, sweep_of
-from tests.conftest import ROOT, run_cli, run_dirs
+from tests.conftest import SERIAL, run_analysis, run_cli, run_dirs
 
 # A tiny model and budget for any LM study (the toy ignores them).
 SHRINK = ["model.d_model=32", "model.n_layer=1", "model.n_head=4", "model.seq_len=32",
@@ -26,7 +24,7 @@ STUDIES, _ = discover()
 
 def _smoke(tmp_path, experiment, sweep_overrides):
     out = tmp_path / "runs"
-    proc = run_cli(["-m", f"+experiment={experiment}", *SHRINK, *sweep_overrides,
+    proc = run_cli(["-m", f"+experiment={experiment}", *SHRINK, *sweep_overrides, SERIAL,
                     f"out_dir={out}", f"model.pretrain.cache_dir={tmp_path / 'cache'}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     dirs = run_dirs(out)
@@ -58,10 +56,7 @@ def test_study_smoke(tmp_path, name):
     config = yaml.safe_load((dirs[0] / "config.yaml").read_text())
     assert config["study"]["name"] == name and config["study"]["baseline"] == study.baseline
     figures = tmp_path / "figures"
-    proc = subprocess.run([sys.executable, "-m", "analysis", f"runs={out}",
-                           f"figures={figures}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    run_analysis(out, figures)
     sweep = dirs[0].parent.name
     table = "toy" if config["task"] == "toy" else "tuned"
     assert (figures / f"{sweep}_{table}.md").exists() and (figures / "REPORT.md").exists()

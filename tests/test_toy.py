@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import compose, read_jsonl, run_cli, run_dirs
+from conftest import SERIAL, compose, read_jsonl, run_cli, run_dirs
 
 from analysis.toy import bootstrap_median, load_toy, problem_ratios, toy_figures, toy_table
 from bench.adapters.balora import balancing_gap
@@ -178,7 +178,7 @@ def test_problem_ratios_are_per_problem_medians():
 def test_reduced_study_writes_records_and_figures(tmp_path, one_thread):
     out = tmp_path / "runs"
     args = ["-m", "+experiment=balora_toy", "adapter=lora,balora", "toy.method=gd", "seed=0",
-            *SMALL,
+            *SMALL, SERIAL,
             f"out_dir={out}"]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,14 @@ from bench.config import schema_defaults
 from bench.run import run
 from bench.tracking.identity import run_id
 from bench.train import lr_factor
-from tests.conftest import ROOT, compose, kill_at_first_checkpoint, read_jsonl, run_cli, run_dirs
+from tests.conftest import (
+    compose,
+    kill_at_first_checkpoint,
+    read_jsonl,
+    run_analysis,
+    run_cli,
+    run_dirs,
+)
 
 
 def _curve(run_dir):
@@ -213,14 +218,7 @@ def test_nan_in_one_run_of_a_sweep_marks_it_diverged_and_the_sweep_goes_on(tmp_p
     ]
     summary = json.loads((diverged[0] / "summary.json").read_text())
     assert summary["diverged_step"] == 5 and summary["final_eval_loss"] is None
-    plots = subprocess.run(
-        [sys.executable, "-m", "analysis", f"runs={out}", f"figures={tmp_path / 'figures'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert plots.returncode == 0, plots.stderr
+    run_analysis(out, tmp_path / "figures")
     table = next((tmp_path / "figures").glob("*summary.md")).read_text()
     assert table.count("diverged") >= 1 and table.count("completed") >= 2
 

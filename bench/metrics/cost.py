@@ -1,4 +1,5 @@
-"""Cost of training: the machine's matmul peak and model FLOPs utilisation (MFU).
+"""Cost of training: the cores a run may use, the machine's matmul peak and model FLOPs
+utilisation (MFU).
 
 MFU = (model FLOPs per token x tokens per second) / peak FLOP/s, with the peak measured on this
 machine (a square fp32 matmul at the current thread count) and cached per machine and thread count.
@@ -7,6 +8,7 @@ machine (a square fp32 matmul at the current thread count) and cached per machin
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -14,6 +16,14 @@ from pathlib import Path
 import torch
 
 CACHE = Path(".cache/matmul_peak.json")
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, SLURM's cgroups, a pinned
+    test worker) where the system reports one, else every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def measure_matmul_peak(n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
