@@ -165,9 +165,9 @@ def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
         "model.n_layer=1",
         "model.n_head=2",
         "model.seq_len=32",
-        "trainer.max_steps=400",
+        "trainer.max_steps=200",
         "trainer.batch_size=4",
-        "trainer.eval_every=100",
+        "trainer.eval_every=50",
         "trainer.log_every=20",
         "trainer.checkpoint_every=40",
         "trainer.progress=false",
@@ -175,14 +175,14 @@ def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
         "logger=none",
         "trainer.threads=1",
     ]
-    clean = run_cli([*args, f"out_dir={tmp_path / 'clean'}"])
-    assert clean.returncode == 0, clean.stderr
+    # the uninterrupted reference runs in this process, the killed and resumed one in two others
+    assert run(compose([*args, f"out_dir={tmp_path / 'clean'}"]))["status"] == "completed"
     out = tmp_path / "killed"
     checkpoint = kill_at_first_checkpoint(args, out)
     (killed_dir,) = run_dirs(out)
     assert json.loads((killed_dir / "summary.json").read_text())["status"] == "running"
     state = torch.load(checkpoint, weights_only=False)
-    assert 0 < state["step"] < 400
+    assert 0 < state["step"] < 200
     resumed = run_cli([*args, f"out_dir={out}"])
     assert resumed.returncode == 0, resumed.stderr
     (clean_dir,) = run_dirs(tmp_path / "clean")
