@@ -19,6 +19,7 @@ import yaml
 SUMMARY_KEYS = (
     "status",
     "final_eval_loss",
+    "final_test_loss",  # with a test split (bench data.test_fraction > 0): what tables report
     "best_eval_loss",
     "steps",
     "steps_to_target",

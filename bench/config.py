@@ -107,9 +107,13 @@ class DataConfig:
     name: str = "builtin"  # builtin | text
     domain: str = "stdlib_docs"  # builtin corpus domain to train on (fine-tuning target)
     paths: list[str] = field(default_factory=list)  # data=text: the user's files
-    eval_fraction: float = 0.1
+    eval_fraction: float = 0.1  # validation: selects, and is every run's curve
     eval_batches: int = 4
     max_bytes: int = 4_000_000  # cap on corpus size (bytes) per domain
+    # test: reported once, at a run's end (final_test_loss); 0 = no test split. The studies set
+    # 0.1 and 16 batches (>= 128 windows; DESIGN.md §8)
+    test_fraction: float = 0.0
+    test_batches: int = 16
 
 
 @dataclass
@@ -471,6 +475,13 @@ def validate(cfg: Any) -> None:
         raise ConfigError("data.paths is empty: data=text needs data.paths=[file, ...]")
     if not 0 < cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction={cfg.data.eval_fraction} must be in (0, 1)")
+    if not 0 <= cfg.data.test_fraction < 1 - cfg.data.eval_fraction:
+        raise ConfigError(
+            f"data.test_fraction={cfg.data.test_fraction} must be in [0, 1 - data.eval_fraction"
+            f" = {1 - cfg.data.eval_fraction:g}): 0 (no test split) or the share of documents "
+            "held out for the test loss")
+    if cfg.data.test_batches < 1:
+        raise ConfigError(f"data.test_batches={cfg.data.test_batches} must be >= 1")
 
 
 def _schema_fields(node: type, path: list[str]) -> tuple[type | None, str | None]:

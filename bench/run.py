@@ -105,7 +105,8 @@ def prepare(cfg) -> Prepared:
     record."""
     device = resolve_device(cfg.trainer.device)
     d = cfg.data
-    corpus = load_corpus(d.name, d.domain, list(d.paths), d.eval_fraction, d.max_bytes)
+    corpus = load_corpus(d.name, d.domain, list(d.paths), d.eval_fraction, d.max_bytes,
+                         d.test_fraction)
     check_context(corpus, cfg.model.seq_len)
     state, source = None, None
     if cfg.model.kind == "gpt" and cfg.model.init == "pretrained":
@@ -147,6 +148,8 @@ def train(cfg, record: RunRecord, parts: dict, logger: WandbLogger) -> dict:
         seed=cfg.seed,
         device=parts["device"],
         n_eval_batches=cfg.data.eval_batches,
+        test_data=parts["corpus"].test,
+        n_test_batches=cfg.data.test_batches,
         target_loss=cfg.metrics.target_loss,
         logger=logger,
         hooks=parts["hooks"],

@@ -67,6 +67,8 @@ class Trainer:
         seed: int,
         device: torch.device,
         n_eval_batches: int = 4,
+        test_data: torch.Tensor | None = None,
+        n_test_batches: int = 16,
         target_loss: float | None = None,
         logger=None,
         hooks: list[Callable] | None = None,
@@ -80,6 +82,9 @@ class Trainer:
             name: eval_batches(data, t.batch_size, model_seq_len(model), n_eval_batches)
             for name, data in eval_sets.items()
         }
+        # the test split: evaluated once, at the last step of a completed run (test/loss)
+        self.test_set = (eval_batches(test_data, t.batch_size, model_seq_len(model),
+                                      n_test_batches) if test_data is not None else None)
         self.seq_len = model_seq_len(model)
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
@@ -217,6 +222,9 @@ class Trainer:
                 row.update(self.adapter.metrics())
                 if evaluating:
                     row.update(self._evaluate(stats))
+                if step == t.max_steps and self.test_set is not None:
+                    row["test/loss"] = stats["test"] = evaluate(
+                        self.model, self.test_set, self.device, self.autocast)
                 hooks_t0 = time.perf_counter()
                 for hook in self.hooks:
                     row.update(hook(step, self.model) or {})
@@ -236,6 +244,8 @@ class Trainer:
             "steps": step,
             "diverged_step": diverged_step,
             "final_eval_loss": stats["last_eval"] if status == "completed" else None,
+            **({"final_test_loss": stats.get("test") if status == "completed" else None}
+               if self.test_set is not None else {}),
             "best_eval_loss": stats["best_eval"],
             "tokens": stats["tokens"],
             "wall_s": stats["wall_s"],

@@ -2,8 +2,12 @@
 
 Nothing is downloaded: the built-in corpus is the source of the standard library that ships with
 the pinned Python, in disjoint *domains* so that a fine-tuning study can pretrain on one and
-adapt to another. Files are split into train/eval deterministically by a hash of their name, and
-the content hash of the token streams goes into the run record.
+adapt to another. Files are split deterministically by a hash of their name into train,
+validation ("eval": selects learning rates and is the curve of every run) and, with
+`test_fraction` > 0, test (reported once, at the end of a run; DESIGN.md §8): a document with
+hash u in [0, 1) is validation for u < eval_fraction, test for u < eval_fraction + test_fraction,
+train otherwise, so adding a test split leaves the validation set unchanged. The content hash of
+the token streams goes into the run record.
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ SEPARATOR = 0  # byte between documents
 @dataclass
 class Corpus:
     train: torch.Tensor  # (N_train,) uint8 byte tokens
-    eval: torch.Tensor  # (N_eval,) uint8
-    content_hash: str  # sha256 of train + eval bytes
+    eval: torch.Tensor  # (N_eval,) uint8: validation
+    content_hash: str  # sha256 of train + eval (+ test, when there is one) bytes
     name: str
+    test: torch.Tensor | None = None  # (N_test,) uint8; None without a test split
 
     def __repr__(self) -> str:
-        return f"Corpus({self.name}: {self.train.numel()} train, {self.eval.numel()} eval bytes)"
+        test = f", {self.test.numel()} test" if self.test is not None else ""
+        return (f"Corpus({self.name}: {self.train.numel()} train, {self.eval.numel()} eval"
+                f"{test} bytes)")
 
 
 def _stdlib_documents(domain: str) -> list[tuple[str, bytes]]:
@@ -72,9 +79,11 @@ def _text_documents(paths: list[str]) -> list[tuple[str, bytes]]:
     return docs
 
 
-def _is_eval(name: str, fraction: float) -> bool:
+def _split_of(name: str, eval_fraction: float, test_fraction: float) -> str:
+    """'eval', 'test' or 'train' from u = the document name's sha256 as a number in [0, 1)."""
     digest = hashlib.sha256(name.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "eval" if u < eval_fraction else "test" if u < eval_fraction + test_fraction else "train"
 
 
 def _join(docs: list[bytes]) -> torch.Tensor:
@@ -92,8 +101,10 @@ def load_corpus(
     paths: list[str] | None = None,
     eval_fraction: float = 0.1,
     max_bytes: int = 4_000_000,
+    test_fraction: float = 0.0,
 ) -> Corpus:
-    """Load a corpus and split it into train/eval by document (hash of its name)."""
+    """Load a corpus and split it by document (hash of its name) into train, eval (validation)
+    and, when test_fraction > 0, test."""
     docs = _text_documents(list(paths or [])) if name == "text" else _stdlib_documents(domain)
     # Cap the size in a fixed document order, so every machine sees the same bytes.
     kept, total = [], 0
@@ -102,30 +113,40 @@ def load_corpus(
             break
         kept.append((doc_name, data[: max_bytes - total]))
         total += len(kept[-1][1])
-    if len(kept) == 1:  # a single file: the last eval_fraction of it is the eval split
+    if len(kept) == 1:  # a single file: its last eval_fraction is eval, test_fraction before it
         doc_name, data = kept[0]
         cut = int(len(data) * (1 - eval_fraction))
-        train, evals = [data[:cut]], [data[cut:]]
+        test_cut = int(len(data) * (1 - eval_fraction - test_fraction))
+        train, evals, tests = [data[:test_cut]], [data[cut:]], [data[test_cut:cut]]
     else:
-        train = [d for n, d in kept if not _is_eval(n, eval_fraction)]
-        evals = [d for n, d in kept if _is_eval(n, eval_fraction)]
-        if not evals or not train:  # tiny corpora: fall back to an order-based split
+        splits = [_split_of(n, eval_fraction, test_fraction) for n, _ in kept]
+        train, evals, tests = ([d for (_, d), s in zip(kept, splits, strict=True) if s == part]
+                               for part in ("train", "eval", "test"))
+        if not evals or not train or (test_fraction > 0 and not tests):
+            # tiny corpora: fall back to an order-based split (test before eval, at the end)
             k = max(1, int(len(kept) * eval_fraction))
-            train, evals = [d for _, d in kept[:-k]], [d for _, d in kept[-k:]]
+            j = max(1, int(len(kept) * test_fraction)) if test_fraction > 0 else 0
+            docs = [d for _, d in kept]
+            train, tests, evals = docs[: -k - j], docs[-k - j: -k], docs[-k:]
     train_t, eval_t = _join(train), _join(evals)
     h = hashlib.sha256(train_t.numpy().tobytes())
     h.update(eval_t.numpy().tobytes())
+    test_t = None
+    if test_fraction > 0:
+        test_t = _join(tests)
+        h.update(test_t.numpy().tobytes())
     label = f"text:{len(kept)} files" if name == "text" else domain
-    return Corpus(train_t, eval_t, h.hexdigest(), label)
+    return Corpus(train_t, eval_t, h.hexdigest(), label, test_t)
 
 
 def check_context(corpus: Corpus, seq_len: int) -> None:
     """The corpus must hold at least one full window (seq_len + 1 tokens) in each split."""
-    shortest = min(corpus.train.numel(), corpus.eval.numel())
-    if shortest < seq_len + 1:
+    splits = [corpus.train, corpus.eval] + ([corpus.test] if corpus.test is not None else [])
+    if min(s.numel() for s in splits) < seq_len + 1:
+        test = f" / {corpus.test.numel()} test" if corpus.test is not None else ""
         raise ConfigError(
             f"model.seq_len={seq_len} is larger than the corpus ({corpus.name}: "
-            f"{corpus.train.numel()} train / {corpus.eval.numel()} eval tokens)"
+            f"{corpus.train.numel()} train / {corpus.eval.numel()} eval{test} tokens)"
         )
 
 
