@@ -187,6 +187,7 @@ class LoggerConfig:
 @dataclass
 class HessianConfig:
     every: int = 0  # 0: off
+    at_start: bool = False  # also at step 0 (the initial weights), when every > 0
     iters: int = 20
     layers: list[str] = field(default_factory=list)  # name patterns; empty = all adapted
     # The fixed batch the Hessian is taken on; None: half the training batch (an HVP costs about
@@ -224,8 +225,16 @@ class StudyConfig:
     name: str | None = None  # the study; None for a plain run or sweep
     baseline: str | None = None  # the method every other method of the sweep is compared with
     # the study's stages in order, each "grid:<experiment>" (a Hydra multirun of that YAML, the
-    # tuning seed) or "seeds:<experiment>" (each method's best config of that grid, more seeds)
+    # tuning seed), "long:<experiment>" (each method's best config of that grid and its two
+    # learning-rate neighbours, again on the tuning seeds, with the `long` overrides) or
+    # "seeds:<experiment>" (each method's best config, of the long stage when there is one, on
+    # the reporting seeds, with the `reporting` overrides)
     stages: list[str] = field(default_factory=list)
+    long: list[str] = field(default_factory=list)  # the reporting budget: trainer.max_steps=...
+    reporting: list[str] = field(default_factory=list)  # measurements of reporting runs only
+    # experiment -> keys its grid stage takes from the baseline method's tuned config
+    # (riemannian_attention: {riemannian_attention: [optimizer.lr]}, the AdamW part's LR)
+    from_baseline: dict[str, list[str]] = field(default_factory=dict)
     seconds_per_run: float = 30.0  # estimate on 2 cores with 2 workers, until runs exist
     # the verdict protocol (DESIGN.md §8): grids tune on the tuning seeds; each method's best
     # configuration then runs on the reporting seeds, which alone are reported

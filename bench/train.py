@@ -155,6 +155,10 @@ class Trainer:
         if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
             row = {"step": 0, "tokens": 0, "wall_s": 0.0}
             row.update(self._evaluate(stats))
+            hooks_t0 = time.perf_counter()
+            for hook in self.hooks:  # measurements of the initial weights, off the wall clock
+                row.update(hook(0, self.model) or {})
+            start += time.perf_counter() - hooks_t0
             self.record.log(row)
             if self.logger is not None:
                 self.logger.log(row)

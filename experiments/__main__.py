@@ -6,17 +6,26 @@
 
 A study is declared in one YAML, conf/experiment/<name>.yaml, by its `study:` block (schema:
 bench.config.StudyConfig) whose `name` is the file's stem; its README is
-experiments/<name>/README.md. Its `stages` run in order. A `grid:<experiment>` stage is one Hydra
-multirun, `python -m bench.run -m +experiment=<experiment>` (the learning-rate grid on seed 0). A
-`seeds:<experiment>` stage is the second half of the tuning protocol (DESIGN.md §8): for every
-method of that grid, the configuration with the lowest final eval loss is run again with more
-seeds. An experiment that is a stage of another study states that study's `name` (and baseline)
-in its own `study:` block, or inherits it from the experiment it extends. A study without stages,
-a stage that names no experiment, or an experiment claiming a study that does not list it, is an
-error, never a silent skip. Completed runs are skipped by the entry point, so an interrupted
-`make studies` resumes where it stopped. The plan counts the runs of each grid (from its
-`hydra.sweeper.params`) and estimates the time from the per-run seconds of the study's completed
-runs (or the study's `seconds_per_run`).
+experiments/<name>/README.md. Its `stages` run in order:
+
+- `grid:<experiment>`: one Hydra multirun, `python -m bench.run -m +experiment=<experiment>`
+  (the learning-rate grid on seed 0), with the keys `study.from_baseline` lists for it set to
+  the baseline method's tuned values.
+- `long:<experiment>`: for every method of that grid, its best configuration and the learning
+  rates either side of it in the grid, again on seed 0, at the study's reporting budget (the
+  `study.long` overrides): the short grid finds the neighbourhood, the long budget the rate.
+- `seeds:<experiment>`: the second half of the tuning protocol (DESIGN.md §8): for every method,
+  the configuration with the lowest final validation loss (of the long stage when the study has
+  one) runs on the reporting seeds, with the `study.reporting` overrides (measurements such as
+  Hessian condition numbers).
+
+An experiment that is a stage of another study states that study's `name` (and baseline) in its
+own `study:` block, or inherits it from the experiment it extends. A study without stages, a
+stage that names no experiment, a long stage without `study.long`, or an experiment claiming a
+study that does not list it, is an error, never a silent skip. Completed runs are skipped by the
+entry point, so an interrupted `make studies` resumes where it stopped. The plan counts the runs
+of each stage (a grid's from its `hydra.sweeper.params`) and estimates the time from the per-run
+seconds of the study's completed runs (or the study's `seconds_per_run`).
 """
 
 from __future__ import annotations
@@ -34,9 +43,12 @@ from omegaconf import DictConfig, OmegaConf
 from bench.config import ConfigError, StudyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+TUNING_SEEDS = (0,)  # the seed every grid and long stage runs (the YAMLs' `seed: "0"`)
 CONF = ROOT / "conf" / "experiment"
 
-STAGE_KINDS = ("grid", "seeds")
+STAGE_KINDS = ("grid", "long", "seeds")
+# The learning-rate keys a `long` stage varies, the first one the grid sweeps over
+LR_KEYS = ("optimizer.manifold_lr", "optimizer.lr")
 
 
 @dataclasses.dataclass
@@ -49,6 +61,9 @@ class Study:
     seconds_per_run: float
     smoke: list[str]
     reporting_seeds: list[int]
+    long: list[str] = dataclasses.field(default_factory=list)
+    reporting: list[str] = dataclasses.field(default_factory=list)
+    from_baseline: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def seeds(self) -> str:
@@ -121,7 +136,14 @@ def discover() -> tuple[dict[str, Study], list[str]]:
                 stem, block.get("baseline"), _stages(stem, block.get("stages")),
                 float(block.get("seconds_per_run", default.seconds_per_run)),
                 [str(o) for o in block.get("smoke") or []],
-                [int(s) for s in block.get("reporting_seeds", default.reporting_seeds)])
+                [int(s) for s in block.get("reporting_seeds", default.reporting_seeds)],
+                [str(o) for o in block.get("long") or []],
+                [str(o) for o in block.get("reporting") or []],
+                {str(e): [str(k) for k in keys]
+                 for e, keys in (block.get("from_baseline") or {}).items()})
+            if any(kind == "long" for kind, _ in studies[stem].stages) and not studies[stem].long:
+                raise ConfigError(f"conf/experiment/{stem}.yaml: a long stage needs study.long, "
+                                  "the overrides of the reporting budget (trainer.max_steps=...)")
     loose = []
     for stem, block in blocks.items():
         if not block or block.get("name") is None:
@@ -147,10 +169,15 @@ def discover() -> tuple[dict[str, Study], list[str]]:
     return studies, loose
 
 
+def sweep_params(experiment: str) -> dict[str, list[str]]:
+    """The experiment's sweep: key -> its values, as written."""
+    params = OmegaConf.select(load_experiment(experiment), "hydra.sweeper.params") or {}
+    return {str(k): [v.strip() for v in str(v).split(",")] for k, v in params.items()}
+
+
 def count_runs(experiment: str) -> int:
     """The runs of the experiment's grid: the product of its sweep params' value counts."""
-    params = OmegaConf.select(load_experiment(experiment), "hydra.sweeper.params") or {}
-    sizes = [len(str(v).split(",")) for v in params.values()]
+    sizes = [len(values) for values in sweep_params(experiment).values()]
     return int(sum(1 for _ in itertools.product(*[range(s) for s in sizes]))) if sizes else 1
 
 
@@ -164,22 +191,65 @@ def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
     return sum(walls) / len(walls) if walls else default
 
 
-def best_overrides(out_dir: Path, sweep: str, experiment: str) -> dict[str, list[str]]:
-    """Per method, the overrides of the seed-0 run of `experiment` with the lowest final loss."""
-    best: dict[str, tuple[float, list[str]]] = {}
+def best_runs(out_dir: Path, sweep: str, experiment: str,
+              long: list[str] | None = None) -> dict[str, tuple[list[str], DictConfig]]:
+    """Per method, (overrides, config) of the seed-0 run of `experiment` with the lowest final
+    validation loss: among the runs of its grid (`long` None or empty) or among those of its long
+    stage (runs whose overrides hold every override of `long`)."""
+    best: dict[str, tuple[float, list[str], DictConfig]] = {}
     for summary_path in (out_dir / sweep).glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
         config = OmegaConf.load(summary_path.parent / "config.yaml")
         overrides = list(OmegaConf.select(config, "meta.overrides", default=[]) or [])
         loss = summary.get("final_eval_loss")
         if (f"+experiment={experiment}" not in overrides or config.seed != 0
-                or summary.get("status") != "completed" or loss is None):
+                or summary.get("status") != "completed" or loss is None
+                or bool(long) != bool(long and set(long) <= set(overrides))):
             continue
         method = config.meta.method
         if method not in best or loss < best[method][0]:
-            best[method] = (loss, overrides)
+            best[method] = (loss, overrides, config)
     keep = lambda o: not o.startswith(("seed=", "out_dir="))  # noqa: E731
-    return {m: [o for o in ov if keep(o)] for m, (_, ov) in sorted(best.items())}
+    return {m: ([o for o in ov if keep(o)], cfg) for m, (_, ov, cfg) in sorted(best.items())}
+
+
+def best_overrides(out_dir: Path, sweep: str, experiment: str,
+                   long: list[str] | None = None) -> dict[str, list[str]]:
+    """Per method, the overrides of its best seed-0 run (`best_runs`)."""
+    return {m: ov for m, (ov, _) in best_runs(out_dir, sweep, experiment, long).items()}
+
+
+def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
+    """The best run's overrides with its learning rate replaced by that value and the grid's
+    values either side of it ("optimizer.lr=3e-4,1e-3,3e-3"): the key is the first of LR_KEYS
+    that the grid sweeps over more than one value; none: the overrides as they are."""
+    grid = sweep_params(experiment)
+    key = next((k for k in LR_KEYS if len(grid.get(k, [])) > 1), None)
+    if key is None:
+        return overrides
+    values = sorted(grid[key], key=float)
+    out = []
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name == key:
+            i = next(j for j, v in enumerate(values) if float(v) == float(value))
+            override = f"{key}={','.join(values[max(0, i - 1): i + 2])}"
+        out.append(override)
+    return out
+
+
+def baseline_values(study: Study, keys: list[str], out_dir: Path) -> list[str]:
+    """`key=value` for each of `keys`, from the baseline method's tuned config (its long
+    stage's best when the study has one); [] while the baseline has no result."""
+    for kind, exp in study.stages:
+        if kind != "grid":
+            continue
+        found = best_runs(out_dir, sweep_of(exp), exp, study.long or None)
+        found = found or best_runs(out_dir, sweep_of(exp), exp)
+        if study.baseline in found:
+            config = found[study.baseline][1]
+            return [f"{key}={OmegaConf.select(config, key)}" for key in keys]
+    return []
 
 
 def sweep_of(experiment: str) -> str:
@@ -194,11 +264,13 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
         for kind, exp in study.stages:
+            methods = max(1, len(best_overrides(out_dir, sweep_of(exp), exp)))
             if kind == "grid":
                 n = count_runs(exp)
+            elif kind == "long":  # the best learning rate and its two neighbours
+                n = 3 * methods
             else:  # one extra run per seed for each method of the grid
-                methods = best_overrides(out_dir, sweep_of(exp), exp)
-                n = len(study.reporting_seeds) * max(1, len(methods))
+                n = len(study.reporting_seeds) * methods
             minutes = n * per_run / workers / 60
             runs, study_minutes = runs + n, study_minutes + minutes
             label = f"{kind} {exp}" + (f" (seeds {study.seeds})" if kind == "seeds" else "")
@@ -209,15 +281,34 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     return total
 
 
-def commands(kind: str, exp: str, out_dir: Path, seeds: str) -> list[list[str]]:
+def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]]:
+    """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
+    long or seeds stage reads the records of the stages before it)."""
     base = [sys.executable, "-m", "bench.run", "-m"]
+    sweep = sweep_of(exp)
     if kind == "grid":
-        return [[*base, f"+experiment={exp}", f"out_dir={out_dir}"]]
-    best = best_overrides(out_dir, sweep_of(exp), exp)
+        keys = study.from_baseline.get(exp, [])
+        inherited = baseline_values(study, keys, out_dir) if keys else []
+        if keys and not inherited:
+            print(f"note: {exp} takes {', '.join(keys)} from the baseline {study.baseline}, "
+                  "which has no result yet; run its stages first", file=sys.stderr)
+            return []
+        return [[*base, f"+experiment={exp}", *inherited, f"out_dir={out_dir}"]]
+    if kind == "long":
+        best = best_overrides(out_dir, sweep, exp)
+        runs = [[*base, *lr_neighbours(exp, overrides), *study.long,
+                 f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
+                for overrides in best.values()]
+    else:
+        best = best_overrides(out_dir, sweep, exp, study.long or None)
+        runs = [[*base, *overrides, *study.reporting, f"seed={study.seeds}", f"out_dir={out_dir}"]
+                for overrides in best.values()]
     if not best:
-        print(f"note: no completed seed-0 run of {exp} yet; run its grid first", file=sys.stderr)
-    return [[*base, *overrides, f"seed={seeds}", f"out_dir={out_dir}"]
-            for overrides in best.values()]
+        print(f"note: no completed seed-0 run of {exp} yet; run its "
+              f"{'long stage' if kind == 'seeds' and study.long else 'grid'} first",
+              file=sys.stderr)
+    return runs
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name, study in chosen.items():
         for kind, exp in study.stages:
-            for cmd in commands(kind, exp, Path(args.out_dir), study.seeds):
+            for cmd in commands(kind, exp, Path(args.out_dir), study):
                 print("$", " ".join(cmd[1:]), flush=True)
                 if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                     print(f"study {name}: {exp} failed; rerun to resume", file=sys.stderr)

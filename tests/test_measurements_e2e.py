@@ -12,11 +12,12 @@ from tests.conftest import compose, read_jsonl, run_analysis, run_dirs
 @pytest.mark.e2e
 def test_lora_run_logs_hessian_spectra_that_the_analysis_draws(tmp_path, tiny):
     summary = run(compose([*tiny, "adapter=lora", "adapter.r=2", "metrics.hessian.every=6",
-                           "metrics.hessian.iters=8"]))
+                           "metrics.hessian.iters=8", "metrics.hessian.at_start=true",
+                           "adapter.init=pissa"]))
     assert summary["status"] == "completed"
     (d,) = run_dirs(tmp_path / "runs")
     rows = [r for r in read_jsonl(d / "metrics.jsonl") if "cond/lambda_max" in r]
-    assert [r["step"] for r in rows] == [6, 12]
+    assert [r["step"] for r in rows] == [0, 6, 12]  # start (PiSSA: B != 0), middle, end
     assert all(r["sharpness/lambda_max"] == r["cond/lambda_max"] > 0 for r in rows)
     run_analysis(tmp_path / "runs", tmp_path / "fig")
     assert (tmp_path / "fig" / "default_sharpness_vs_step.png").exists()

@@ -304,14 +304,18 @@ def test_iters_below_two_is_a_config_error():
 def test_schedule_fires_at_multiples_or_the_first_log_step_past_them():
     model, ad, batch = lora_gpt()
 
-    def fired(every, calls):
-        mon = HessianMonitor(every=every, iters=2, layers=[], adapter=ad, batch=batch)
+    def fired(every, calls, at_start=False):
+        mon = HessianMonitor(every=every, iters=2, layers=[], adapter=ad, batch=batch,
+                             at_start=at_start)
         return [s for s in calls if mon.due(s)]
 
     assert fired(50, range(10, 201, 10)) == [50, 100, 150, 200]
     assert fired(50, range(3, 160, 3)) == [51, 102, 150]
     assert fired(0, range(1, 100)) == []
     assert fired(1, [0, 1, 2]) == [1, 2]
+    # start, middle and end of a 200-step run; step 0 only when asked, never with every = 0
+    assert fired(100, [0, *range(10, 201, 10)], at_start=True) == [0, 100, 200]
+    assert fired(0, [0, 10], at_start=True) == []
     assert fired(50, range(310, 400, 10)) == [350]  # resumed at 300: no catch-up estimate
     mon = HessianMonitor(every=5, iters=2, layers=[], adapter=ad, batch=batch)
     assert mon(3, model) == {}

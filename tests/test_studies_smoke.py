@@ -101,16 +101,20 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
 @pytest.mark.parametrize(("files", "error"), [
     ({"a": "study:\n  name: a\n"},
      "conf/experiment/a.yaml: study.stages is empty; list its stages, each one of "
-     "grid:<experiment>, seeds:<experiment>"),
+     "grid:<experiment>, long:<experiment>, seeds:<experiment>"),
     ({"a": "study:\n  name: a\n  stages: [grid:b]\n"},
      "conf/experiment/a.yaml: study.stages entry 'grid:b' names no experiment "
      "(no conf/experiment/b.yaml)"),
     ({"a": "study:\n  name: a\n  stages: [run:a]\n"},
      "conf/experiment/a.yaml: study.stages entry 'run:a'; allowed: grid:<experiment>, "
-     "seeds:<experiment>"),
+     "long:<experiment>, seeds:<experiment>"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a, long:a]\n"},
+     "conf/experiment/a.yaml: a long stage needs study.long, the overrides of the reporting "
+     "budget (trainer.max_steps=...)"),
     ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
      "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
-     "stages, seconds_per_run, tuning_seeds, reporting_seeds, smoke"),
+     "stages, long, reporting, from_baseline, seconds_per_run, tuning_seeds, reporting_seeds, "
+     "smoke"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
@@ -141,3 +145,62 @@ def test_a_stage_inherits_its_study_and_a_plain_experiment_is_named(tmp_path, mo
     assert experiments.sweep_of("a_more") == "a" and experiments.count_runs("a_more") == 2
     assert experiments.main(["--plan", "--out-dir", str(tmp_path)]) == 0
     assert "not part of a study (no study block): plain" in capsys.readouterr().err
+
+
+def _record(out, sweep, name, method, overrides, loss, lr, seed=0):
+    """A finished seed run's record as bench.run writes it (the keys the stages read)."""
+    run_dir = out / sweep / name
+    run_dir.mkdir(parents=True)
+    config = {"seed": seed, "optimizer": {"lr": lr},
+              "meta": {"method": method, "overrides": [*overrides, f"seed={seed}"]}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed",
+                                                      "final_eval_loss": loss}))
+
+
+STAGED = {
+    "s": "sweep: s\nstudy:\n  name: s\n  baseline: full/adamw\n"
+         "  stages: [grid:s_base, long:s_base, grid:s, long:s, seeds:s_base, seeds:s]\n"
+         "  long: [trainer.max_steps=40]\n  reporting: [metrics.hessian.every=20]\n"
+         "  from_baseline: {s: [optimizer.lr]}\n"
+         "hydra:\n  sweeper:\n    params:\n      optimizer.manifold_lr: 1e-3,3e-3,1e-2\n",
+    "s_base": "sweep: s\nstudy:\n  name: s\n  baseline: full/adamw\n"
+              "hydra:\n  sweeper:\n    params:\n      optimizer.lr: 3e-2,1e-3,1e-2,3e-3\n",
+}
+
+
+def test_long_stage_reruns_the_best_rate_and_its_neighbours_and_seeds_take_its_best(
+        tmp_path, monkeypatch, capsys):
+    experiments = _conf(tmp_path, monkeypatch, STAGED)
+    study = experiments.discover()[0]["s"]
+    out = tmp_path / "runs"
+    cmd = lambda kind, exp: [c[4:] for c in experiments.commands(kind, exp, out, study)]  # noqa: E731
+    # the Riemannian grid needs the baseline's tuned LR first: nothing runs, and it says why
+    assert cmd("grid", "s") == []
+    assert "takes optimizer.lr from the baseline full/adamw" in capsys.readouterr().err
+    base = ["+experiment=s_base", "adapter=full"]
+    for lr, loss in (("1e-3", 2.0), ("3e-3", 1.9), ("1e-2", 2.1), ("3e-2", 2.5)):
+        _record(out, "s", f"b-{lr}", "full/adamw", [*base, f"optimizer.lr={lr}"], loss, float(lr))
+    # the grid's best (3e-3) and its neighbours in the grid's sorted values, at the long budget
+    assert cmd("long", "s_base") == [[*base, "optimizer.lr=1e-3,3e-3,1e-2",
+                                      "trainer.max_steps=40", "seed=0", f"out_dir={out}"]]
+    # before the long stage, the baseline's tuned LR is its grid's best; after, the long best
+    assert cmd("grid", "s") == [["+experiment=s", "optimizer.lr=0.003", f"out_dir={out}"]]
+    for lr, loss in (("1e-3", 1.7), ("3e-3", 1.8), ("1e-2", 1.75)):
+        _record(out, "s", f"bl-{lr}", "full/adamw",
+                [*base, f"optimizer.lr={lr}", "trainer.max_steps=40"], loss, float(lr))
+    assert cmd("grid", "s") == [["+experiment=s", "optimizer.lr=0.001", f"out_dir={out}"]]
+    # the Riemannian grid's best is on the grid's edge: one neighbour only
+    riem = ["+experiment=s", "optimizer.lr=0.001", "optimizer=riemannian_adam"]
+    for lr, loss in (("1e-3", 1.6), ("3e-3", 1.65), ("1e-2", 1.9)):
+        _record(out, "s", f"r-{lr}", "full/riemannian_adam",
+                [*riem, f"optimizer.manifold_lr={lr}"], loss, 0.001)
+    assert cmd("long", "s") == [[*riem, "optimizer.manifold_lr=1e-3,3e-3",
+                                 "trainer.max_steps=40", "seed=0", f"out_dir={out}"]]
+    # seeds: the long stage's best (not the grid's, which ran a shorter budget), the reporting
+    # overrides and the reporting seeds
+    assert cmd("seeds", "s_base") == [[*base, "optimizer.lr=1e-3", "trainer.max_steps=40",
+                                       "metrics.hessian.every=20", "seed=1,2,3,4,5",
+                                       f"out_dir={out}"]]
+    assert cmd("seeds", "s") == []  # its long stage has not run yet
+    assert "run its long stage first" in capsys.readouterr().err

@@ -169,7 +169,9 @@ class HessianMonitor:
 
     every:     estimate at every step that is a multiple of `every` (0: never). The trainer
                calls hooks at log steps only; when those skip a multiple, the estimate runs at
-               the first call past it. Step 0 never fires.
+               the first call past it.
+    at_start:  also estimate at step 0 (the trainer calls hooks on its step-0 row), when
+               every > 0: "start, middle, end" is every = max_steps // 2 with at_start.
     iters:     Lanczos iterations per estimate (>= 2; capped at the subspace dimension).
     layers:    name patterns of the layers to cover (see the module docstring); [] = all.
     adapter:   the applied adapter (its `.targets`).
@@ -191,12 +193,14 @@ class HessianMonitor:
         seed: int = 0,
         per_layer: bool | None = None,
         model: nn.Module | None = None,
+        at_start: bool = False,
     ):
         if every < 0:
             raise ConfigError(f"metrics.hessian.every={every} must be >= 0")
         if iters < 2:
             raise ConfigError(f"metrics.hessian.iters={iters} must be >= 2")
         self.every, self.iters, self.seed = int(every), int(iters), int(seed)
+        self.at_start = bool(at_start)
         self.patterns = list(layers or [])
         self.adapter = adapter
         self.batch = tuple(batch)
@@ -208,6 +212,9 @@ class HessianMonitor:
     # -- schedule ------------------------------------------------------------------------
     def due(self, step: int) -> bool:
         """Whether the call at `step` estimates (and remember the step for the next call)."""
+        if step == 0:
+            self._prev_step = 0
+            return self.every > 0 and self.at_start
         prev = step - 1 if self._prev_step is None else self._prev_step
         self._prev_step = step
         return self.every > 0 and step > 0 and step // self.every > prev // self.every
