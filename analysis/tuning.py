@@ -34,6 +34,7 @@ NON_SEMANTIC = (
     "trainer.progress",
     "trainer.checkpoint_every",
     "trainer.log_every",
+    "model.pretrain.cache_dir",
 )
 # Settings that may differ between the runs of one config without making them different configs
 # when the records do not state their config (`meta.config_id`): the non-semantic keys above,

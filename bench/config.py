@@ -60,6 +60,7 @@ NON_SEMANTIC = (
     "trainer.progress",
     "trainer.checkpoint_every",
     "trainer.log_every",
+    "model.pretrain.cache_dir",  # where the base is cached, not what it is (its key is)
 )
 
 

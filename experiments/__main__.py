@@ -257,6 +257,16 @@ def sweep_of(experiment: str) -> str:
     return str(load_experiment(experiment).get("sweep", experiment))
 
 
+def _budget_ratio(study: Study, experiment: str, kind: str) -> float:
+    """How much longer a run of this stage is than a grid run: the ratio of `study.long`'s
+    trainer.max_steps to the experiment's, for long and seeds stages (1 otherwise)."""
+    steps = [o.partition("=")[2] for o in study.long if o.startswith("trainer.max_steps=")]
+    grid = OmegaConf.select(load_experiment(experiment), "trainer.max_steps")
+    if kind == "grid" or not steps or not grid:
+        return 1.0
+    return float(steps[-1]) / float(grid)
+
+
 def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     total = 0.0
     print(f"{'study':<24}{'stage':<60}{'runs':>6}{'est. minutes':>14}")
@@ -271,7 +281,7 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
                 n = 3 * methods
             else:  # one extra run per seed for each method of the grid
                 n = len(study.reporting_seeds) * methods
-            minutes = n * per_run / workers / 60
+            minutes = n * per_run * _budget_ratio(study, exp, kind) / workers / 60
             runs, study_minutes = runs + n, study_minutes + minutes
             label = f"{kind} {exp}" + (f" (seeds {study.seeds})" if kind == "seeds" else "")
             print(f"{name:<24}{label:<60}{n:>6}{minutes:>14.1f}")

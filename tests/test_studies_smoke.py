@@ -79,9 +79,10 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     assert main(["--plan", "--out-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
-    # the grids (4 adapters x 3 toy optimizers; 7 + 5 x 2 x 5 LRs; 5 + 5 x 2 x 6; 3 x 5 + 3 x 7),
-    # plus, with no grid run yet, the 5 reporting seeds for one method per seeds stage
-    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 5 + 5,
+    # the grids (4 adapters x 3 toy optimizers; 7 + 2 x 5 x 5 + 4 x 5 x 5 LR x alpha; 5 + 5 x 2
+    # x 6; 3 x 5 + 3 x 7), plus, with no grid run yet, for one method per stage: 3 learning
+    # rates of a long stage, 5 reporting seeds of a seeds stage
+    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
                       "riemannian_attention": 5 + 60 + 5 + 5,
                       "adapters_x_optimizers": 15 + 21 + 5 + 5}
 
