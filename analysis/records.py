@@ -31,6 +31,10 @@ SUMMARY_KEYS = (
     "error",
     "diverged_step",
     "trainable_params",
+    # the last Hessian estimate of a run that measured one (bench.train.FINAL_MEASUREMENTS)
+    "final_cond/kappa",
+    "final_cond/lambda_min_h",
+    "final_sharpness/lambda_max",
 )
 # A run whose summary.json is missing was killed (or is still going) before writing it.
 INCOMPLETE = "incomplete"

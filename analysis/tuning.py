@@ -47,6 +47,9 @@ CONFIG_ID = "meta.config_id"
 TUNING_SEEDS = (0,)
 # The reported loss, first present wins: the test split's, else the eval split's (which selects).
 REPORTED_LOSSES = ("final_test_loss", "final_eval_loss")
+# The last Hessian estimate of a run (None where the horizontal Hessian was not positive
+# definite) and a key every estimate sets, to tell "not measured" from "not defined"
+FINAL_KAPPA, FINAL_SHARPNESS = "final_cond/kappa", "final_sharpness/lambda_max"
 
 
 class GridEdgeWarning(UserWarning):
@@ -253,6 +256,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
         row = _table_row(method, chosen, losses[method], base, methods)
         if base in best and base != method:
             row.update(compare(losses[method], losses[base]))
+        row.update(final_kappa(df[df["run_id"].isin(chosen["run_ids"])], losses[method].index))
         rows.append(row)
     table = pd.DataFrame(rows)
     compared = table["test"].ne("")
@@ -266,6 +270,21 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
     if "sweep" in df:
         table.insert(0, "sweep", df["sweep"].iloc[0])
     return table
+
+
+def final_kappa(runs: pd.DataFrame, seeds) -> dict:
+    """kappa: the median over the reported `seeds` of these runs' last condition number, and
+    kappa_seeds "k/n": of the n seeds whose Hessian was measured, the k where kappa is defined
+    (the horizontal Hessian positive definite); both blank where nothing was measured."""
+    if FINAL_SHARPNESS not in runs:
+        return {"kappa": math.nan, "kappa_seeds": ""}
+    runs = runs[_column(runs, "seed", 0).astype(int).isin(list(seeds))]
+    measured = runs[runs[FINAL_SHARPNESS].notna()]
+    if measured.empty:
+        return {"kappa": math.nan, "kappa_seeds": ""}
+    kappas = _column(measured, FINAL_KAPPA, math.nan).dropna()
+    return {"kappa": float(kappas.median()) if len(kappas) else math.nan,
+            "kappa_seeds": f"{len(kappas)}/{len(measured)}"}
 
 
 def _seeds_label(losses: pd.Series) -> str:
@@ -318,7 +337,9 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pa
     table.to_csv(csv, index=False)
     shown = ["method", "hyperparameters", "n_configs", "seeds", "n_diverged", "mean", "std",
              "test", "n", "delta", "ci_low", "ci_high", "p", "p_holm", "conclusive",
-             "detectable", "baseline", "edge"]
+             "detectable", "kappa", "kappa_seeds", "baseline", "edge"]
+    if not table.get("kappa_seeds", pd.Series(dtype=str)).fillna("").ne("").any():
+        shown = [c for c in shown if c not in ("kappa", "kappa_seeds")]  # nothing measured
     md.write_text(
         f"# {sweep}: methods at their tuned hyperparameters\n\n"
         + markdown_table(table[[c for c in shown if c in table]])
@@ -349,6 +370,11 @@ def reporting(table: pd.DataFrame) -> str:
         verb = "have" if few != 1 else "has"
         text += (f" {few} of its comparisons {verb} fewer than {MIN_SEEDS} seeds, so no verdict "
                  "(n/a) whatever the p-value.")
+    if table.get("kappa_seeds", pd.Series(dtype=str)).fillna("").ne("").any():
+        text += (" kappa = the median over those seeds of the condition number of the adapted "
+                 "layers' horizontal Hessian at the run's last estimate (Lanczos, "
+                 "bench/metrics/monitor.py); kappa_seeds = k/n: of the n seeds measured, the k "
+                 "where that Hessian was positive definite, so that kappa is defined.")
     return text
 
 

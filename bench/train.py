@@ -50,6 +50,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+# Measurements whose last value a run's summary keeps, as final_<key> (bench/metrics/monitor.py;
+# cond/kappa is None where the horizontal Hessian is not positive definite)
+FINAL_MEASUREMENTS = ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max")
+
 class Trainer:
     """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split;
     `cfg` is the trainer config group; every other input is its own keyword."""
@@ -231,7 +235,10 @@ class Trainer:
                         self.model, self.test_set, self.device, self.autocast)
                 hooks_t0 = time.perf_counter()
                 for hook in self.hooks:
-                    row.update(hook(step, self.model) or {})
+                    measured = hook(step, self.model) or {}
+                    row.update(measured)
+                    stats.update({f"final_{k}": v for k, v in measured.items()
+                                  if k in FINAL_MEASUREMENTS})
                 # Measurements (Hessian spectra) are not training: keep them off the wall clock.
                 start += time.perf_counter() - hooks_t0
                 self.record.log(row)
@@ -255,6 +262,8 @@ class Trainer:
             "wall_s": stats["wall_s"],
             "tokens_per_s": stats["tokens"] / stats["step_s"] if stats["step_s"] else None,
             "peak_mem_mb": peak_memory_mb(self.device),
+            # the last Hessian estimate (metrics.hessian): summary keys final_cond/kappa, ...
+            **{k: v for k, v in stats.items() if k.startswith("final_")},
             "error": numeric_error
             or (f"loss {loss_value} at step {diverged_step}" if status == "diverged" else None),
             **self._time_to_target(),

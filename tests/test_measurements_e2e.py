@@ -19,6 +19,8 @@ def test_lora_run_logs_hessian_spectra_that_the_analysis_draws(tmp_path, tiny):
     rows = [r for r in read_jsonl(d / "metrics.jsonl") if "cond/lambda_max" in r]
     assert [r["step"] for r in rows] == [0, 6, 12]  # start (PiSSA: B != 0), middle, end
     assert all(r["sharpness/lambda_max"] == r["cond/lambda_max"] > 0 for r in rows)
+    for key in ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max"):  # the last estimate
+        assert summary[f"final_{key}"] == rows[-1][key]
     run_analysis(tmp_path / "runs", tmp_path / "fig")
     assert (tmp_path / "fig" / "default_sharpness_vs_step.png").exists()
 
