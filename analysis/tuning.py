@@ -21,7 +21,7 @@ from analysis.markdown import markdown_table
 from analysis.records import BAD_STATUSES, SUMMARY_KEYS, ArgumentError, check_compatible, lm_runs
 from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, POWER, compare, verdicts
 
-TUNED_KEYS = ("optimizer.lr", "optimizer.manifold_lr", "adapter.alpha")
+TUNED_KEYS = ("optimizer.lr", "optimizer.manifold_lr", "adapter.alpha", "adapter.scale")
 # Keys that do not change what a run computes: a copy of bench.config.NON_SEMANTIC (analysis
 # reads records only and never imports bench; tests/test_tuning.py checks that they agree).
 NON_SEMANTIC = (
@@ -164,13 +164,32 @@ def grid_edges(runs: pd.DataFrame, keys: list[str], values: dict) -> list[str]:
 
 
 def default_baseline(method: str, methods: pd.DataFrame) -> str | None:
-    """AdamW on the same adapter: prefer "<adapter>/adamw", else any adamw method of it."""
-    adapter = methods.loc[method, "adapter"]
-    candidates = methods[(methods["adapter"] == adapter) & (methods["optimizer"] == "adamw")]
+    """AdamW on the same adapter (and the same table row key, `study.rows`): prefer
+    "<adapter>/adamw", else any adamw method of it."""
+    adapter, row = methods.loc[method, "adapter"], methods.loc[method].get("row", "")
+    candidates = methods[(methods["adapter"] == adapter) & (methods["optimizer"] == "adamw")
+                         & (methods.get("row", "") == row)]
     if candidates.empty:
         return None
-    plain = f"{adapter}/adamw"
+    plain = f"{adapter}/adamw{row}"
     return plain if plain in candidates.index else sorted(candidates.index)[0]
+
+
+def declared_rows(df: pd.DataFrame) -> list[str]:
+    """The config keys the records' study block splits methods by (`study.rows`, flattened to
+    "adapter.r"): each value of them is its own table row, tuned and reported on its own."""
+    column = df.get("study.rows")
+    stated = set() if column is None else {str(v) for v in column.dropna() if str(v) != ""}
+    if len(stated) > 1:
+        raise ArgumentError(f"the records of one sweep state different study.rows: "
+                            f"{', '.join(sorted(stated))}")
+    return stated.pop().split(",") if stated else []
+
+
+def row_suffix(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """" r=4" for keys ["adapter.r"]: what a row's method name gets for its values of keys."""
+    return df.apply(lambda run: "".join(f" {k.rsplit('.', 1)[-1]}={_fmt(run.get(k))}"
+                                        for k in keys), axis=1)
 
 
 def _column(df: pd.DataFrame, key: str, default) -> pd.Series:
@@ -238,10 +257,15 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
     if tuning_seeds is None:
         tuning_seeds = declared_tuning_seeds(df)
     df = df.assign(adapter=_column(df, "adapter.name", "full"),
-                   optimizer=_column(df, "optimizer.name", "adamw"))
+                   optimizer=_column(df, "optimizer.name", "adamw"), row="")
+    rows_by = declared_rows(df)
+    if rows_by:  # e.g. balora_rank: "lora/adamw r=4", "lora/adamw r=8", ... each tuned alone
+        df = df.assign(row=row_suffix(df, rows_by))
+        df = df.assign(method=df["method"] + df["row"])
     best = {method: best_config(runs) for method, runs in df.groupby("method", sort=True)}
-    methods = df.groupby("method")[["adapter", "optimizer"]].first()
-    if baseline is not None and baseline not in best:
+    methods = df.groupby("method")[["adapter", "optimizer", "row"]].first()
+    names = {baseline + row for row in methods["row"].unique()} if baseline else set()
+    if baseline is not None and not names & set(best):
         raise ArgumentError(f"baseline {baseline!r} is not a method of these runs; "
                          f"methods: {', '.join(best)}")
     loss_key = reported_loss(df)
@@ -252,7 +276,8 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
               for method, chosen in best.items()}
     rows = []
     for method, chosen in best.items():
-        base = baseline or default_baseline(method, methods)
+        base = (baseline + methods.loc[method, "row"] if baseline
+                else default_baseline(method, methods))
         row = _table_row(method, chosen, losses[method], base, methods)
         if base in best and base != method:
             row.update(compare(losses[method], losses[base]))
@@ -299,6 +324,7 @@ def _table_row(method, chosen, losses: pd.Series, base, methods) -> dict:
         "method": method,
         "adapter": methods.loc[method, "adapter"],
         "optimizer": methods.loc[method, "optimizer"],
+        **({"row": methods.loc[method, "row"].strip()} if methods.loc[method, "row"] else {}),
         "hyperparameters": config_label(chosen["keys"], chosen["values"].values()),
         **chosen["values"],
         "n_configs": chosen["n_configs"],

@@ -122,6 +122,9 @@ class AdapterConfig:
     name: str = "full"
     r: int = 8
     alpha: float = 16.0
+    # alpha / r itself: when set, alpha is scale * r (a rank sweep at a fixed scale s = alpha /
+    # r; with rslora s = scale * sqrt(r)); adapter.alpha must then stay at its default
+    scale: float | None = None
     target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
     dropout: float = 0.0
     # BaLoRA (papers/balora.md §3)
@@ -242,6 +245,9 @@ class StudyConfig:
     tuning_seeds: list[int] = field(default_factory=lambda: [0])
     reporting_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     smoke: list[str] = field(default_factory=list)  # overrides that shrink it for the smoke test
+    # config keys that split each method into table rows, each tuned and reported on its own
+    # (balora_rank: [adapter.r], one row per method and rank)
+    rows: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -418,6 +424,12 @@ def validate(cfg: Any) -> None:
         )
     _positive("adapter.r", cfg.adapter.r)
     _positive("adapter.alpha", cfg.adapter.alpha)
+    if cfg.adapter.get("scale") is not None:
+        _positive("adapter.scale", cfg.adapter.scale)
+        if cfg.adapter.alpha != AdapterConfig.alpha:
+            raise ConfigError(
+                f"adapter.alpha={cfg.adapter.alpha:g} and adapter.scale={cfg.adapter.scale:g} "
+                "are both set: set one (alpha = scale * r)")
     _positive("adapter.project_every", cfg.adapter.project_every)
     if cfg.adapter.start_step < 1:
         raise ConfigError(

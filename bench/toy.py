@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from bench.adapters.balancing import balancing_gap, project_balanced
+from bench.adapters.lora import lora_alpha
 from bench.errors import ConfigError
 from bench.metrics.hessian import condition_number
 from bench.tracking.identity import method_name
@@ -282,7 +283,7 @@ def run_toy(cfg, record: RunRecord) -> dict:
     t = cfg.toy
     start = time.perf_counter()
     lrs = torch.linspace(t.lr_min, t.lr_max, t.lr_grid, dtype=F64)
-    s = cfg.adapter.alpha / cfg.adapter.r
+    s = lora_alpha(cfg.adapter) / cfg.adapter.r
     # draw d of a run is the problem that seed + d draws on its own (toy.draws = 1: seed's)
     problems = [cfg.seed + d for d in range(t.draws)]
     out: dict[str, list] = {key: [] for key in (*PER_INIT, "optimal_loss")}

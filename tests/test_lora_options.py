@@ -4,6 +4,7 @@ each trains, names its own method, and bad combinations stop in validate."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from bench.config import AdapterConfig, ConfigError, validate
 from bench.models.gpt import GPT, GPTConfig
 from bench.run import run
 from bench.tracking.identity import config_digest, method_name, run_id
-from tests.conftest import compose, read_jsonl, run_dirs
+from tests.conftest import compose, config_error, read_jsonl, run_dirs
 
 peft = pytest.importorskip("peft")
 from peft.tuners.lora import Linear as PeftLinear  # noqa: E402
@@ -302,3 +303,26 @@ def test_rslora_scales_a_riemannian_lora_too():
     adapter = build_adapter(cfg.adapter)
     adapter.apply(_gpt())
     assert {layer.scaling for _, layer in adapter.targets} == {cfg.adapter.alpha / 2}
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_adapter_scale_fixes_alpha_over_r_across_ranks(rslora):
+    """adapter.scale = alpha / r: alpha is scale * r, so every rank gets the same s (rsLoRA:
+    s = scale * sqrt(r)); the layers' scaling is what PEFT computes from that alpha."""
+    from bench.models.gpt import GPT, GPTConfig
+
+    for r in (4, 16):
+        cfg = compose(["adapter=lora", f"adapter.r={r}", "adapter.scale=2",
+                       f"adapter.rslora={str(rslora).lower()}"])
+        model = build_adapter(cfg.adapter).apply(GPT(GPTConfig(d_model=32, n_layer=1, n_head=2,
+                                                               seq_len=16)))
+        scalings = [m.scaling for m in model.modules() if hasattr(m, "lora_A")]
+        assert len(scalings) == 4  # q, k, v, o
+        assert scalings == pytest.approx([2 * r / math.sqrt(r) if rslora else 2.0] * 4)
+
+
+def test_adapter_scale_and_alpha_together_is_one_line(tmp_path):
+    line = config_error([f"out_dir={tmp_path}", "adapter=lora", "adapter.alpha=8",
+                         "adapter.scale=2"])
+    assert line == ("error: adapter.alpha=8 and adapter.scale=2 are both set: set one "
+                    "(alpha = scale * r)")

@@ -80,11 +80,11 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
     # the grids (4 adapters x 3 toy optimizers; 7 + 2 x 5 x 5 + 4 x 5 x 5 LR x alpha; 5 + 5 x 2
-    # x 6; 3 x 5 + 3 x 7), plus, with no grid run yet, for one method per stage: 3 learning
-    # rates of a long stage, 5 reporting seeds of a seeds stage
+    # x 6; 2 x 6 + 2 x 25 + 21 + 2 x 25 + 2 x 25 + 50), plus, with no grid run yet, for one
+    # method per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
     assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
                       "riemannian_attention": 5 + 60 + 5 + 5,
-                      "adapters_x_optimizers": 15 + 21 + 5 + 5}
+                      "adapters_x_optimizers": 12 + 50 + 21 + 50 + 50 + 50 + 6 * 3 + 6 * 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
@@ -115,7 +115,7 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
     ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
      "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
      "stages, long, reporting, from_baseline, seconds_per_run, tuning_seeds, reporting_seeds, "
-     "smoke"),
+     "smoke, rows"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},

@@ -237,3 +237,27 @@ def test_final_kappa_is_the_median_over_the_reported_seeds_where_it_is_defined()
     assert got.loc["lora/adamw", "kappa_seeds"] == "4/5"
     assert math.isnan(got.loc["lora/sgd", "kappa"]) and got.loc["lora/sgd", "kappa_seeds"] == "0/5"
     assert math.isnan(got.loc["full/adamw", "kappa"]) and got.loc["full/adamw", "kappa_seeds"] == ""
+
+
+def test_study_rows_split_each_method_by_rank_with_the_baseline_at_the_same_rank():
+    """study.rows = [adapter.r] (balora_rank): every (method, r) is tuned and reported alone and
+    compared with the baseline at the same r, paired by seed."""
+    rows = []
+    for r, lr_best in ((4, 1e-3), (8, 3e-3)):
+        for method, shift in (("lora/adamw", 0.0), ("balora/adamw", -0.01 * r)):
+            for lr in (1e-3, 3e-3):  # the grid on seed 0: lr_best wins at each rank
+                loss = 2.0 + r / 100 + shift + (0 if lr == lr_best else 0.5)
+                rows.append(run(method, lr, 0, loss, **{"adapter.r": r, "study.rows": "adapter.r"}))
+            for seed in range(1, 6):
+                loss = 2.0 + r / 100 + shift + seed / 1000
+                rows.append(run(method, lr_best, seed, loss,
+                                **{"adapter.r": r, "study.rows": "adapter.r"}))
+    got = table(rows, baseline="lora/adamw")
+    assert sorted(got.index) == ["balora/adamw r=4", "balora/adamw r=8", "lora/adamw r=4",
+                                 "lora/adamw r=8"]
+    for r, lr_best in ((4, 1e-3), (8, 3e-3)):
+        row = got.loc[f"balora/adamw r={r}"]
+        assert row["baseline"] == f"lora/adamw r={r}" and row["optimizer.lr"] == lr_best
+        assert row["delta"] == pytest.approx(-0.01 * r) and row["n"] == 5
+        assert row["row"] == f"r={r}" and row["seeds"] == "1, 2, 3, 4, 5"
+    assert got.loc["lora/adamw r=8", "conclusive"] == "baseline"

@@ -36,6 +36,12 @@ def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
     return alpha / math.sqrt(r) if rslora else alpha / r
 
 
+def lora_alpha(cfg) -> float:
+    """The adapter group's alpha: adapter.scale * r when adapter.scale is set, else alpha."""
+    scale = cfg.get("scale")
+    return float(scale) * cfg.r if scale is not None else cfg.alpha
+
+
 class LoRALinear(nn.Module):
     """y = base(x) + s * dropout(x) A^T B^T, with x (..., in) -> y (..., out)."""
 
@@ -191,8 +197,9 @@ class LoRA(Adapter):
                     f"adapter.init={init!r} with adapter.geometry={c.geometry!r}: allowed "
                     "adapter.init=default (a Riemannian LoRA starts at its own random point)"
                 )
-            return ManifoldLoRALinear(linear, c.r, c.alpha, c.geometry, c.init_scale, rslora)
-        return self.layer_class(linear, c.r, c.alpha, c.dropout, init, rslora)
+            return ManifoldLoRALinear(linear, c.r, lora_alpha(c), c.geometry, c.init_scale,
+                                      rslora)
+        return self.layer_class(linear, c.r, lora_alpha(c), c.dropout, init, rslora)
 
     def layers(self) -> list[LoRALinear]:
         """The (A, B)-factored layers (not the Riemannian ones, which have no A and B)."""
