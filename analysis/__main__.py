@@ -74,7 +74,7 @@ def run(args: dict) -> list[str]:
 
     runs = with_targets(runs, curves)  # time to a from_baseline target, from the records
 
-    from analysis.plots import delta_vs_step, draw_sweep
+    from analysis.plots import delta_vs_step, draw_sweep, loss_vs_rows
     from analysis.report import write_report
     from analysis.tables import write_summary
     from analysis.toy import toy_figures
@@ -104,6 +104,7 @@ def run(args: dict) -> list[str]:
             files += write_summary(sweep_runs, args["figures"], sweep)
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, logy=args["logy"])
         files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table)
+        files += loss_vs_rows(table, args["figures"], sweep)
         if args["source"] == "local":  # the toy's per-init arrays live in toy.json files
             files += toy_figures(Path(args["runs"]) / str(sweep), Path(args["figures"]))
         results.append({"sweep": sweep, "tuned": table, "files": files})

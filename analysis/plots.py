@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import patches, ticker, transforms  # noqa: E402
 
 from analysis.records import BAD_STATUSES, lm_runs  # noqa: E402
-from analysis.tuning import best_config, best_runs, config_label  # noqa: E402
+from analysis.tuning import best_config, best_runs, config_label, split_rows  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -370,7 +370,7 @@ def paired_deltas(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame,
     """
     from analysis.verdict import paired_t
 
-    lm = lm_runs(runs)
+    lm = split_rows(lm_runs(runs))  # the table's method names (with study.rows: per row)
     metric = metric or loss_metric(curves)
     out = {}
     compared = table[table["test"].fillna("").ne("")] if "test" in table else table.iloc[:0]
@@ -414,7 +414,7 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     deltas = {m: d for m, d in paired_deltas(runs, curves, table, metric).items() if not d.empty}
     if not deltas:
         return []
-    colors = method_colors(lm_runs(runs)["method"].unique())
+    colors = method_colors(split_rows(lm_runs(runs))["method"].unique())
     baselines = table.set_index("method")["baseline"]
     # One panel per method (shared y): ten overlapping bands are unreadable on one axis.
     cols = min(3, len(deltas))
@@ -462,3 +462,37 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     fig.text(0.01, -0.35 / fig.get_figheight(), caption, fontsize=7, ha="left", va="top",
              wrap=True)
     return save(fig, Path(figures), f"{sweep}_delta_vs_step")
+
+
+def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) -> list[Path]:
+    """``<sweep>_loss_vs_<key>``: for a table split by `study.rows` (balora_rank: r), each
+    method's reported loss at its tuned hyperparameters against the row key's value, the mean
+    over the reported seeds with its 95% t interval (mean +- t(n-1) std / sqrt(n)). [] for a
+    table without rows."""
+    from scipy import stats
+
+    if table is None or table.empty or "row" not in table or table["row"].isna().all():
+        return []
+    rows = table[table["row"].notna() & table["row"].ne("")]
+    key = rows["row"].iloc[0].split("=")[0]
+    rows = rows.assign(x=rows["row"].str.split("=").str[1].astype(float),
+                       base=[m[: -len(r) - 1] for m, r in zip(rows["method"], rows["row"])])
+    colors = method_colors(rows["base"].unique())
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for base, group in rows.groupby("base", sort=True):
+        group = group.sort_values("x")
+        n = group["n_seeds"].astype(float)
+        half = [stats.t.ppf(0.975, k - 1) * s / np.sqrt(k) if k > 1 and np.isfinite(s)
+                else 0.0 for k, s in zip(n, group["std"].astype(float))]
+        ax.errorbar(group["x"], group["mean"], yerr=half, color=colors[base], marker="o",
+                    capsize=3, label=f"{base} ({int(n.min())}-{int(n.max())} seeds)")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.set_xticks(sorted(rows["x"].unique()))
+    loss = str(table["loss"].iloc[0]) if "loss" in table else "final loss"
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{loss} at the tuned hyperparameters")
+    ax.set_title(f"{sweep}: {loss} against {key} (mean, 95% t interval over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return save(fig, Path(figures), f"{sweep}_loss_vs_{key}")

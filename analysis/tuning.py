@@ -186,6 +186,16 @@ def declared_rows(df: pd.DataFrame) -> list[str]:
     return stated.pop().split(",") if stated else []
 
 
+def split_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs with each method named by its table row when the records declare study.rows
+    ("lora/adamw" + " r=4"; column `row` = " r=4", "" without study.rows)."""
+    keys = declared_rows(df)
+    if not keys:
+        return df.assign(row="")
+    suffix = row_suffix(df, keys)
+    return df.assign(row=suffix, method=df["method"] + suffix)
+
+
 def row_suffix(df: pd.DataFrame, keys: list[str]) -> pd.Series:
     """" r=4" for keys ["adapter.r"]: what a row's method name gets for its values of keys."""
     return df.apply(lambda run: "".join(f" {k.rsplit('.', 1)[-1]}={_fmt(run.get(k))}"
@@ -257,11 +267,8 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
     if tuning_seeds is None:
         tuning_seeds = declared_tuning_seeds(df)
     df = df.assign(adapter=_column(df, "adapter.name", "full"),
-                   optimizer=_column(df, "optimizer.name", "adamw"), row="")
-    rows_by = declared_rows(df)
-    if rows_by:  # e.g. balora_rank: "lora/adamw r=4", "lora/adamw r=8", ... each tuned alone
-        df = df.assign(row=row_suffix(df, rows_by))
-        df = df.assign(method=df["method"] + df["row"])
+                   optimizer=_column(df, "optimizer.name", "adamw"))
+    df = split_rows(df)  # balora_rank: "lora/adamw r=4", "lora/adamw r=8", ... each tuned alone
     best = {method: best_config(runs) for method, runs in df.groupby("method", sort=True)}
     methods = df.groupby("method")[["adapter", "optimizer", "row"]].first()
     names = {baseline + row for row in methods["row"].unique()} if baseline else set()

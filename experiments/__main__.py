@@ -63,6 +63,7 @@ class Study:
     reporting_seeds: list[int]
     long: list[str] = dataclasses.field(default_factory=list)
     reporting: list[str] = dataclasses.field(default_factory=list)
+    rows: list[str] = dataclasses.field(default_factory=list)
     from_baseline: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
@@ -139,6 +140,7 @@ def discover() -> tuple[dict[str, Study], list[str]]:
                 [int(s) for s in block.get("reporting_seeds", default.reporting_seeds)],
                 [str(o) for o in block.get("long") or []],
                 [str(o) for o in block.get("reporting") or []],
+                [str(k) for k in block.get("rows") or []],
                 {str(e): [str(k) for k in keys]
                  for e, keys in (block.get("from_baseline") or {}).items()})
             if any(kind == "long" for kind, _ in studies[stem].stages) and not studies[stem].long:
@@ -191,11 +193,12 @@ def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
     return sum(walls) / len(walls) if walls else default
 
 
-def best_runs(out_dir: Path, sweep: str, experiment: str,
-              long: list[str] | None = None) -> dict[str, tuple[list[str], DictConfig]]:
-    """Per method, (overrides, config) of the seed-0 run of `experiment` with the lowest final
-    validation loss: among the runs of its grid (`long` None or empty) or among those of its long
-    stage (runs whose overrides hold every override of `long`)."""
+def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
+              rows: list[str] | None = None) -> dict[str, tuple[list[str], DictConfig]]:
+    """Per method (and value of each key of `rows`, study.rows: "lora/adamw r=4"), (overrides,
+    config) of the seed-0 run of `experiment` with the lowest final validation loss: among the
+    runs of its grid (`long` None or empty) or among those of its long stage (runs whose
+    overrides hold every override of `long`)."""
     best: dict[str, tuple[float, list[str], DictConfig]] = {}
     for summary_path in (out_dir / sweep).glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
@@ -206,17 +209,18 @@ def best_runs(out_dir: Path, sweep: str, experiment: str,
                 or summary.get("status") != "completed" or loss is None
                 or bool(long) != bool(long and set(long) <= set(overrides))):
             continue
-        method = config.meta.method
+        method = config.meta.method + "".join(
+            f" {k.rsplit('.', 1)[-1]}={OmegaConf.select(config, k)}" for k in rows or [])
         if method not in best or loss < best[method][0]:
             best[method] = (loss, overrides, config)
     keep = lambda o: not o.startswith(("seed=", "out_dir="))  # noqa: E731
     return {m: ([o for o in ov if keep(o)], cfg) for m, (_, ov, cfg) in sorted(best.items())}
 
 
-def best_overrides(out_dir: Path, sweep: str, experiment: str,
-                   long: list[str] | None = None) -> dict[str, list[str]]:
-    """Per method, the overrides of its best seed-0 run (`best_runs`)."""
-    return {m: ov for m, (ov, _) in best_runs(out_dir, sweep, experiment, long).items()}
+def best_overrides(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
+                   rows: list[str] | None = None) -> dict[str, list[str]]:
+    """Per method (and row), the overrides of its best seed-0 run (`best_runs`)."""
+    return {m: ov for m, (ov, _) in best_runs(out_dir, sweep, experiment, long, rows).items()}
 
 
 def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
@@ -274,7 +278,7 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
         for kind, exp in study.stages:
-            methods = max(1, len(best_overrides(out_dir, sweep_of(exp), exp)))
+            methods = max(1, len(best_overrides(out_dir, sweep_of(exp), exp, rows=study.rows)))
             if kind == "grid":
                 n = count_runs(exp)
             elif kind == "long":  # the best learning rate and its two neighbours
@@ -305,12 +309,12 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]
             return []
         return [[*base, f"+experiment={exp}", *inherited, f"out_dir={out_dir}"]]
     if kind == "long":
-        best = best_overrides(out_dir, sweep, exp)
+        best = best_overrides(out_dir, sweep, exp, rows=study.rows)
         runs = [[*base, *lr_neighbours(exp, overrides), *study.long,
                  f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
                 for overrides in best.values()]
     else:
-        best = best_overrides(out_dir, sweep, exp, study.long or None)
+        best = best_overrides(out_dir, sweep, exp, study.long or None, study.rows)
         runs = [[*base, *overrides, *study.reporting, f"seed={study.seeds}", f"out_dir={out_dir}"]
                 for overrides in best.values()]
     if not best:

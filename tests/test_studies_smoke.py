@@ -43,7 +43,7 @@ def _n_runs(overrides: list[str]) -> int:
 
 def test_every_study_declares_a_smoke_run():
     assert set(STUDIES) == {"balora_toy", "balora_finetune", "riemannian_attention",
-                            "adapters_x_optimizers"}
+                            "adapters_x_optimizers", "balora_rank"}
     for study in STUDIES.values():
         assert study.smoke, f"{study.name}: study.smoke is empty"
 
@@ -60,6 +60,8 @@ def test_study_smoke(tmp_path, name):
     sweep = dirs[0].parent.name
     table = "toy" if config["task"] == "toy" else "tuned"
     assert (figures / f"{sweep}_{table}.md").exists() and (figures / "REPORT.md").exists()
+    for key in study.rows:  # balora_rank: the loss against r, a line per method
+        assert (figures / f"{sweep}_loss_vs_{key.rsplit('.', 1)[-1]}.png").exists()
 
 
 def test_every_stage_finds_its_sweep_folder():
@@ -84,7 +86,9 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     # method per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
     assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
                       "riemannian_attention": 5 + 60 + 5 + 5,
-                      "adapters_x_optimizers": 12 + 50 + 21 + 50 + 50 + 50 + 6 * 3 + 6 * 5}
+                      "adapters_x_optimizers": 12 + 50 + 21 + 50 + 50 + 50 + 6 * 3 + 6 * 5,
+                      # 4 methods x 5 ranks x 3 LRs x 3 scales; 5 seeds per seeds stage
+                      "balora_rank": 2 * 45 + 45 + 45 + 3 * 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):

@@ -261,3 +261,16 @@ def test_study_rows_split_each_method_by_rank_with_the_baseline_at_the_same_rank
         assert row["delta"] == pytest.approx(-0.01 * r) and row["n"] == 5
         assert row["row"] == f"r={r}" and row["seeds"] == "1, 2, 3, 4, 5"
     assert got.loc["lora/adamw r=8", "conclusive"] == "baseline"
+
+
+def test_loss_vs_rank_figure_draws_each_method_at_each_rank(tmp_path):
+    from analysis.plots import loss_vs_rows
+
+    rows = [run(m, 1e-3, s, 2.0 + r / 100 + s / 1000,
+                **{"adapter.r": r, "study.rows": "adapter.r"})
+            for m in ("lora/adamw", "balora/adamw") for r in (4, 16) for s in range(1, 4)]
+    got = tuned_table(pd.DataFrame(rows), baseline="lora/adamw")
+    (path,) = [p for p in loss_vs_rows(got, tmp_path, "rank") if p.suffix == ".png"]
+    assert path.name == "rank_loss_vs_r.png" and path.stat().st_size > 0
+    assert loss_vs_rows(tuned_table(pd.DataFrame(seeds("lora/adamw", 1e-3, [2.0, 2.1]))),
+                        tmp_path, "plain") == []  # no study.rows: no figure
