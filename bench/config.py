@@ -155,6 +155,9 @@ class OptimizerConfig:
     # muon: AdamW's LR on embeddings, head, norms, biases (None: lr); torch's LR adjustment
     adamw_lr: float | None = None
     adjust_lr: str = "original"  # original | match_rms_adamw
+    # muon: the modules whose matrices Muon steps, by their last name ([q, k, v, o]: attention
+    # only, the MLP to AdamW); empty: every block matrix
+    muon_modules: list[str] = field(default_factory=list)
     # lora_preconditioned: the damping of (B^T B + reg I)^-1 and the optimizer that steps
     reg: float = 1e-6
     base: str = "adamw"  # adamw | sgd (ScaledGD)

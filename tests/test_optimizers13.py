@@ -98,6 +98,25 @@ def test_muon_steps_the_block_matrices_and_adamw_the_rest():
     assert [g["lr"] for g in adamw.param_groups] == [0.003, 0.003]
 
 
+def test_muon_on_named_modules_only_leaves_the_other_matrices_to_adamw():
+    """optimizer.muon_modules=[q, k, v, o] (riemannian_attention's Muon row): Muon on the
+    attention weights, the MLP's matrices with the embeddings and norms on AdamW."""
+    cfg = compose(["optimizer=muon", "adapter=full", "adapter.target_modules=[all]",
+                   "optimizer.muon_modules=[q,k,v,o]"])
+    model = _gpt()
+    opt = build_optimizer(model, cfg.optimizer)
+    on_muon = _named(model, opt.optimizers["muon"].param_groups[0]["params"])
+    assert on_muon == [f"blocks.{i}.attn.{m}.weight" for i in range(2) for m in "qkvo"]
+    on_adamw = {n for g in opt.optimizers["adamw"].param_groups for n in _named(model,
+                                                                               g["params"])}
+    assert {f"blocks.{i}.mlp.{m}.weight" for i in range(2) for m in ("up", "down")} <= on_adamw
+    assert len(on_muon) + len(on_adamw) == len(list(model.parameters()))
+    cfg = compose(["optimizer=muon", "adapter=full", "adapter.target_modules=[all]",
+                   "optimizer.muon_modules=[nothing]"])
+    with pytest.raises(ConfigError, match=r"optimizer.muon_modules=\['nothing'\]"):
+        build_optimizer(_gpt(), cfg.optimizer)
+
+
 def test_muon_takes_the_lora_factors_in_a_lora_run():
     model = build_adapter(compose(LORA).adapter).apply(_gpt())
     opt = build_optimizer(model, compose(["optimizer=muon", *LORA]).optimizer)

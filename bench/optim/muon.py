@@ -11,11 +11,12 @@ AdamW's LR and weight decay carry over). Weight decay is decoupled, lr * optimiz
 (torch's default 0.1 is never used: the config's value is passed).
 
 Which parameters: Muon takes the trainable 2-D matrices inside the blocks (attention q, k, v,
-o, the MLP; lora_A and lora_B in LoRA runs). Embeddings (every nn.Embedding), the output head
-(a module named `lm_head`, or a transformers model's `get_output_embeddings()`; tied to the token
-embedding in gpt_*), norms and biases go to AdamW at optimizer.adamw_lr (null: optimizer.lr),
-with the decay groups of optimizer=adamw. Manifold points are not plain matrices: a run with a
-manifold geometry is refused.
+o, the MLP; lora_A and lora_B in LoRA runs), or, with `optimizer.muon_modules` (e.g.
+[q, k, v, o]), those of the modules with those last names only (the rest to AdamW). Embeddings
+(every nn.Embedding), the output head (a module named `lm_head`, or a transformers model's
+`get_output_embeddings()`; tied to the token embedding in gpt_*), norms and biases go to AdamW at
+optimizer.adamw_lr (null: optimizer.lr), with the decay groups of optimizer=adamw. Manifold
+points are not plain matrices: a run with a manifold geometry is refused.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def embeddings_and_head(model: nn.Module) -> set[int]:
     return found
 
 
-def split_for_muon(model: nn.Module, params: list) -> tuple[list, list]:
-    """(the 2-D block matrices for Muon, the rest for AdamW), each in `params` order."""
+def split_for_muon(model: nn.Module, params: list,
+                   modules: list[str] | None = None) -> tuple[list, list]:
+    """(the 2-D block matrices for Muon, the rest for AdamW), each in `params` order; with
+    `modules`, only the matrices of modules whose last name is one of them go to Muon."""
     if any(isinstance(p, geoopt.ManifoldParameter) for p in params):
         raise ConfigError(
             "optimizer.name='muon' steps plain matrices, not manifold points: "
@@ -53,6 +56,10 @@ def split_for_muon(model: nn.Module, params: list) -> tuple[list, list]:
         )
     outside = embeddings_and_head(model)
     matrices = [p for p in params if p.ndim == 2 and id(p) not in outside]
+    if modules:
+        owner = {id(p): name.rsplit(".", 1)[0].rpartition(".")[2]
+                 for name, p in model.named_parameters()}  # blocks.0.attn.q.weight -> q
+        matrices = [p for p in matrices if owner.get(id(p)) in set(modules)]
     chosen = {id(p) for p in matrices}
     return matrices, [p for p in params if id(p) not in chosen]
 
@@ -60,11 +67,14 @@ def split_for_muon(model: nn.Module, params: list) -> tuple[list, list]:
 def muon(model, params, cfg) -> CombinedOptimizer:
     """torch.optim.Muon (cfg.lr, cfg.momentum with Nesterov, cfg.weight_decay, cfg.adjust_lr) on
     the block matrices + AdamW (cfg.adamw_lr or cfg.lr) on the rest."""
-    matrices, rest = split_for_muon(model, params)
+    modules = list(cfg.get("muon_modules") or [])
+    matrices, rest = split_for_muon(model, params, modules)
     if not matrices:
+        where = (f" of the modules optimizer.muon_modules={modules}" if modules
+                 else " inside the blocks")
         raise ConfigError(
-            "optimizer.name='muon' found no trainable 2-D matrix inside the blocks (embeddings "
-            "and the head go to AdamW): train some, e.g. adapter.target_modules=[q, k, v, o] or "
+            f"optimizer.name='muon' found no trainable 2-D matrix{where} (embeddings and the "
+            "head go to AdamW): train some, e.g. adapter.target_modules=[q, k, v, o] or "
             "adapter=lora"
         )
     if cfg.adjust_lr not in ADJUST_LR:
