@@ -194,20 +194,23 @@ def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
 
 
 def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
-              rows: list[str] | None = None) -> dict[str, tuple[list[str], DictConfig]]:
+              rows: list[str] | None = None,
+              study_long: list[str] | None = None) -> dict[str, tuple[list[str], DictConfig]]:
     """Per method (and value of each key of `rows`, study.rows: "lora/adamw r=4"), (overrides,
     config) of the seed-0 run of `experiment` with the lowest final validation loss: among the
-    runs of its grid (`long` None or empty) or among those of its long stage (runs whose
-    overrides hold every override of `long`)."""
+    runs of its long stage when `long` is given (runs whose overrides hold every override of
+    `long`), else among those of its grid (runs that do not hold all of `study_long`, the
+    study's long overrides: a long stage's runs are seed-0 runs of the experiment too)."""
     best: dict[str, tuple[float, list[str], DictConfig]] = {}
     for summary_path in (out_dir / sweep).glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
         config = OmegaConf.load(summary_path.parent / "config.yaml")
         overrides = list(OmegaConf.select(config, "meta.overrides", default=[]) or [])
         loss = summary.get("final_eval_loss")
+        in_long = set(long or study_long or []) <= set(overrides) and bool(long or study_long)
         if (f"+experiment={experiment}" not in overrides or config.seed != 0
                 or summary.get("status") != "completed" or loss is None
-                or bool(long) != bool(long and set(long) <= set(overrides))):
+                or in_long != bool(long)):
             continue
         method = config.meta.method + "".join(
             f" {k.rsplit('.', 1)[-1]}={OmegaConf.select(config, k)}" for k in rows or [])
@@ -218,9 +221,11 @@ def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None
 
 
 def best_overrides(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
-                   rows: list[str] | None = None) -> dict[str, list[str]]:
+                   rows: list[str] | None = None,
+                   study_long: list[str] | None = None) -> dict[str, list[str]]:
     """Per method (and row), the overrides of its best seed-0 run (`best_runs`)."""
-    return {m: ov for m, (ov, _) in best_runs(out_dir, sweep, experiment, long, rows).items()}
+    found = best_runs(out_dir, sweep, experiment, long, rows, study_long)
+    return {m: ov for m, (ov, _) in found.items()}
 
 
 def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
@@ -249,7 +254,7 @@ def baseline_values(study: Study, keys: list[str], out_dir: Path) -> list[str]:
         if kind != "grid":
             continue
         found = best_runs(out_dir, sweep_of(exp), exp, study.long or None)
-        found = found or best_runs(out_dir, sweep_of(exp), exp)
+        found = found or best_runs(out_dir, sweep_of(exp), exp, study_long=study.long)
         if study.baseline in found:
             config = found[study.baseline][1]
             return [f"{key}={OmegaConf.select(config, key)}" for key in keys]
@@ -278,7 +283,8 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
         for kind, exp in study.stages:
-            methods = max(1, len(best_overrides(out_dir, sweep_of(exp), exp, rows=study.rows)))
+            methods = max(1, len(best_overrides(out_dir, sweep_of(exp), exp, rows=study.rows,
+                                                study_long=study.long)))
             if kind == "grid":
                 n = count_runs(exp)
             elif kind == "long":  # the best learning rate and its two neighbours
@@ -309,7 +315,7 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]
             return []
         return [[*base, f"+experiment={exp}", *inherited, f"out_dir={out_dir}"]]
     if kind == "long":
-        best = best_overrides(out_dir, sweep, exp, rows=study.rows)
+        best = best_overrides(out_dir, sweep, exp, rows=study.rows, study_long=study.long)
         runs = [[*base, *lr_neighbours(exp, overrides), *study.long,
                  f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
                 for overrides in best.values()]

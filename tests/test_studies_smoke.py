@@ -195,6 +195,9 @@ def test_long_stage_reruns_the_best_rate_and_its_neighbours_and_seeds_take_its_b
         _record(out, "s", f"bl-{lr}", "full/adamw",
                 [*base, f"optimizer.lr={lr}", "trainer.max_steps=40"], loss, float(lr))
     assert cmd("grid", "s") == [["+experiment=s", "optimizer.lr=0.001", f"out_dir={out}"]]
+    # a resumed long stage: its own (lower-loss, longer) runs are not grid runs
+    assert cmd("long", "s_base") == [[*base, "optimizer.lr=1e-3,3e-3,1e-2",
+                                      "trainer.max_steps=40", "seed=0", f"out_dir={out}"]]
     # the Riemannian grid's best is on the grid's edge: one neighbour only
     riem = ["+experiment=s", "optimizer.lr=0.001", "optimizer=riemannian_adam"]
     for lr, loss in (("1e-3", 1.6), ("3e-3", 1.65), ("1e-2", 1.9)):
