@@ -465,7 +465,7 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
 
 
 def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) -> list[Path]:
-    """``<sweep>_loss_vs_<key>``: for a table split by `study.rows` (balora_rank: r), each
+    """``<sweep>_loss_vs_<key>``: for a table split by a numeric `study.rows` (balora_rank: r), each
     method's reported loss at its tuned hyperparameters against the row key's value, the mean
     over the reported seeds with its 95% t interval (mean +- t(n-1) std / sqrt(n)). [] for a
     table without rows."""
@@ -475,7 +475,10 @@ def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) ->
         return []
     rows = table[table["row"].notna() & table["row"].ne("")]
     key = rows["row"].iloc[0].split("=")[0]
-    rows = rows.assign(x=rows["row"].str.split("=").str[1].astype(float),
+    x = pd.to_numeric(rows["row"].str.split("=").str[1], errors="coerce")
+    if rows.empty or x.isna().any():  # rows by a name (trainer.lr_schedule): no axis to draw
+        return []
+    rows = rows.assign(x=x,
                        base=[m[: -len(r) - 1] for m, r in zip(rows["method"], rows["row"])])
     colors = method_colors(rows["base"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -240,8 +240,15 @@ class StudyConfig:
     long: list[str] = field(default_factory=list)  # the reporting budget: trainer.max_steps=...
     reporting: list[str] = field(default_factory=list)  # measurements of reporting runs only
     # experiment -> keys its grid stage takes from the baseline method's tuned config
-    # (riemannian_attention: {riemannian_attention: [optimizer.lr]}, the AdamW part's LR)
+    # (riemannian_attention: {riemannian_attention: [optimizer.lr]}, the AdamW part's LR);
+    # "target=source" takes the baseline's `source` as `target` (optimizer.adamw_lr=optimizer.lr)
     from_baseline: dict[str, list[str]] = field(default_factory=dict)
+    # named variants of long and seeds stages ("long:<experiment>@cosine"): overrides added to
+    # their runs ({cosine: [trainer.lr_schedule=warmup_cosine]}); a variant's long stage starts
+    # from the grid's best like the plain one
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    # variant -> the methods it runs (a variant not listed runs every method)
+    variant_methods: dict[str, list[str]] = field(default_factory=dict)
     seconds_per_run: float = 30.0  # estimate on 2 cores with 2 workers, until runs exist
     # the verdict protocol (DESIGN.md §8): grids tune on the tuning seeds; each method's best
     # configuration then runs on the reporting seeds, which alone are reported

@@ -65,6 +65,13 @@ class Study:
     reporting: list[str] = dataclasses.field(default_factory=list)
     rows: list[str] = dataclasses.field(default_factory=list)
     from_baseline: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    variants: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    variant_methods: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def variant_runs(self, exclude: str | None = None) -> list[list[str]]:
+        """The overrides that mark the long runs of each variant (but `exclude`): runs holding
+        one of these belong to that variant, not to the plain long stage."""
+        return [[*self.long, *o] for v, o in self.variants.items() if v != exclude]
 
     @property
     def seeds(self) -> str:
@@ -106,7 +113,13 @@ def _study_block(name: str) -> dict | None:
     return block
 
 
-def _stages(name: str, stages: list) -> list[tuple[str, str]]:
+def split_variant(experiment: str) -> tuple[str, str | None]:
+    """"riemannian_attention@cosine" -> ("riemannian_attention", "cosine")."""
+    name, _, variant = experiment.partition("@")
+    return name, variant or None
+
+
+def _stages(name: str, stages: list, variants: dict | None = None) -> list[tuple[str, str]]:
     if not stages:
         raise ConfigError(f"conf/experiment/{name}.yaml: study.stages is empty; list its stages, "
                           f"each one of {', '.join(k + ':<experiment>' for k in STAGE_KINDS)}")
@@ -116,9 +129,14 @@ def _stages(name: str, stages: list) -> list[tuple[str, str]]:
         if kind not in STAGE_KINDS or not experiment:
             raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r}; "
                               f"allowed: {', '.join(k + ':<experiment>' for k in STAGE_KINDS)}")
-        if not (CONF / f"{experiment}.yaml").is_file():
+        plain, variant = split_variant(experiment)
+        if variant is not None and (kind == "grid" or variant not in (variants or {})):
+            raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r}: a "
+                              "variant (@name) needs a long or seeds stage and an entry in "
+                              f"study.variants (declared: {', '.join(variants or {}) or 'none'})")
+        if not (CONF / f"{plain}.yaml").is_file():
             raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r} names "
-                              f"no experiment (no conf/experiment/{experiment}.yaml)")
+                              f"no experiment (no conf/experiment/{plain}.yaml)")
         out.append((kind, experiment))
     return out
 
@@ -133,8 +151,10 @@ def discover() -> tuple[dict[str, Study], list[str]]:
     default = StudyConfig()
     for stem, block in blocks.items():
         if block and block.get("name") == stem:
+            variants = {str(v): [str(o) for o in overrides]
+                        for v, overrides in (block.get("variants") or {}).items()}
             studies[stem] = Study(
-                stem, block.get("baseline"), _stages(stem, block.get("stages")),
+                stem, block.get("baseline"), _stages(stem, block.get("stages"), variants),
                 float(block.get("seconds_per_run", default.seconds_per_run)),
                 [str(o) for o in block.get("smoke") or []],
                 [int(s) for s in block.get("reporting_seeds", default.reporting_seeds)],
@@ -142,7 +162,10 @@ def discover() -> tuple[dict[str, Study], list[str]]:
                 [str(o) for o in block.get("reporting") or []],
                 [str(k) for k in block.get("rows") or []],
                 {str(e): [str(k) for k in keys]
-                 for e, keys in (block.get("from_baseline") or {}).items()})
+                 for e, keys in (block.get("from_baseline") or {}).items()},
+                variants,
+                {str(v): [str(m) for m in methods]
+                 for v, methods in (block.get("variant_methods") or {}).items()})
             if any(kind == "long" for kind, _ in studies[stem].stages) and not studies[stem].long:
                 raise ConfigError(f"conf/experiment/{stem}.yaml: a long stage needs study.long, "
                                   "the overrides of the reporting budget (trainer.max_steps=...)")
@@ -156,7 +179,7 @@ def discover() -> tuple[dict[str, Study], list[str]]:
             raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={block['name']!r} is not "
                               f"a study; studies: {', '.join(studies)} (a study is "
                               "conf/experiment/<name>.yaml with study.name=<name>)")
-        if stem not in {exp for _, exp in study.stages}:
+        if stem not in {split_variant(exp)[0] for _, exp in study.stages}:
             raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={study.name!r} but "
                               f"{study.name}.yaml's study.stages do not list it")
         if block.get("baseline") != study.baseline:
@@ -164,7 +187,8 @@ def discover() -> tuple[dict[str, Study], list[str]]:
                               f"{block.get('baseline')!r} differs from its study's "
                               f"({study.baseline!r} in {study.name}.yaml)")
     for study in studies.values():
-        for _, exp in study.stages:
+        for _, stage in study.stages:
+            exp = split_variant(stage)[0]
             if (blocks.get(exp) or {}).get("name") != study.name:
                 raise ConfigError(f"conf/experiment/{exp}.yaml is a stage of study {study.name} "
                                   f"but its study.name is not {study.name!r}")
@@ -194,13 +218,14 @@ def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
 
 
 def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
-              rows: list[str] | None = None,
-              study_long: list[str] | None = None) -> dict[str, tuple[list[str], DictConfig]]:
+              rows: list[str] | None = None, study_long: list[str] | None = None,
+              exclude: list[list[str]] = ()) -> dict[str, tuple[list[str], DictConfig]]:
     """Per method (and value of each key of `rows`, study.rows: "lora/adamw r=4"), (overrides,
     config) of the seed-0 run of `experiment` with the lowest final validation loss: among the
     runs of its long stage when `long` is given (runs whose overrides hold every override of
     `long`), else among those of its grid (runs that do not hold all of `study_long`, the
-    study's long overrides: a long stage's runs are seed-0 runs of the experiment too)."""
+    study's long overrides: a long stage's runs are seed-0 runs of the experiment too). A run
+    holding every override of one of `exclude` (another variant's) is left out."""
     best: dict[str, tuple[float, list[str], DictConfig]] = {}
     for summary_path in (out_dir / sweep).glob("*/summary.json"):
         summary = json.loads(summary_path.read_text())
@@ -210,7 +235,7 @@ def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None
         in_long = set(long or study_long or []) <= set(overrides) and bool(long or study_long)
         if (f"+experiment={experiment}" not in overrides or config.seed != 0
                 or summary.get("status") != "completed" or loss is None
-                or in_long != bool(long)):
+                or in_long != bool(long) or any(set(e) <= set(overrides) for e in exclude)):
             continue
         method = config.meta.method + "".join(
             f" {k.rsplit('.', 1)[-1]}={OmegaConf.select(config, k)}" for k in rows or [])
@@ -221,10 +246,10 @@ def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None
 
 
 def best_overrides(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
-                   rows: list[str] | None = None,
-                   study_long: list[str] | None = None) -> dict[str, list[str]]:
+                   rows: list[str] | None = None, study_long: list[str] | None = None,
+                   exclude: list[list[str]] = ()) -> dict[str, list[str]]:
     """Per method (and row), the overrides of its best seed-0 run (`best_runs`)."""
-    found = best_runs(out_dir, sweep, experiment, long, rows, study_long)
+    found = best_runs(out_dir, sweep, experiment, long, rows, study_long, exclude)
     return {m: ov for m, (ov, _) in found.items()}
 
 
@@ -253,11 +278,14 @@ def baseline_values(study: Study, keys: list[str], out_dir: Path) -> list[str]:
     for kind, exp in study.stages:
         if kind != "grid":
             continue
-        found = best_runs(out_dir, sweep_of(exp), exp, study.long or None)
+        found = best_runs(out_dir, sweep_of(exp), exp, study.long or None,
+                          exclude=study.variant_runs())
         found = found or best_runs(out_dir, sweep_of(exp), exp, study_long=study.long)
         if study.baseline in found:
             config = found[study.baseline][1]
-            return [f"{key}={OmegaConf.select(config, key)}" for key in keys]
+            pairs = [key.partition("=") for key in keys]  # target=source, or key
+            return [f"{target}={OmegaConf.select(config, source or target)}"
+                    for target, _, source in pairs]
     return []
 
 
@@ -282,9 +310,14 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     for name, study in studies.items():
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
-        for kind, exp in study.stages:
-            methods = max(1, len(best_overrides(out_dir, sweep_of(exp), exp, rows=study.rows,
-                                                study_long=study.long)))
+        for kind, stage in study.stages:
+            exp, variant = split_variant(stage)
+            found = best_overrides(out_dir, sweep_of(exp), exp, rows=study.rows,
+                                   study_long=study.long)
+            if variant in study.variant_methods:  # its methods among this grid's
+                found = {m: o for m, o in found.items()
+                         if m.split(" ")[0] in study.variant_methods[variant]}
+            methods = max(1, len(found))
             if kind == "grid":
                 n = count_runs(exp)
             elif kind == "long":  # the best learning rate and its two neighbours
@@ -293,7 +326,7 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
                 n = len(study.reporting_seeds) * methods
             minutes = n * per_run * _budget_ratio(study, exp, kind) / workers / 60
             runs, study_minutes = runs + n, study_minutes + minutes
-            label = f"{kind} {exp}" + (f" (seeds {study.seeds})" if kind == "seeds" else "")
+            label = f"{kind} {stage}" + (f" (seeds {study.seeds})" if kind == "seeds" else "")
             print(f"{name:<24}{label:<60}{n:>6}{minutes:>14.1f}")
         print(f"{name:<24}{'all stages':<60}{runs:>6}{study_minutes:>14.1f}")
         total += study_minutes
@@ -305,7 +338,9 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]
     """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
     long or seeds stage reads the records of the stages before it)."""
     base = [sys.executable, "-m", "bench.run", "-m"]
+    exp, variant = split_variant(exp)
     sweep = sweep_of(exp)
+    extra = study.variants.get(variant, []) if variant else []
     if kind == "grid":
         keys = study.from_baseline.get(exp, [])
         inherited = baseline_values(study, keys, out_dir) if keys else []
@@ -316,15 +351,24 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]
         return [[*base, f"+experiment={exp}", *inherited, f"out_dir={out_dir}"]]
     if kind == "long":
         best = best_overrides(out_dir, sweep, exp, rows=study.rows, study_long=study.long)
-        runs = [[*base, *lr_neighbours(exp, overrides), *study.long,
+    elif variant:  # the variant's long stage: long + variant overrides
+        best = best_overrides(out_dir, sweep, exp, [*study.long, *extra], study.rows)
+    else:
+        best = best_overrides(out_dir, sweep, exp, study.long or None, study.rows,
+                              exclude=study.variant_runs())
+    if variant in study.variant_methods:
+        keep = set(study.variant_methods[variant])
+        best = {m: ov for m, ov in best.items() if m.split(" ")[0] in keep}
+    if kind == "long":
+        runs = [[*base, *lr_neighbours(exp, overrides), *study.long, *extra,
                  f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
                 for overrides in best.values()]
-    else:
-        best = best_overrides(out_dir, sweep, exp, study.long or None, study.rows)
+    else:  # a variant's runs already hold its overrides
         runs = [[*base, *overrides, *study.reporting, f"seed={study.seeds}", f"out_dir={out_dir}"]
                 for overrides in best.values()]
     if not best:
-        print(f"note: no completed seed-0 run of {exp} yet; run its "
+        print(f"note: no completed seed-0 run of {exp}{'@' + variant if variant else ''} yet; "
+              "run its "
               f"{'long stage' if kind == 'seeds' and study.long else 'grid'} first",
               file=sys.stderr)
     return runs

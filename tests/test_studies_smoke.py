@@ -60,8 +60,11 @@ def test_study_smoke(tmp_path, name):
     sweep = dirs[0].parent.name
     table = "toy" if config["task"] == "toy" else "tuned"
     assert (figures / f"{sweep}_{table}.md").exists() and (figures / "REPORT.md").exists()
-    for key in study.rows:  # balora_rank: the loss against r, a line per method
-        assert (figures / f"{sweep}_loss_vs_{key.rsplit('.', 1)[-1]}.png").exists()
+    tuned = (figures / f"{sweep}_{table}.md").read_text()
+    for key in study.rows:  # a row per value; a numeric key (balora_rank: r) gets its figure
+        name = key.rsplit(".", 1)[-1]
+        assert f" {name}=" in tuned
+        assert (figures / f"{sweep}_loss_vs_{name}.png").exists() == (key == "adapter.r")
 
 
 def test_every_stage_finds_its_sweep_folder():
@@ -69,7 +72,8 @@ def test_every_stage_finds_its_sweep_folder():
                 "riemannian_attention_adamw": "riemannian_attention",
                 "adapters_x_optimizers_riemannian": "adapters_x_optimizers"}
     for name, study in STUDIES.items():
-        for _, experiment in study.stages:
+        for _, stage in study.stages:
+            experiment = stage.partition("@")[0]  # riemannian_attention@cosine: a variant
             assert sweep_of(experiment) == expected.get(experiment, name), experiment
             block = load_experiment(experiment).study
             assert (block.name, block.baseline) == (name, study.baseline), experiment
@@ -81,11 +85,12 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     assert main(["--plan", "--out-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
-    # the grids (4 adapters x 3 toy optimizers; 7 + 2 x 5 x 5 + 4 x 5 x 5 LR x alpha; 5 + 5 x 2
-    # x 6; 2 x 6 + 2 x 25 + 21 + 2 x 25 + 2 x 25 + 50), plus, with no grid run yet, for one
-    # method per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
+    # the grids (4 adapters x 3 toy optimizers; 7 + 2 x 5 x 5 + 4 x 5 x 5 LR x alpha;
+    # 2 x 6 + 2 x 25 + 21 + 2 x 25 + 2 x 25 + 50), plus, with no grid run yet, for one method
+    # per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
     assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
-                      "riemannian_attention": 5 + 60 + 5 + 5,
+                      # 5 + 50 + 5 in the grids; 6 long stages x 3, 6 seeds stages x 5
+                      "riemannian_attention": 5 + 50 + 5 + 6 * 3 + 6 * 5,
                       "adapters_x_optimizers": 12 + 50 + 21 + 50 + 50 + 50 + 6 * 3 + 6 * 5,
                       # 4 methods x 5 ranks x 3 LRs x 3 scales; 5 seeds per seeds stage
                       "balora_rank": 2 * 45 + 45 + 45 + 3 * 5}
@@ -118,8 +123,8 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
      "budget (trainer.max_steps=...)"),
     ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
      "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
-     "stages, long, reporting, from_baseline, seconds_per_run, tuning_seeds, reporting_seeds, "
-     "smoke, rows"),
+     "stages, long, reporting, from_baseline, variants, variant_methods, seconds_per_run, "
+     "tuning_seeds, reporting_seeds, smoke, rows"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
@@ -212,3 +217,55 @@ def test_long_stage_reruns_the_best_rate_and_its_neighbours_and_seeds_take_its_b
                                        f"out_dir={out}"]]
     assert cmd("seeds", "s") == []  # its long stage has not run yet
     assert "run its long stage first" in capsys.readouterr().err
+
+
+VARIANTS = {
+    "v": "sweep: v\nstudy:\n  name: v\n  baseline: full/adamw\n"
+         "  stages: [grid:v, long:v, long:v@cosine, grid:v_muon, long:v_muon, seeds:v, "
+         "seeds:v@cosine, seeds:v_muon]\n"
+         "  long: [trainer.max_steps=40]\n"
+         "  variants: {cosine: [trainer.lr_schedule=warmup_cosine]}\n"
+         "  variant_methods: {cosine: [full/adamw]}\n"
+         "  from_baseline: {v_muon: [optimizer.adamw_lr=optimizer.lr]}\n"
+         "hydra:\n  sweeper:\n    params:\n      optimizer.lr: 1e-3,3e-3,1e-2\n",
+    "v_muon": "defaults:\n  - v\n  - _self_\n",
+}
+
+
+def test_a_variant_reruns_the_grid_best_with_its_overrides_and_keeps_to_its_methods(
+        tmp_path, monkeypatch, capsys):
+    experiments = _conf(tmp_path, monkeypatch, VARIANTS)
+    study = experiments.discover()[0]["v"]
+    out = tmp_path / "runs"
+    cmd = lambda kind, exp: [c[4:] for c in experiments.commands(kind, exp, out, study)]  # noqa: E731
+    adamw, riem = ["+experiment=v", "adapter=full"], ["+experiment=v", "optimizer=riemannian"]
+    for lr, loss in (("1e-3", 2.0), ("3e-3", 1.9), ("1e-2", 2.1)):
+        _record(out, "v", f"a-{lr}", "full/adamw", [*adamw, f"optimizer.lr={lr}"], loss,
+                float(lr))
+        _record(out, "v", f"r-{lr}", "full/riemannian", [*riem, f"optimizer.lr={lr}"], loss,
+                float(lr))
+    cosine = "trainer.lr_schedule=warmup_cosine"
+    # the variant's long stage: the grid's best and its neighbours, long + variant overrides,
+    # for its methods only (full/riemannian is not one of them)
+    assert cmd("long", "v@cosine") == [[*adamw, "optimizer.lr=1e-3,3e-3,1e-2",
+                                        "trainer.max_steps=40", cosine, "seed=0",
+                                        f"out_dir={out}"]]
+    assert len(cmd("long", "v")) == 2  # the plain long stage: every method
+    long = "trainer.max_steps=40"
+    _record(out, "v", "al-1e-3", "full/adamw", [*adamw, "optimizer.lr=1e-3", long], 1.7, 1e-3)
+    _record(out, "v", "ac-3e-3", "full/adamw", [*adamw, "optimizer.lr=3e-3", long, cosine], 1.6,
+            3e-3)
+    # seeds: the plain stage never takes the variant's (lower) run, the variant only its own
+    assert cmd("seeds", "v")[0] == [*adamw, "optimizer.lr=1e-3", long, "seed=1,2,3,4,5",
+                                    f"out_dir={out}"]
+    assert cmd("seeds", "v@cosine") == [[*adamw, "optimizer.lr=3e-3", long, cosine,
+                                         "seed=1,2,3,4,5", f"out_dir={out}"]]
+    # the Muon grid takes the baseline's tuned LR (its plain long stage's best) as adamw_lr
+    assert cmd("grid", "v_muon") == [["+experiment=v_muon", "optimizer.adamw_lr=0.001",
+                                      f"out_dir={out}"]]
+    # a variant nobody declared, or on a grid stage, is an error naming the declared ones
+    bad = _conf(tmp_path / "bad", monkeypatch, {**VARIANTS, "v": VARIANTS["v"].replace(
+        "seeds:v@cosine", "seeds:v@warm")})
+    assert bad.main(["--plan"]) == 2
+    assert ("study.stages entry 'seeds:v@warm': a variant (@name) needs a long or seeds stage "
+            "and an entry in study.variants (declared: cosine)") in capsys.readouterr().err
