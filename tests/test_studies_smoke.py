@@ -179,12 +179,22 @@ STAGED = {
 }
 
 
+def _stage_commands(tmp_path, monkeypatch, files, name):
+    """(the experiments module over these files, cmd(kind, experiment) -> the stage's commands
+    without `python -m bench.run -m`, the runs folder) for study `name`."""
+    experiments = _conf(tmp_path, monkeypatch, files)
+    study = experiments.discover()[0][name]
+    out = tmp_path / "runs"
+
+    def cmd(kind, exp):
+        return [c[4:] for c in experiments.commands(kind, exp, out, study)]
+
+    return experiments, cmd, out
+
+
 def test_long_stage_reruns_the_best_rate_and_its_neighbours_and_seeds_take_its_best(
         tmp_path, monkeypatch, capsys):
-    experiments = _conf(tmp_path, monkeypatch, STAGED)
-    study = experiments.discover()[0]["s"]
-    out = tmp_path / "runs"
-    cmd = lambda kind, exp: [c[4:] for c in experiments.commands(kind, exp, out, study)]  # noqa: E731
+    _, cmd, out = _stage_commands(tmp_path, monkeypatch, STAGED, "s")
     # the Riemannian grid needs the baseline's tuned LR first: nothing runs, and it says why
     assert cmd("grid", "s") == []
     assert "takes optimizer.lr from the baseline full/adamw" in capsys.readouterr().err
@@ -234,10 +244,7 @@ VARIANTS = {
 
 def test_a_variant_reruns_the_grid_best_with_its_overrides_and_keeps_to_its_methods(
         tmp_path, monkeypatch, capsys):
-    experiments = _conf(tmp_path, monkeypatch, VARIANTS)
-    study = experiments.discover()[0]["v"]
-    out = tmp_path / "runs"
-    cmd = lambda kind, exp: [c[4:] for c in experiments.commands(kind, exp, out, study)]  # noqa: E731
+    _, cmd, out = _stage_commands(tmp_path, monkeypatch, VARIANTS, "v")
     adamw, riem = ["+experiment=v", "adapter=full"], ["+experiment=v", "optimizer=riemannian"]
     for lr, loss in (("1e-3", 2.0), ("3e-3", 1.9), ("1e-2", 2.1)):
         _record(out, "v", f"a-{lr}", "full/adamw", [*adamw, f"optimizer.lr={lr}"], loss,
