@@ -305,15 +305,22 @@ def balora_gap_vs_step(runs, curves, figures, sweep, **_):
 @figure("lr_scale_heatmap")
 def lr_scale_heatmap(runs, curves, figures, sweep, **_):
     """Mean final eval loss over seeds on the grid learning rate x alpha/r, one panel per method
-    that swept both (BaLoRA paper Fig. 4). A cell where any seed diverged or failed reads "div."."""
+    that swept both at one rank (BaLoRA paper Fig. 4). A cell where any seed diverged or failed
+    reads "div.". Only the grid's budget is drawn (the runs at the sweep's fewest
+    trainer.max_steps): a long stage's runs would mix another budget into their cells."""
     lm = lm_runs(runs)
     needed = {"optimizer.lr", "adapter.alpha", "adapter.r", "final_eval_loss"}
     if lm.empty or not needed <= set(lm.columns):
         return []
-    lm = lm.assign(scale=lm["adapter.alpha"] / lm["adapter.r"],
-                   bad=lm["status"].isin(BAD_STATUSES))
+    if "trainer.max_steps" in lm and lm["trainer.max_steps"].notna().any():
+        lm = lm[lm["trainer.max_steps"] == lm["trainer.max_steps"].min()]
+    scale = lm["adapter.alpha"] / lm["adapter.r"]
+    if "adapter.scale" in lm:  # adapter.scale, where set, is alpha / r itself
+        scale = lm["adapter.scale"].where(lm["adapter.scale"].notna(), scale)
+    lm = lm.assign(scale=scale, bad=lm["status"].isin(BAD_STATUSES))
     panels = [m for m, g in lm.groupby("method")
-              if g["optimizer.lr"].nunique() > 1 and g["scale"].nunique() > 1]
+              if g["optimizer.lr"].nunique() > 1 and g["scale"].nunique() > 1
+              and g["adapter.r"].nunique() == 1]
     if not panels:
         return []
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)

@@ -345,6 +345,25 @@ def test_heatmap_over_lr_and_scale_marks_diverged_cells(tmp_path):
     assert lr_scale_heatmap(load_runs(tmp_path).head(1), None, tmp_path / "fig2", "x") == []
 
 
+def test_heatmap_draws_the_grid_budget_only(tmp_path):
+    """A long stage's runs (more steps) are not grid cells: here the grid (20 steps) tried one
+    alpha only, so there is no lr x alpha/r panel, although the 40-step runs tried another."""
+    import yaml as _yaml
+
+    from analysis.plots import lr_scale_heatmap
+
+    for alpha, losses in ((4, (3, 2.5, 2.1)), (16, (3, 2.5, 2.2, 2.0, 1.9))):
+        for lr in (1e-3, 1e-2):
+            run_dir = write_run(tmp_path, "hm", lr=lr, seed=0, losses=losses)
+            cfg = _yaml.safe_load((run_dir / "config.yaml").read_text())
+            cfg["adapter"]["alpha"] = alpha
+            (run_dir / "config.yaml").write_text(_yaml.safe_dump(cfg))
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}-a{alpha}"))
+    runs = load_runs(tmp_path)
+    assert sorted(runs["trainer.max_steps"].unique()) == [20, 40]
+    assert lr_scale_heatmap(runs, None, tmp_path / "fig", "hm") == []
+
+
 def test_tuned_tables_are_logged_to_wandb_offline(tmp_path):
     comparison(tmp_path / "runs")
     env = {**os.environ, "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
