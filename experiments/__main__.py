@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
+import functools
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import ConfigError, StudyConfig
@@ -203,8 +205,7 @@ def sweep_params(experiment: str) -> dict[str, list[str]]:
 
 def count_runs(experiment: str) -> int:
     """The runs of the experiment's grid: the product of its sweep params' value counts."""
-    sizes = [len(values) for values in sweep_params(experiment).values()]
-    return int(sum(1 for _ in itertools.product(*[range(s) for s in sizes]))) if sizes else 1
+    return math.prod(len(values) for values in sweep_params(experiment).values())
 
 
 def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
@@ -217,6 +218,37 @@ def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
     return sum(walls) / len(walls) if walls else default
 
 
+def seed0_runs(out_dir: Path, sweep: str) -> tuple[tuple[list[str], dict, float], ...]:
+    """(overrides, config, final validation loss) of every completed seed-0 run of the sweep.
+    Read once per state of the sweep's records (a stage that adds runs changes the state), not
+    once per stage that asks."""
+    paths = sorted((out_dir / sweep).glob("*/summary.json"))
+    return _read_seed0_runs(tuple((path, path.stat().st_mtime_ns) for path in paths))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_seed0_runs(state: tuple) -> tuple[tuple[list[str], dict, float], ...]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    runs = []
+    for summary_path, _ in state:
+        summary = json.loads(summary_path.read_text())
+        loss = summary.get("final_eval_loss")
+        if summary.get("status") != "completed" or loss is None:
+            continue
+        config = yaml.load((summary_path.parent / "config.yaml").read_text(), Loader=loader)
+        if config.get("seed") == 0:
+            overrides = list((config.get("meta") or {}).get("overrides") or [])
+            runs.append((overrides, config, loss))
+    return tuple(runs)
+
+
+def _dotted(tree: dict, key: str):
+    """tree["adapter"]["r"] for key "adapter.r" (None where a part is missing)."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
 def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
               rows: list[str] | None = None, study_long: list[str] | None = None,
               exclude: list[list[str]] = ()) -> dict[str, tuple[list[str], DictConfig]]:
@@ -226,23 +258,20 @@ def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None
     `long`), else among those of its grid (runs that do not hold all of `study_long`, the
     study's long overrides: a long stage's runs are seed-0 runs of the experiment too). A run
     holding every override of one of `exclude` (another variant's) is left out."""
-    best: dict[str, tuple[float, list[str], DictConfig]] = {}
-    for summary_path in (out_dir / sweep).glob("*/summary.json"):
-        summary = json.loads(summary_path.read_text())
-        config = OmegaConf.load(summary_path.parent / "config.yaml")
-        overrides = list(OmegaConf.select(config, "meta.overrides", default=[]) or [])
-        loss = summary.get("final_eval_loss")
-        in_long = set(long or study_long or []) <= set(overrides) and bool(long or study_long)
-        if (f"+experiment={experiment}" not in overrides or config.seed != 0
-                or summary.get("status") != "completed" or loss is None
-                or in_long != bool(long) or any(set(e) <= set(overrides) for e in exclude)):
+    best: dict[str, tuple[float, list[str], dict]] = {}
+    marks = long or study_long  # the overrides every run of the long stage holds
+    for overrides, config, loss in seed0_runs(out_dir, sweep):
+        in_long = bool(marks) and set(marks) <= set(overrides)
+        if (f"+experiment={experiment}" not in overrides or in_long != bool(long)
+                or any(set(e) <= set(overrides) for e in exclude)):
             continue
-        method = config.meta.method + "".join(
-            f" {k.rsplit('.', 1)[-1]}={OmegaConf.select(config, k)}" for k in rows or [])
+        method = config["meta"]["method"] + "".join(
+            f" {k.rsplit('.', 1)[-1]}={_dotted(config, k)}" for k in rows or [])
         if method not in best or loss < best[method][0]:
             best[method] = (loss, overrides, config)
     keep = lambda o: not o.startswith(("seed=", "out_dir="))  # noqa: E731
-    return {m: ([o for o in ov if keep(o)], cfg) for m, (_, ov, cfg) in sorted(best.items())}
+    return {m: ([o for o in ov if keep(o)], OmegaConf.create(cfg))
+            for m, (_, ov, cfg) in sorted(best.items())}
 
 
 def best_overrides(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
