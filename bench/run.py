@@ -59,7 +59,6 @@ def _setup_threads(cfg) -> None:
     torch.set_num_threads(threads)
 
 
-
 def cli_overrides() -> list[str]:
     """The command-line (or sweep) overrides of this run, as Hydra passed them."""
     try:

@@ -54,6 +54,7 @@ def peak_memory_mb(device: torch.device) -> float:
 # cond/kappa is None where the horizontal Hessian is not positive definite)
 FINAL_MEASUREMENTS = ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max")
 
+
 class Trainer:
     """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split;
     `cfg` is the trainer config group; every other input is its own keyword."""
@@ -159,10 +160,7 @@ class Trainer:
         if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
             row = {"step": 0, "tokens": 0, "wall_s": 0.0}
             row.update(self._evaluate(stats))
-            hooks_t0 = time.perf_counter()
-            for hook in self.hooks:  # measurements of the initial weights, off the wall clock
-                row.update(hook(0, self.model) or {})
-            start += time.perf_counter() - hooks_t0
+            start += self._measure(0, row, stats)  # the initial weights (metrics.hessian.at_start)
             self.record.log(row)
             if self.logger is not None:
                 self.logger.log(row)
@@ -233,14 +231,7 @@ class Trainer:
                 if step == t.max_steps and self.test_set is not None:
                     row["test/loss"] = stats["test"] = evaluate(
                         self.model, self.test_set, self.device, self.autocast)
-                hooks_t0 = time.perf_counter()
-                for hook in self.hooks:
-                    measured = hook(step, self.model) or {}
-                    row.update(measured)
-                    stats.update({f"final_{k}": v for k, v in measured.items()
-                                  if k in FINAL_MEASUREMENTS})
-                # Measurements (Hessian spectra) are not training: keep them off the wall clock.
-                start += time.perf_counter() - hooks_t0
+                start += self._measure(step, row, stats)
                 self.record.log(row)
                 if self.logger is not None:
                     self.logger.log(row)
@@ -269,6 +260,18 @@ class Trainer:
             **self._time_to_target(),
         }
         return summary
+
+    def _measure(self, step: int, row: dict, stats: dict) -> float:
+        """Run the hooks (Hessian spectra) at `step` into `row`, keeping the last value of each of
+        FINAL_MEASUREMENTS in `stats` (final_<key>); returns the seconds they took, which the
+        caller keeps off the wall clock: measurements are not training."""
+        t0 = time.perf_counter()
+        for hook in self.hooks:
+            measured = hook(step, self.model) or {}
+            row.update(measured)
+            stats.update({f"final_{k}": v for k, v in measured.items()
+                          if k in FINAL_MEASUREMENTS})
+        return time.perf_counter() - t0
 
     def _evaluate(self, stats: dict) -> dict:
         out = {}
