@@ -474,17 +474,17 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
 def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) -> list[Path]:
     """``<sweep>_loss_vs_<key>``: for a table split by a numeric `study.rows` (balora_rank: r), each
     method's reported loss at its tuned hyperparameters against the row key's value, the mean
-    over the reported seeds with its 95% t interval (mean +- t(n-1) std / sqrt(n)). [] for a
-    table without rows."""
-    from scipy import stats
+    over the reported seeds with its 95% t interval (analysis.verdict.mean_t). [] for a table
+    without rows."""
+    from analysis.verdict import mean_t
 
-    if table is None or table.empty or "row" not in table or table["row"].isna().all():
+    if table is None or "row" not in table:
         return []
     rows = table[table["row"].notna() & table["row"].ne("")]
-    key = rows["row"].iloc[0].split("=")[0]
     x = pd.to_numeric(rows["row"].str.split("=").str[1], errors="coerce")
     if rows.empty or x.isna().any():  # rows by a name (trainer.lr_schedule): no axis to draw
         return []
+    key = rows["row"].iloc[0].split("=")[0]
     rows = rows.assign(x=x,
                        base=[m[: -len(r) - 1] for m, r in zip(rows["method"], rows["row"])])
     colors = method_colors(rows["base"].unique())
@@ -492,8 +492,8 @@ def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) ->
     for base, group in rows.groupby("base", sort=True):
         group = group.sort_values("x")
         n = group["n_seeds"].astype(float)
-        half = [stats.t.ppf(0.975, k - 1) * s / np.sqrt(k) if k > 1 and np.isfinite(s)
-                else 0.0 for k, s in zip(n, group["std"].astype(float))]
+        test = mean_t(group["mean"].astype(float), group["std"].astype(float), n)
+        half = np.nan_to_num(test.high - test.mean)  # 0: no interval under 2 seeds
         ax.errorbar(group["x"], group["mean"], yerr=half, color=colors[base], marker="o",
                     capsize=3, label=f"{base} ({int(n.min())}-{int(n.max())} seeds)")
     ax.set_xscale("log", base=2)

@@ -319,6 +319,11 @@ def final_kappa(runs: pd.DataFrame, seeds) -> dict:
             "kappa_seeds": f"{len(kappas)}/{len(measured)}"}
 
 
+def measured_kappa(table: pd.DataFrame) -> bool:
+    """Whether any row of the table measured its Hessian (a kappa_seeds cell is not blank)."""
+    return bool(table.get("kappa_seeds", pd.Series(dtype=str)).fillna("").ne("").any())
+
+
 def _seeds_label(losses: pd.Series) -> str:
     """"1, 2, 3 (diverged)": the reported seeds, a diverged one marked."""
     return ", ".join(f"{seed}" + (" (diverged)" if np.isinf(v) else "")
@@ -371,8 +376,8 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pa
     shown = ["method", "hyperparameters", "n_configs", "seeds", "n_diverged", "mean", "std",
              "test", "n", "delta", "ci_low", "ci_high", "p", "p_holm", "conclusive",
              "detectable", "kappa", "kappa_seeds", "baseline", "edge"]
-    if not table.get("kappa_seeds", pd.Series(dtype=str)).fillna("").ne("").any():
-        shown = [c for c in shown if c not in ("kappa", "kappa_seeds")]  # nothing measured
+    if not measured_kappa(table):
+        shown = [c for c in shown if c not in ("kappa", "kappa_seeds")]
     md.write_text(
         f"# {sweep}: methods at their tuned hyperparameters\n\n"
         + markdown_table(table[[c for c in shown if c in table]])
@@ -403,7 +408,7 @@ def reporting(table: pd.DataFrame) -> str:
         verb = "have" if few != 1 else "has"
         text += (f" {few} of its comparisons {verb} fewer than {MIN_SEEDS} seeds, so no verdict "
                  "(n/a) whatever the p-value.")
-    if table.get("kappa_seeds", pd.Series(dtype=str)).fillna("").ne("").any():
+    if measured_kappa(table):
         text += (" kappa = the median over those seeds of the condition number of the adapted "
                  "layers' horizontal Hessian at the run's last estimate (Lanczos, "
                  "bench/metrics/monitor.py); kappa_seeds = k/n: of the n seeds measured, the k "

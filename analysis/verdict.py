@@ -52,6 +52,15 @@ def _t_test(mean, se, df) -> TTest:
     return TTest(mean, mean - half, mean + half, p, se, df)
 
 
+def mean_t(mean, sd, n) -> TTest:
+    """The t-test and CONFIDENCE interval of a mean of n values with sample sd (se = sd /
+    sqrt(n), df = n - 1), from the summary statistics alone; NaN fields where n < 2."""
+    n = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _t_test(mean, np.asarray(sd, dtype=float) / np.sqrt(n), np.where(n >= 2, n - 1,
+                                                                                  np.nan))
+
+
 def paired_t(diffs) -> TTest:
     """Paired t-test of per-seed differences d (..., n): mean(d), se = sd(d) / sqrt(n), df = n - 1.
 

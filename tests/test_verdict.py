@@ -244,3 +244,15 @@ def test_the_report_calls_an_untuned_two_seed_sweep_a_smoke_demonstration():
     text = finding(tuned_table(pd.DataFrame(rows)))
     assert "smoke demonstration" in text and "2 seeds" in text
     assert "differ conclusively after Holm's correction (1 has too few seeds" in text
+
+
+def test_mean_t_interval_from_summary_statistics_is_scipys():
+    """The interval of a mean from (mean, sd, n) alone is scipy's t interval of the values."""
+    from analysis.verdict import mean_t
+
+    values = np.array([2.51, 2.49, 2.53, 2.50, 2.47])
+    got = mean_t(values.mean(), values.std(ddof=1), len(values))
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(),
+                                 scale=stats.sem(values))
+    assert (float(got.low), float(got.high)) == pytest.approx((low, high))
+    assert np.isnan(mean_t(2.5, np.nan, 1).low)  # one value: no interval
