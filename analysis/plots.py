@@ -290,6 +290,12 @@ def kappa_vs_step(runs, curves, figures, sweep, **_):
                            "condition number kappa")
 
 
+@figure("kappa_gn_vs_step")
+def kappa_gn_vs_step(runs, curves, figures, sweep, **_):
+    return _metric_vs_step(runs, curves, figures, sweep, "cond/gn/kappa", "kappa_gn_vs_step",
+                           "Gauss-Newton condition number (Lanczos estimate)")
+
+
 @figure("sharpness_vs_step")
 def sharpness_vs_step(runs, curves, figures, sweep, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "sharpness/lambda_max",

@@ -35,6 +35,9 @@ SUMMARY_KEYS = (
     "final_cond/kappa",
     "final_cond/lambda_min_h",
     "final_sharpness/lambda_max",
+    "final_cond/gn/kappa",
+    "final_cond/gn/lambda_min_h",
+    "final_cond/gn/lambda_max",
 )
 # A run whose summary.json is missing was killed (or is still going) before writing it.
 INCOMPLETE = "incomplete"

@@ -50,6 +50,7 @@ REPORTED_LOSSES = ("final_test_loss", "final_eval_loss")
 # The last Hessian estimate of a run (None where the horizontal Hessian was not positive
 # definite) and a key every estimate sets, to tell "not measured" from "not defined"
 FINAL_KAPPA, FINAL_SHARPNESS = "final_cond/kappa", "final_sharpness/lambda_max"
+FINAL_KAPPA_GN, FINAL_GN_MAX = "final_cond/gn/kappa", "final_cond/gn/lambda_max"
 
 
 class GridEdgeWarning(UserWarning):
@@ -305,23 +306,30 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
 
 
 def final_kappa(runs: pd.DataFrame, seeds) -> dict:
-    """kappa: the median over the reported `seeds` of these runs' last condition number, and
-    kappa_seeds "k/n": of the n seeds whose Hessian was measured, the k where kappa is defined
-    (the horizontal Hessian positive definite); both blank where nothing was measured."""
-    if FINAL_SHARPNESS not in runs:
-        return {"kappa": math.nan, "kappa_seeds": ""}
-    runs = runs[_column(runs, "seed", 0).astype(int).isin(list(seeds))]
-    measured = runs[runs[FINAL_SHARPNESS].notna()]
-    if measured.empty:
-        return {"kappa": math.nan, "kappa_seeds": ""}
-    kappas = _column(measured, FINAL_KAPPA, math.nan).dropna()
-    return {"kappa": float(kappas.median()) if len(kappas) else math.nan,
-            "kappa_seeds": f"{len(kappas)}/{len(measured)}"}
+    """kappa: the median over the reported `seeds` of these runs' last condition number of the
+    horizontal Hessian, and kappa_seeds "k/n": of the n seeds whose Hessian was measured, the k
+    where kappa is defined (the Hessian positive definite); kappa_gn and kappa_gn_seeds the same
+    for the Gauss-Newton matrix (metrics.hessian.gauss_newton; defined where it is not singular).
+    Blank where nothing was measured."""
+    out = {}
+    for col, kappa_key, measured_key in (("kappa", FINAL_KAPPA, FINAL_SHARPNESS),
+                                         ("kappa_gn", FINAL_KAPPA_GN, FINAL_GN_MAX)):
+        out[col], out[f"{col}_seeds"] = math.nan, ""
+        if measured_key not in runs:
+            continue
+        chosen = runs[_column(runs, "seed", 0).astype(int).isin(list(seeds))]
+        measured = chosen[chosen[measured_key].notna()]
+        if measured.empty:
+            continue
+        kappas = _column(measured, kappa_key, math.nan).dropna()
+        out[col] = float(kappas.median()) if len(kappas) else math.nan
+        out[f"{col}_seeds"] = f"{len(kappas)}/{len(measured)}"
+    return out
 
 
-def measured_kappa(table: pd.DataFrame) -> bool:
-    """Whether any row of the table measured its Hessian (a kappa_seeds cell is not blank)."""
-    return bool(table.get("kappa_seeds", pd.Series(dtype=str)).fillna("").ne("").any())
+def measured_kappa(table: pd.DataFrame, col: str = "kappa") -> bool:
+    """Whether any row of the table measured that matrix (a `<col>_seeds` cell is not blank)."""
+    return bool(table.get(f"{col}_seeds", pd.Series(dtype=str)).fillna("").ne("").any())
 
 
 def _seeds_label(losses: pd.Series) -> str:
@@ -375,9 +383,11 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pa
     table.to_csv(csv, index=False)
     shown = ["method", "hyperparameters", "n_configs", "seeds", "n_diverged", "mean", "std",
              "test", "n", "delta", "ci_low", "ci_high", "p", "p_holm", "conclusive",
-             "detectable", "kappa", "kappa_seeds", "baseline", "edge"]
-    if not measured_kappa(table):
-        shown = [c for c in shown if c not in ("kappa", "kappa_seeds")]
+             "detectable", "kappa", "kappa_seeds", "kappa_gn", "kappa_gn_seeds", "baseline",
+             "edge"]
+    for col in ("kappa", "kappa_gn"):
+        if not measured_kappa(table, col):
+            shown = [c for c in shown if c not in (col, f"{col}_seeds")]
     md.write_text(
         f"# {sweep}: methods at their tuned hyperparameters\n\n"
         + markdown_table(table[[c for c in shown if c in table]])
@@ -413,6 +423,12 @@ def reporting(table: pd.DataFrame) -> str:
                  "layers' horizontal Hessian at the run's last estimate (Lanczos, "
                  "bench/metrics/monitor.py); kappa_seeds = k/n: of the n seeds measured, the k "
                  "where that Hessian was positive definite, so that kappa is defined.")
+    if measured_kappa(table, "kappa_gn"):
+        text += (" kappa_gn = the same median for the Gauss-Newton matrix J^T H_z J on the "
+                 "horizontal space (positive semidefinite, so defined wherever it is not "
+                 "singular; kappa_gn_seeds counts those seeds). Both are ratios of Lanczos Ritz "
+                 "values after a fixed number of steps: lower bounds of the true ratios, "
+                 "comparable between methods measured alike.")
     return text
 
 

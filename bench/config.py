@@ -200,6 +200,9 @@ class HessianConfig:
     # The fixed batch the Hessian is taken on; None: half the training batch (an HVP costs about
     # two LoRA steps, so 30 iterations on half a batch cost ~26 steps: make perf).
     batch_size: int | None = None
+    # also the Gauss-Newton matrix J^T H_z J (cond/gn/*): positive semidefinite, so its kappa
+    # exists where the indefinite Hessian's does not (bench/metrics/monitor.py)
+    gauss_newton: bool = False
 
 
 @dataclass

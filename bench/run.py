@@ -125,7 +125,7 @@ def prepare(cfg) -> Prepared:
         x, y = eval_batches(corpus.eval, size, cfg.model.seq_len, 1)[0]
         batch = (x.to(device), y.to(device))
         hooks.append(HessianMonitor(h.every, h.iters, list(h.layers), adapter, batch,
-                                    at_start=h.at_start,
+                                    at_start=h.at_start, gauss_newton=h.gauss_newton,
                                     seed=cfg.seed, model=model))
     trainable = count_trainable(model)
     parts = {"device": device, "corpus": corpus, "model": model, "adapter": adapter,

@@ -52,7 +52,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 # Measurements whose last value a run's summary keeps, as final_<key> (bench/metrics/monitor.py;
 # cond/kappa is None where the horizontal Hessian is not positive definite)
-FINAL_MEASUREMENTS = ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max")
+FINAL_MEASUREMENTS = ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max",
+                      "cond/gn/kappa", "cond/gn/lambda_min_h", "cond/gn/lambda_max")
 
 
 class Trainer:

@@ -320,3 +320,98 @@ def test_schedule_fires_at_multiples_or_the_first_log_step_past_them():
     mon = HessianMonitor(every=5, iters=2, layers=[], adapter=ad, batch=batch)
     assert mon(3, model) == {}
     assert "cond/kappa" in mon(5, model)
+
+
+# ------------------------------------------------------ the Gauss-Newton matrix J^T H_z J
+def exact_gauss_newton(model, names, batch):
+    """G = J^T H_z J from the dense Jacobian of the logits (torch.func.jacrev) and the
+    closed-form Hessian of the mean cross-entropy in the logits, (diag(p) - p p^T) / N per
+    token: no double backward, no Lanczos."""
+    params = [model.get_parameter(n).detach() for n in names]
+    sizes = [p.numel() for p in params]
+    x, y = batch
+
+    def logits(z):
+        parts = [t.view(p.shape) for t, p in zip(torch.split(z, sizes), params)]
+        return torch.func.functional_call(model, dict(zip(names, parts)), batch)[0]
+
+    model.eval()
+    flat = torch.cat([p.reshape(-1) for p in params])
+    with math_sdpa():
+        z = logits(flat).detach()
+        J = torch.func.jacrev(logits)(flat)  # (B, T, V, P)
+    n_tok, vocab = z.shape[0] * z.shape[1], z.shape[-1]
+    J = J.reshape(n_tok, vocab, -1).numpy()
+    p = torch.softmax(z.reshape(n_tok, vocab), -1).numpy()
+    H_z = (np.einsum("nv,vw->nvw", p, np.eye(vocab)) - np.einsum("nv,nw->nvw", p, p)) / n_tok
+    return np.einsum("nvp,nvw,nwq->pq", J, H_z, J)
+
+
+def test_gauss_newton_matches_the_dense_projected_matrix():
+    # RMSNorm: LayerNorm at its init (gain 1, no bias) outputs vectors of mean 0, so the
+    # directions dA = w 1^T are exactly flat and the horizontal G singular (kappa infinite)
+    model, ad, batch = lora_gpt(seed=6, norm="rmsnorm")
+    names = [f"{n}.{k}" for n, _ in ad.targets for k in ("lora_A", "lora_B")]
+    G = exact_gauss_newton(model, names, batch)
+    model.train()
+    assert np.linalg.eigvalsh(G)[0] > -1e-12 * np.abs(G).max()  # positive semidefinite
+    pairs = [(layer.lora_A.detach(), layer.lora_B.detach()) for _, layer in ad.targets]
+    # the logits do not move along the invariance (at any point, not only a critical one)
+    V = np.concatenate([vertical_basis(A, B) for A, B in pairs[:1]], axis=0)
+    n0 = V.shape[0]
+    np.testing.assert_allclose(G[:n0, :n0] @ V, 0, atol=1e-10 * np.abs(G).max())
+    Q = horizontal_basis(pairs)
+    ev = np.linalg.eigvalsh(Q.T @ G @ Q)
+    assert ev[0] > 0  # off B = 0 the horizontal G is definite on this batch
+    mon = HessianMonitor(every=1, iters=Q.shape[1], layers=[], adapter=ad, batch=batch,
+                         gauss_newton=True)
+    out = mon(1, model)
+    assert out["cond/gn/lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
+    # lambda_min is ~1e-9 lambda_max here: agreement to round-off at lambda_max's scale
+    assert out["cond/gn/lambda_min_h"] == pytest.approx(ev[0], abs=1e-11 * ev[-1])
+    assert out["cond/gn/kappa"] == pytest.approx(ev[-1] / ev[0], rel=1e-2)
+    # the Hessian's own estimate is the same as without the Gauss-Newton one
+    plain = HessianMonitor(every=1, iters=Q.shape[1], layers=[], adapter=ad, batch=batch)(1, model)
+    for key in ("cond/lambda_max", "cond/lambda_min_h", "cond/kappa"):
+        assert out[key] == plain[key]
+    assert not any(k.startswith("cond/gn/") for k in plain)
+
+
+def test_gauss_newton_is_singular_at_the_lora_init_and_few_steps_bound_kappa_below():
+    model, ad, batch = lora_gpt(seed=7, norm="rmsnorm")
+    for _, layer in ad.targets:  # B = 0: the logits do not depend on A
+        with torch.no_grad():
+            layer.lora_B.zero_()
+    out = HessianMonitor(every=1, iters=20, layers=[], adapter=ad, batch=batch,
+                         gauss_newton=True)(1, model)
+    assert out["cond/gn/lambda_max"] > 0
+    # 20 steps see no zero (the smallest Ritz value is a lower bound's denominator, > 0), but
+    # rank(B) < r makes G singular on the horizontal space: kappa is reported undefined
+    assert out["cond/gn/lambda_min_h"] > 1e-12 * out["cond/gn/lambda_max"]
+    assert out["cond/gn/kappa"] is None
+    model, ad, batch = lora_gpt(seed=6, norm="rmsnorm")
+    names = [f"{n}.{k}" for n, _ in ad.targets for k in ("lora_A", "lora_B")]
+    pairs = [(layer.lora_A.detach(), layer.lora_B.detach()) for _, layer in ad.targets]
+    Q = horizontal_basis(pairs)
+    ev = np.linalg.eigvalsh(Q.T @ exact_gauss_newton(model, names, batch) @ Q)
+    model.train()
+    few = HessianMonitor(every=1, iters=6, layers=[], adapter=ad, batch=batch,
+                         gauss_newton=True)(1, model)
+    # Ritz values interlace: ev[0] <= theta_min, theta_max <= ev[-1], so kappa is bounded below
+    assert ev[0] - 1e-9 * ev[-1] <= few["cond/gn/lambda_min_h"]
+    assert few["cond/gn/lambda_max"] <= ev[-1] * (1 + 1e-6)  # round-off of the two routes
+    assert few["cond/gn/kappa"] < ev[-1] / ev[0]
+
+
+def test_gauss_newton_on_dense_weights_logs_its_extremes_and_no_kappa():
+    model, batch = tiny_gpt(seed=3)
+    ad = adapter(name="full", target_modules=["q"])
+    model = ad.apply(model)
+    names = ["blocks.0.attn.q.weight"]
+    ev = np.linalg.eigvalsh(exact_gauss_newton(model, names, batch))
+    model.train()
+    out = HessianMonitor(every=1, iters=ev.size, layers=[], adapter=ad, batch=batch,
+                         gauss_newton=True)(1, model)
+    assert "cond/gn/kappa" not in out
+    assert out["cond/gn/lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
+    assert out["cond/gn/lanczos_min"] == pytest.approx(ev[0], abs=1e-8 * ev[-1])

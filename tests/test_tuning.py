@@ -224,12 +224,14 @@ def test_tuning_seeds_come_from_the_records_study_block():
 def test_final_kappa_is_the_median_over_the_reported_seeds_where_it_is_defined():
     """Reporting seeds measured their Hessian at the end: the table's kappa is the median of the
     defined ones (an indefinite Hessian has no kappa), over the seeds it reports only."""
-    def measured(kappa):
-        return {"final_sharpness/lambda_max": 1.0, "final_cond/kappa": kappa}
+    def measured(kappa, kappa_gn=None):
+        return {"final_sharpness/lambda_max": 1.0, "final_cond/kappa": kappa,
+                "final_cond/gn/lambda_max": 1.0, "final_cond/gn/kappa": kappa_gn}
 
     rows = (seeds("lora/adamw", 1e-3, [2.0]) + seeds("lora/adamw", 1e-2, [2.2])  # grid, seed 0
-            + [run("lora/adamw", 1e-3, s, 2.0 + s / 100, **measured(k))
-               for s, k in ((1, 10.0), (2, 30.0), (3, None), (4, 20.0), (5, 1e6))]
+            + [run("lora/adamw", 1e-3, s, 2.0 + s / 100, **measured(k, g))
+               for s, k, g in ((1, 10.0, 3.0), (2, 30.0, 1.0), (3, None, 2.0), (4, 20.0, None),
+                               (5, 1e6, 5.0))]
             + [run("lora/sgd", 1e-3, s, 2.5, **measured(None)) for s in range(1, 6)]
             + [run("full/adamw", 1e-3, s, 2.6) for s in range(1, 6)])  # measured nothing
     got = table(rows)
@@ -237,6 +239,11 @@ def test_final_kappa_is_the_median_over_the_reported_seeds_where_it_is_defined()
     assert got.loc["lora/adamw", "kappa_seeds"] == "4/5"
     assert math.isnan(got.loc["lora/sgd", "kappa"]) and got.loc["lora/sgd", "kappa_seeds"] == "0/5"
     assert math.isnan(got.loc["full/adamw", "kappa"]) and got.loc["full/adamw", "kappa_seeds"] == ""
+    assert got.loc["lora/adamw", "kappa_gn"] == 2.5  # median of 3, 1, 2, 5 (seed 4 singular)
+    assert got.loc["lora/adamw", "kappa_gn_seeds"] == "4/5"
+    assert math.isnan(got.loc["lora/sgd", "kappa_gn"])
+    assert got.loc["lora/sgd", "kappa_gn_seeds"] == "0/5"
+    assert got.loc["full/adamw", "kappa_gn_seeds"] == ""
 
 
 def test_study_rows_split_each_method_by_rank_with_the_baseline_at_the_same_rank():

@@ -20,7 +20,27 @@ fixed batch, with respect to the trainable tensors of the adapted layers:
   every trainable parameter; Riemannian adapters without A, B factors): Lanczos over those
   tensors without projection; the dense Hessian is indefinite, so no kappa. Logged:
       sharpness/lambda_max, cond/lanczos_min               the largest and smallest Ritz values
-* Always, when it fires: cost/hessian_s, the seconds the estimate took.
+* With `gauss_newton`, also the generalised Gauss-Newton matrix G = J^T H_z J of the same
+  loss (J = dz/dtheta the Jacobian of the logits z, H_z = d^2 loss / dz^2, positive semidefinite
+  for cross-entropy), by Lanczos on G-vector products over the same tensors. G is positive
+  semidefinite everywhere, so its condition number exists where the Hessian's does not: the LM
+  Hessians are indefinite all through training (lambda_min_h < 0), G never is. Along an
+  invariance direction of LoRA the logits do not move (J v = 0 at every point, not only at a
+  critical point), so G maps the horizontal space to itself and its horizontal spectrum is G's
+  nonzero spectrum plus the horizontal flat directions. Logged, factored adapters:
+      cond/gn/lambda_max, cond/gn/lambda_min_h, cond/gn/kappa
+  kappa None where G is singular on the horizontal space: a factor below rank r (as LoRA's
+  B = 0 start, where the logits do not depend on A; see `_full_rank`) or lambda_min_h <=
+  1e-12 lambda_max. Other symmetries of the architecture can make it singular too: with
+  LayerNorm at gain 1 and no bias, say, the normalised inputs have mean 0 and dA = w 1^T is
+  flat. No few-step estimate sees that; compare such kappas only as the lower bounds below. Dense tensors: cond/gn/lambda_max, cond/gn/lanczos_min
+  (no kappa: an attention block's own invariances, W_q -> W_q M, W_k -> W_k M^-T, make the dense
+  G singular, which a few Lanczos steps do not see).
+* Every kappa here is a ratio of Ritz values after `iters` Lanczos steps. Ritz values interlace
+  (lambda_min <= theta_min <= theta_max <= lambda_max), and the top converges first, so the
+  estimate is a lower bound of the true ratio: compare methods at one `iters`, not with the
+  toy's exact values.
+* Always, when it fires: cost/hessian_s, the seconds the estimate took (both matrices).
 
 `layers` patterns select layers by name (module names as in `adapter.targets`, e.g.
 `blocks.0.attn.q`): a layer matches a pattern when its name equals the pattern, ends with
@@ -121,6 +141,51 @@ def _math_sdpa():
     return sdpa_kernel([SDPBackend.MATH])
 
 
+class _GaussNewtonGraph:
+    """The logits z and the loss l(z) at detached copies of `params`, built once, for products
+    with the generalised Gauss-Newton matrix G = J^T H_z J (Schraudolph 2002):
+        J v      = d/du <J^T u, v>      (double vjp: J^T u is linear in a dummy u),
+        H_z w    = d/dz <dl/dz, w>      (the loss's Hessian in the logits),
+        J^T y    = vjp of z with y.
+    Three reverse passes per product, about one HVP's cost."""
+
+    def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], batch):
+        self.leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            out = torch.func.functional_call(model, dict(zip(names, self.leaves)), batch)
+            logits, loss = (out[0], out[1]) if isinstance(out, (tuple, list)) else (
+                out.logits, out.loss)
+            self.u = torch.zeros_like(logits, requires_grad=True)  # (B, T, V) dummy cotangent
+            jtu = torch.autograd.grad(logits, self.leaves, self.u, create_graph=True,
+                                      allow_unused=True)
+            (self.dl_dz,) = torch.autograd.grad(loss, logits, create_graph=True)
+        self.logits, self.loss = logits, loss.detach()
+        self.jtu = [g if g is not None and g.requires_grad else None for g in jtu]
+
+    def gvp(self, idx: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+        """v -> G_II v on flat vectors (layout of flatten(leaves[i] for i in idx)), in `dtype`."""
+        leaves = [self.leaves[i] for i in idx]
+        jtu = [self.jtu[i] for i in idx]
+        live = [k for k, g in enumerate(jtu) if g is not None]
+
+        def gvp(v: Tensor) -> Tensor:
+            if not live:  # the logits do not depend on these tensors
+                return torch.zeros_like(v)
+            parts = unflatten(v, leaves)
+            (jv,) = torch.autograd.grad([jtu[k] for k in live], self.u,
+                                        grad_outputs=[parts[k].to(jtu[k].dtype) for k in live],
+                                        retain_graph=True)  # J v: (B, T, V)
+            if not self.dl_dz.requires_grad:  # the loss is linear in the logits
+                return torch.zeros_like(v)
+            (hjv,) = torch.autograd.grad(self.dl_dz, self.logits, grad_outputs=jv,
+                                         retain_graph=True)  # H_z J v
+            gv = torch.autograd.grad(self.logits, leaves, grad_outputs=hjv, retain_graph=True,
+                                     allow_unused=True, materialize_grads=True)  # J^T H_z J v
+            return flatten(gv).to(dtype)
+
+        return gvp
+
+
 class _GradientGraph:
     """The loss's gradient graph at detached copies of `params`, built once; block
     Hessian-vector products of any subset of the tensors reuse it (double backward)."""
@@ -157,6 +222,18 @@ class _GradientGraph:
         return hvp
 
 
+def _full_rank(factors: Sequence[Tensor]) -> bool:
+    """Whether A (r x in) and B (out x r) both have rank r. If B v = 0 (v != 0), the directions
+    (dA, dB) = (v w^T, 0) with A w = 0 are horizontal and leave the logits unmoved (B dA = 0), so
+    the horizontal Gauss-Newton matrix is singular: kappa is infinite, whatever a few Lanczos
+    steps report (their ratio is only a lower bound). Likewise for A^T u = 0. LoRA's B = 0 start
+    is such a point."""
+    A, B = factors
+    r = A.shape[0]
+    return bool(torch.linalg.matrix_rank(A.detach().double()) == r
+                and torch.linalg.matrix_rank(B.detach().double()) == r)
+
+
 def _ritz_extremes(ritz: Tensor) -> tuple[float, float] | None:
     if ritz.numel() == 0 or not torch.isfinite(ritz).all():
         return None
@@ -181,6 +258,7 @@ class HessianMonitor:
                run per layer). None (default): when `layers` is not empty.
     model:     needed up front only to check `layers` for an adapter without targets (full,
                target_modules=[all]); otherwise that check happens at the first estimate.
+    gauss_newton: also estimate the Gauss-Newton matrix's spectrum (cond/gn/*, see above).
     """
 
     def __init__(
@@ -194,6 +272,7 @@ class HessianMonitor:
         per_layer: bool | None = None,
         model: nn.Module | None = None,
         at_start: bool = False,
+        gauss_newton: bool = False,
     ):
         if every < 0:
             raise ConfigError(f"metrics.hessian.every={every} must be >= 0")
@@ -201,6 +280,7 @@ class HessianMonitor:
             raise ConfigError(f"metrics.hessian.iters={iters} must be >= 2")
         self.every, self.iters, self.seed = int(every), int(iters), int(seed)
         self.at_start = bool(at_start)
+        self.gauss_newton = bool(gauss_newton)
         self.patterns = list(layers or [])
         self.adapter = adapter
         self.batch = tuple(batch)
@@ -306,6 +386,13 @@ class HessianMonitor:
         )
         for pair in layer_keys:
             out.update(dict.fromkeys(pair))
+        gn_keys = (
+            ("cond/gn/lambda_max", "cond/gn/lambda_min_h", "cond/gn/kappa")
+            if factored
+            else ("cond/gn/lambda_max", "cond/gn/lanczos_min")
+        )
+        if self.gauss_newton:
+            out.update(dict.fromkeys(gn_keys))
         if not all(torch.isfinite(p).all() for p in flat):
             self._warn(step, "non-finite trainable weights, no Hessian estimate")
             return out
@@ -320,7 +407,11 @@ class HessianMonitor:
             for ts in per_layer_tensors:
                 groups.append(list(range(start, start + len(ts))))
                 start += len(ts)
-        results = [self._lanczos(graph, idx, [flat[i] for i in idx], factored) for idx in groups]
+        results = [
+            self._lanczos(graph.hvp(idx, self._dtype([flat[i] for i in idx])),
+                          [flat[i] for i in idx], factored)
+            for idx in groups
+        ]
         del graph
         overall = results[0]
         if overall is None:
@@ -340,24 +431,41 @@ class HessianMonitor:
                 out[k_kappa] = lam_max / lam_min if lam_min > 0 else None
         if overall is not None and any(res is None for res in layer_results):
             self._warn(step, "non-finite per-layer Hessian spectrum")
+        if self.gauss_newton:
+            gn = _GaussNewtonGraph(model, names, flat, batch)
+            idx = list(range(len(flat)))
+            res = self._lanczos(gn.gvp(idx, self._dtype(flat)), flat, factored)
+            del gn
+            if res is None:
+                self._warn(step, "non-finite Gauss-Newton spectrum")
+            elif factored:
+                lam_max, lam_min = res
+                out["cond/gn/lambda_max"], out["cond/gn/lambda_min_h"] = lam_max, lam_min
+                full_rank = all(_full_rank(ts) for ts in per_layer_tensors)
+                out["cond/gn/kappa"] = (lam_max / lam_min
+                                        if full_rank and lam_min > 1e-12 * lam_max else None)
+            else:
+                out["cond/gn/lambda_max"], out["cond/gn/lanczos_min"] = res
         return out
 
-    def _lanczos(
-        self, graph: _GradientGraph, idx: list[int], tensors: list[Tensor], factored: bool
-    ) -> tuple[float, float] | None:
-        """(largest, smallest) Ritz value of H_II (horizontal part when factored), or None."""
+    def _dtype(self, tensors: list[Tensor]) -> torch.dtype:
         dim = sum(t.numel() for t in tensors)
-        dtype = torch.float64 if dim * self.iters <= _FLOAT64_BASIS_MAX else tensors[0].dtype
-        like = torch.empty(dim, dtype=dtype, device=tensors[0].device)
+        return torch.float64 if dim * self.iters <= _FLOAT64_BASIS_MAX else tensors[0].dtype
+
+    def _lanczos(
+        self, matvec: Callable[[Tensor], Tensor], tensors: list[Tensor], factored: bool
+    ) -> tuple[float, float] | None:
+        """(largest, smallest) Ritz value of the operator `matvec` on these tensors (its
+        horizontal part when factored), or None."""
+        dim = sum(t.numel() for t in tensors)
+        like = torch.empty(dim, dtype=self._dtype(tensors), device=tensors[0].device)
         generator = torch.Generator(device=like.device).manual_seed(self.seed)
         try:
             project = None
             if factored:
                 pairs = [(tensors[i], tensors[i + 1]) for i in range(0, len(tensors), 2)]
                 project = flat_horizontal_projector(pairs)
-            ritz = lanczos(
-                graph.hvp(idx, dtype), like, self.iters, project=project, generator=generator
-            )
+            ritz = lanczos(matvec, like, self.iters, project=project, generator=generator)
         except torch.linalg.LinAlgError:
             return None
         extremes = _ritz_extremes(ritz)
