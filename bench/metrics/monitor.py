@@ -33,9 +33,10 @@ fixed batch, with respect to the trainable tensors of the adapted layers:
   B = 0 start, where the logits do not depend on A; see `_full_rank`) or lambda_min_h <=
   1e-12 lambda_max. Other symmetries of the architecture can make it singular too: with
   LayerNorm at gain 1 and no bias, say, the normalised inputs have mean 0 and dA = w 1^T is
-  flat. No few-step estimate sees that; compare such kappas only as the lower bounds below. Dense tensors: cond/gn/lambda_max, cond/gn/lanczos_min
-  (no kappa: an attention block's own invariances, W_q -> W_q M, W_k -> W_k M^-T, make the dense
-  G singular, which a few Lanczos steps do not see).
+  flat. No few-step estimate sees that; compare such kappas only as the lower bounds below.
+  Dense tensors: cond/gn/lambda_max, cond/gn/lanczos_min (no kappa: an attention block's own
+  invariances, W_q -> W_q M, W_k -> W_k M^-T, make the dense G singular, which a few Lanczos
+  steps do not see).
 * Every kappa here is a ratio of Ritz values after `iters` Lanczos steps. Ritz values interlace
   (lambda_min <= theta_min <= theta_max <= lambda_max), and the top converges first, so the
   estimate is a lower bound of the true ratio: compare methods at one `iters`, not with the
