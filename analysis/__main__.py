@@ -76,7 +76,7 @@ def run(args: dict) -> list[str]:
 
     from analysis.plots import delta_vs_step, draw_sweep, loss_vs_rows
     from analysis.report import write_report
-    from analysis.tables import write_summary
+    from analysis.tables import curvature_cost, write_summary
     from analysis.toy import toy_figures
     from analysis.tuning import tuned_table, write_tuned
 
@@ -100,7 +100,8 @@ def run(args: dict) -> list[str]:
                 print(f"note: {sweep}: baseline {baseline} not in this sweep, using the default",
                       file=sys.stderr)
             table = tuned_table(sweep_runs, baseline=own)
-            files += write_tuned(table, args["figures"], sweep)
+            files += write_tuned(table, args["figures"], sweep,
+                                 curvature_cost(sweep_runs, sweep_curves))
             files += write_summary(sweep_runs, args["figures"], sweep)
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, logy=args["logy"])
         files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table)

@@ -42,6 +42,22 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def curvature_cost(runs: pd.DataFrame, curves: pd.DataFrame) -> str:
+    """One sentence: the seconds these runs spent on curvature estimates (metrics.hessian, the
+    logged cost/hessian_s) against their whole time (each run's last logged wall_s, which leaves
+    the estimates out, plus the estimates); "" where nothing was estimated."""
+    mine = curves[curves["run_id"].isin(runs["run_id"])]
+    spent = float(mine.loc[mine["metric"] == "cost/hessian_s", "value"].sum())
+    if spent <= 0:
+        return ""
+    trained = float(mine.groupby("run_id")["wall_s"].max().fillna(0).sum())
+    total = trained + spent
+    n = int(mine.loc[mine["metric"] == "cost/hessian_s", "run_id"].nunique())
+    return (f"Curvature estimates (metrics.hessian, in {n} of {runs['run_id'].nunique()} runs) "
+            f"took {spent / 60:.1f} min: {100 * spent / total:.1f}% of the {total / 3600:.2f} h "
+            "these runs took in all (their wall clock plus the estimates).")
+
+
 def write_summary(df: pd.DataFrame, figures: str | Path, sweep: str) -> list[Path]:
     """``figures/<sweep>_summary.md``."""
     figures = Path(figures)

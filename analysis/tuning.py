@@ -375,8 +375,10 @@ def best_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["run_id"].isin(chosen)]
 
 
-def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Path]:
-    """``figures/<sweep>_tuned.md`` and ``.csv``."""
+def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str = ""
+                ) -> list[Path]:
+    """``figures/<sweep>_tuned.md`` and ``.csv``; `note` (e.g. the curvature estimates' cost,
+    analysis.tables.curvature_cost) follows the reporting paragraph."""
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
     md, csv = figures / f"{sweep}_tuned.md", figures / f"{sweep}_tuned.csv"
@@ -391,7 +393,7 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pa
     md.write_text(
         f"# {sweep}: methods at their tuned hyperparameters\n\n"
         + markdown_table(table[[c for c in shown if c in table]])
-        + "\n\n" + reporting(table) + "\n\n" + PROTOCOL + "\n"
+        + "\n\n" + reporting(table) + (" " + note if note else "") + "\n\n" + PROTOCOL + "\n"
     )
     return [md, csv]
 

@@ -434,3 +434,20 @@ def test_results_state_their_study_and_config():
         by_keys = sorted(sorted(g["run_id"]) for g in config_groups(
             method.drop(columns="meta.config_id"), keys + measured))
         assert by_id == by_keys
+
+
+def test_curvature_cost_is_the_estimates_share_of_the_runs_time():
+    """Two runs of 100 s and 300 s of wall clock (the estimates kept off it); one spent 10 s + 40 s
+    on curvature estimates: 50 s of 450 s in all."""
+    import pandas as pd
+
+    from analysis.tables import curvature_cost
+
+    runs = pd.DataFrame({"run_id": ["a", "b"]})
+    rows = [("a", 10, 50.0, "train/loss", 2.0), ("a", 20, 100.0, "train/loss", 1.9),
+            ("b", 0, 0.0, "cost/hessian_s", 10.0), ("b", 20, 300.0, "cost/hessian_s", 40.0),
+            ("c", 20, 999.0, "cost/hessian_s", 99.0)]  # another sweep's run: not counted
+    curves = pd.DataFrame(rows, columns=["run_id", "step", "wall_s", "metric", "value"])
+    text = curvature_cost(runs, curves)
+    assert "in 1 of 2 runs" in text and "0.8 min" in text and "11.1%" in text and "0.12 h" in text
+    assert curvature_cost(runs, curves[curves["metric"] != "cost/hessian_s"]) == ""
