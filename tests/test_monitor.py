@@ -102,7 +102,8 @@ def test_monitor_kappa_matches_exact_on_the_toy(exact_fit, iters):
 # -------------------------------------------------------- a tiny GPT, against dense spectra
 def tiny_gpt(seed=0, **kw):
     torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=16, seq_len=8, d_model=16, n_layer=1, n_head=2, **kw)
+    kw = {"n_layer": 1, **kw}
+    cfg = GPTConfig(vocab_size=16, seq_len=8, d_model=16, n_head=2, **kw)
     model = GPT(cfg).double()
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randint(0, 16, (4, 8), generator=g)
@@ -401,6 +402,46 @@ def test_gauss_newton_is_singular_at_the_lora_init_and_few_steps_bound_kappa_bel
     assert ev[0] - 1e-9 * ev[-1] <= few["cond/gn/lambda_min_h"]
     assert few["cond/gn/lambda_max"] <= ev[-1] * (1 + 1e-6)  # round-off of the two routes
     assert few["cond/gn/kappa"] < ev[-1] / ev[0]
+
+
+def low_rank(shape, rank, g):
+    return torch.randn(shape[0], rank, generator=g, dtype=F64) @ torch.randn(
+        rank, shape[1], generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("r, n_in, n_out, p, q", [
+    (2, 5, 4, 2, 2), (2, 5, 4, 1, 2), (2, 5, 4, 2, 1), (3, 5, 4, 1, 2), (2, 5, 4, 0, 2),
+    (2, 2, 4, 1, 2),  # r = in: rank B < r, yet A w = 0 has no solution w != 0
+    (2, 4, 2, 2, 1),  # r = out, rank A < r
+])
+def test_flat_horizontal_directions_counts_the_dense_kernel(r, n_in, n_out, p, q):
+    """(r - p)(in - q) + (r - q)(out - p) against a dense count: dim ker((dA, dB) ->
+    B dA + dB A) minus the dimension of the vertical space it contains."""
+    from bench.metrics.monitor import _flat_horizontal_directions
+
+    g = torch.Generator().manual_seed(r * 100 + p * 10 + q)
+    B, A = low_rank((n_out, r), p, g), low_rank((r, n_in), q, g)
+    rows = []
+    for k in range(r * n_in + n_out * r):  # the map's matrix, column by column
+        e = torch.zeros(r * n_in + n_out * r, dtype=F64)
+        e[k] = 1.0
+        dA, dB = e[: r * n_in].view(r, n_in), e[r * n_in :].view(n_out, r)
+        rows.append((B @ dA + dB @ A).reshape(-1))
+    M = torch.stack(rows, dim=1).numpy()
+    kernel = M.shape[1] - np.linalg.matrix_rank(M, tol=1e-9)
+    vertical = np.linalg.matrix_rank(vertical_basis(A, B), tol=1e-9)
+    assert _flat_horizontal_directions([A, B]) == kernel - vertical
+
+
+def test_gauss_newton_kappa_is_undefined_when_any_layer_loses_rank():
+    model, ad, batch = lora_gpt(seed=8, norm="rmsnorm", n_layer=2)
+    mon = HessianMonitor(every=1, iters=12, layers=[], adapter=ad, batch=batch,
+                         gauss_newton=True)
+    assert mon(1, model)["cond/gn/kappa"] > 0
+    with torch.no_grad():  # one row of A in the last layer: rank A = r - 1 < r
+        ad.targets[-1][1].lora_A[0].zero_()
+    out = mon(2, model)
+    assert out["cond/gn/lambda_min_h"] > 0 and out["cond/gn/kappa"] is None
 
 
 def test_gauss_newton_on_dense_weights_logs_its_extremes_and_no_kappa():

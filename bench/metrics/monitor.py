@@ -29,18 +29,23 @@ fixed batch, with respect to the trainable tensors of the adapted layers:
   critical point), so G maps the horizontal space to itself and its horizontal spectrum is G's
   nonzero spectrum plus the horizontal flat directions. Logged, factored adapters:
       cond/gn/lambda_max, cond/gn/lambda_min_h, cond/gn/kappa
-  kappa None where G is singular on the horizontal space: a factor below rank r (as LoRA's
-  B = 0 start, where the logits do not depend on A; see `_full_rank`) or lambda_min_h <=
-  1e-12 lambda_max. Other symmetries of the architecture can make it singular too: with
-  LayerNorm at gain 1 and no bias, say, the normalised inputs have mean 0 and dA = w 1^T is
-  flat. No few-step estimate sees that; compare such kappas only as the lower bounds below.
+  kappa None where G is singular on the horizontal space: a factor that lost rank (as LoRA's
+  B = 0 start, where the logits do not depend on A; `_flat_horizontal_directions`) or
+  lambda_min_h <= 1e-12 lambda_max (an exact zero only: float32 round-off is far above
+  that). Other symmetries of the architecture can make it singular too: with LayerNorm at
+  gain 1 and no bias, say, the normalised inputs have mean 0 and dA = w 1^T is flat (r such
+  directions per layer reading them). No few-step estimate sees that; compare such kappas
+  only as the lower bounds below.
   Dense tensors: cond/gn/lambda_max, cond/gn/lanczos_min (no kappa: an attention block's own
   invariances, W_q -> W_q M, W_k -> W_k M^-T, make the dense G singular, which a few Lanczos
   steps do not see).
 * Every kappa here is a ratio of Ritz values after `iters` Lanczos steps. Ritz values interlace
-  (lambda_min <= theta_min <= theta_max <= lambda_max), and the top converges first, so the
-  estimate is a lower bound of the true ratio: compare methods at one `iters`, not with the
-  toy's exact values.
+  (lambda_min <= theta_min <= theta_max <= lambda_max on the Krylov space, at any step count),
+  so in exact arithmetic the estimate is a lower bound of the true ratio, and a loose one: on
+  the tiny test model of tests/test_monitor.py the true kappa is 7e8, the estimate 3e4 after
+  16 steps and 2e8 after 100. It measures how much of the small end of the spectrum a k-step
+  Krylov space (the one k steps of CG would see) reaches: compare methods at one `iters`, never
+  with exact values such as the toy's.
 * Always, when it fires: cost/hessian_s, the seconds the estimate took (both matrices).
 
 `layers` patterns select layers by name (module names as in `adapter.targets`, e.g.
@@ -223,16 +228,18 @@ class _GradientGraph:
         return hvp
 
 
-def _full_rank(factors: Sequence[Tensor]) -> bool:
-    """Whether A (r x in) and B (out x r) both have rank r. If B v = 0 (v != 0), the directions
-    (dA, dB) = (v w^T, 0) with A w = 0 are horizontal and leave the logits unmoved (B dA = 0), so
-    the horizontal Gauss-Newton matrix is singular: kappa is infinite, whatever a few Lanczos
-    steps report (their ratio is only a lower bound). Likewise for A^T u = 0. LoRA's B = 0 start
-    is such a point."""
+def _flat_horizontal_directions(factors: Sequence[Tensor]) -> int:
+    """How many independent horizontal directions leave the logits unmoved because a factor
+    lost rank: with p = rank B, q = rank A (A: r x in, B: out x r), the solutions of
+    B dA + dB A = 0 outside the vertical space number (r - p)(in - q) + (r - q)(out - p). For
+    example B v = 0 and A w = 0 give the horizontal (dA, dB) = (v w^T, 0). When this is > 0 the
+    horizontal Gauss-Newton matrix is singular and kappa is infinite, whatever a few Lanczos
+    steps report. LoRA's B = 0 start is such a point."""
     A, B = factors
-    r = A.shape[0]
-    return bool(torch.linalg.matrix_rank(A.detach().double()) == r
-                and torch.linalg.matrix_rank(B.detach().double()) == r)
+    (r, n_in), n_out = A.shape, B.shape[0]
+    q = int(torch.linalg.matrix_rank(A.detach().double()))
+    p = int(torch.linalg.matrix_rank(B.detach().double()))
+    return (r - p) * (n_in - q) + (r - q) * (n_out - p)
 
 
 def _ritz_extremes(ritz: Tensor) -> tuple[float, float] | None:
@@ -442,7 +449,7 @@ class HessianMonitor:
             elif factored:
                 lam_max, lam_min = res
                 out["cond/gn/lambda_max"], out["cond/gn/lambda_min_h"] = lam_max, lam_min
-                full_rank = all(_full_rank(ts) for ts in per_layer_tensors)
+                full_rank = not any(_flat_horizontal_directions(ts) for ts in per_layer_tensors)
                 out["cond/gn/kappa"] = (lam_max / lam_min
                                         if full_rank and lam_min > 1e-12 * lam_max else None)
             else:
