@@ -30,6 +30,7 @@ TINY = [
     "trainer.progress=false",
     "data.eval_batches=2",
     "logger=none",
+    "metrics.hessian.every=0",  # the default sweep's end-of-run estimate: only where a test asks
 ]
 
 

@@ -9,9 +9,10 @@ import dataclasses
 
 import pytest
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 
 from bench.config import AttentionConfig, Config, ConfigError, TrainerConfig, validate
-from tests.conftest import compose, config_error, run_cli
+from tests.conftest import ROOT, compose, config_error, run_cli
 
 
 def keys(schema) -> str:
@@ -121,3 +122,18 @@ def test_validate_names_the_key_and_allowed_values(overrides, key):
 
 def test_default_config_is_valid():
     validate(compose([]))
+
+
+def test_the_default_sweep_measures_curvature_at_the_end_and_no_study_inherits_it():
+    """conf/config.yaml estimates the Hessian and Gauss-Newton spectra at each run's last step;
+    every study experiment resets that to the schema's "off" (measuring only in its reporting
+    runs), so its run ids, which hash the values that differ from the schema, stay the same."""
+    from bench.config import HessianConfig
+
+    default = compose([])
+    assert default.metrics.hessian.every == default.trainer.max_steps
+    assert default.metrics.hessian.gauss_newton
+    off = OmegaConf.structured(HessianConfig())
+    for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
+        cfg = compose([f"+experiment={path.stem}"])
+        assert cfg.metrics.hessian == off, path.stem
