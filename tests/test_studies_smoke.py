@@ -86,8 +86,8 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     totals = {line.split()[0]: int(line.split()[3]) for line in lines if "all stages" in line}
     # the grids (4 adapters x 3 toy optimizers; 7 + 2 x 5 x 5 + 4 x 5 x 5 LR x alpha;
-    # 2 x 8 + 2 x 5 x 6 + 21 + 2 x 6 x 6 + 2 x 7 x 9 + 5 x 5 x 3), plus, with no grid run yet, for one method
-    # per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
+    # 2 x 8 + 2 x 5 x 6 + 21 + 2 x 6 x 6 + 2 x 7 x 9 + 5 x 5 x 3), plus, with no grid run yet,
+    # for one method per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
     assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
                       # 5 + 50 + 5 in the grids; 6 long stages x 3, 6 seeds stages x 5
                       "riemannian_attention": 5 + 50 + 5 + 6 * 3 + 6 * 5,

@@ -147,6 +147,20 @@ def _math_sdpa():
     return sdpa_kernel([SDPBackend.MATH])
 
 
+def _logits_and_loss(model: nn.Module, names: list[str], leaves: list[Tensor], batch):
+    """(logits, loss) of `model(*batch)` with the named parameters replaced by `leaves`: the
+    built-in GPT returns the pair, a Hugging Face model an output with .logits and .loss."""
+    out = torch.func.functional_call(model, dict(zip(names, leaves)), batch)
+    return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out.logits, out.loss)
+
+
+def _block(leaves: list[Tensor], derived: list[Tensor | None], idx: Sequence[int]):
+    """The leaves and derived tensors (gradients, J^T u) of block `idx`, and the positions in
+    it whose derived tensor depends on the leaves (None: constant)."""
+    mine = [derived[i] for i in idx]
+    return [leaves[i] for i in idx], mine, [k for k, d in enumerate(mine) if d is not None]
+
+
 class _GaussNewtonGraph:
     """The logits z and the loss l(z) at detached copies of `params`, built once, for products
     with the generalised Gauss-Newton matrix G = J^T H_z J (Schraudolph 2002):
@@ -158,9 +172,7 @@ class _GaussNewtonGraph:
     def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], batch):
         self.leaves = [p.detach().requires_grad_(True) for p in params]
         with torch.enable_grad():
-            out = torch.func.functional_call(model, dict(zip(names, self.leaves)), batch)
-            logits, loss = (out[0], out[1]) if isinstance(out, (tuple, list)) else (
-                out.logits, out.loss)
+            logits, loss = _logits_and_loss(model, names, self.leaves, batch)
             self.u = torch.zeros_like(logits, requires_grad=True)  # (B, T, V) dummy cotangent
             jtu = torch.autograd.grad(logits, self.leaves, self.u, create_graph=True,
                                       allow_unused=True)
@@ -170,9 +182,7 @@ class _GaussNewtonGraph:
 
     def gvp(self, idx: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
         """v -> G_II v on flat vectors (layout of flatten(leaves[i] for i in idx)), in `dtype`."""
-        leaves = [self.leaves[i] for i in idx]
-        jtu = [self.jtu[i] for i in idx]
-        live = [k for k, g in enumerate(jtu) if g is not None]
+        leaves, jtu, live = _block(self.leaves, self.jtu, idx)
 
         def gvp(v: Tensor) -> Tensor:
             if not live:  # the logits do not depend on these tensors
@@ -199,17 +209,14 @@ class _GradientGraph:
     def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], batch):
         self.leaves = [p.detach().requires_grad_(True) for p in params]
         with torch.enable_grad():
-            out = torch.func.functional_call(model, dict(zip(names, self.leaves)), batch)
-            loss = out[1] if isinstance(out, (tuple, list)) else out.loss
+            _, loss = _logits_and_loss(model, names, self.leaves, batch)
             grads = torch.autograd.grad(loss, self.leaves, create_graph=True, allow_unused=True)
         self.loss = loss.detach()
         self.grads = [g if g is not None and g.requires_grad else None for g in grads]
 
     def hvp(self, idx: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
         """v -> H_II v on flat vectors (layout of flatten(leaves[i] for i in idx)), in `dtype`."""
-        leaves = [self.leaves[i] for i in idx]
-        grads = [self.grads[i] for i in idx]
-        live = [k for k, g in enumerate(grads) if g is not None]
+        leaves, grads, live = _block(self.leaves, self.grads, idx)
 
         def hvp(v: Tensor) -> Tensor:
             if not live:  # the loss is at most linear in these tensors
