@@ -47,12 +47,13 @@ def curvature_cost(runs: pd.DataFrame, curves: pd.DataFrame) -> str:
     logged cost/hessian_s) against their whole time (each run's last logged wall_s, which leaves
     the estimates out, plus the estimates); "" where nothing was estimated."""
     mine = curves[curves["run_id"].isin(runs["run_id"])]
-    spent = float(mine.loc[mine["metric"] == "cost/hessian_s", "value"].sum())
+    estimates = mine[mine["metric"] == "cost/hessian_s"]
+    spent = float(estimates["value"].sum())
     if spent <= 0:
         return ""
     trained = float(mine.groupby("run_id")["wall_s"].max().fillna(0).sum())
     total = trained + spent
-    n = int(mine.loc[mine["metric"] == "cost/hessian_s", "run_id"].nunique())
+    n = int(estimates["run_id"].nunique())
     return (f"Curvature estimates (metrics.hessian, in {n} of {runs['run_id'].nunique()} runs) "
             f"took {spent / 60:.1f} min: {100 * spent / total:.1f}% of the {total / 3600:.2f} h "
             "these runs took in all (their wall clock plus the estimates).")

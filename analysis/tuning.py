@@ -312,12 +312,12 @@ def final_kappa(runs: pd.DataFrame, seeds) -> dict:
     for the Gauss-Newton matrix (metrics.hessian.gauss_newton; defined where it is not singular).
     Blank where nothing was measured."""
     out = {}
+    chosen = runs[_column(runs, "seed", 0).astype(int).isin(list(seeds))]
     for col, kappa_key, measured_key in (("kappa", FINAL_KAPPA, FINAL_SHARPNESS),
                                          ("kappa_gn", FINAL_KAPPA_GN, FINAL_GN_MAX)):
         out[col], out[f"{col}_seeds"] = math.nan, ""
-        if measured_key not in runs:
+        if measured_key not in chosen:
             continue
-        chosen = runs[_column(runs, "seed", 0).astype(int).isin(list(seeds))]
         measured = chosen[chosen[measured_key].notna()]
         if measured.empty:
             continue

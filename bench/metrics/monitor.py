@@ -448,8 +448,7 @@ class HessianMonitor:
             self._warn(step, "non-finite per-layer Hessian spectrum")
         if self.gauss_newton:
             gn = _GaussNewtonGraph(model, names, flat, batch)
-            idx = list(range(len(flat)))
-            res = self._lanczos(gn.gvp(idx, self._dtype(flat)), flat, factored)
+            res = self._lanczos(gn.gvp(groups[0], self._dtype(flat)), flat, factored)
             del gn
             if res is None:
                 self._warn(step, "non-finite Gauss-Newton spectrum")
