@@ -43,12 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_FLOPS = 989e12
 BUDGET_S = 480  # 8 minutes on one H200, process start-ups included
 TUNED_RECORDS = ROOT / "results" / "riemannian_attention"
-# The tuned CPU learning rates if TUNED_RECORDS is missing (experiments/riemannian_attention/
-# README.md's table): AdamW's lr; R1/R2's manifold lr (their AdamW part keeps lr 3e-3).
-TUNED_FALLBACK = {"full/adamw": 2e-3,
-                  "full/riemannian_normalized/fixed_rank_embedded+block": 1e-2,
-                  "full/riemannian_normalized/fixed_rank_quotient+block": 1e-2}
-RIEMANNIAN_EUCLIDEAN_LR = 3e-3  # the study's AdamW lr on the non-attention weights of R1/R2
+# The tuned CPU learning rates if TUNED_RECORDS holds no tuned run of a compared method (the
+# protocol-1 table, results/archive/riemannian_attention): AdamW's lr; R1/R2's manifold lr, with
+# lr 3e-3 for the AdamW part on their non-attention weights.
+TUNED_FALLBACK = {"full/adamw": {"optimizer.lr": 2e-3},
+                  "full/riemannian_normalized/fixed_rank_embedded+block":
+                      {"optimizer.manifold_lr": 1e-2, "optimizer.lr": 3e-3},
+                  "full/riemannian_normalized/fixed_rank_quotient+block":
+                      {"optimizer.manifold_lr": 1e-2, "optimizer.lr": 3e-3}}
 
 
 @dataclass(frozen=True)
@@ -99,11 +101,11 @@ METHODS = {
     "r1": ("R1 fixed_rank_embedded, per KV group",
            "full/riemannian_normalized/fixed_rank_embedded+block",
            ["optimizer=riemannian_normalized", "model.attention.geometry=fixed_rank_embedded",
-            "model.attention.block=true", f"optimizer.lr={RIEMANNIAN_EUCLIDEAN_LR}"]),
+            "model.attention.block=true"]),
     "r2": ("R2 fixed_rank_quotient, per KV group",
            "full/riemannian_normalized/fixed_rank_quotient+block",
            ["optimizer=riemannian_normalized", "model.attention.geometry=fixed_rank_quotient",
-            "model.attention.block=true", f"optimizer.lr={RIEMANNIAN_EUCLIDEAN_LR}"]),
+            "model.attention.block=true"]),
     "muon": ("Muon", "full/muon", ["optimizer=muon", "model.attention.geometry=euclidean",
                                    "model.attention.block=false"]),
 }
@@ -128,27 +130,36 @@ def flops_per_token(model: dict) -> tuple[float, int]:
 
 
 def tuned_lrs(records: Path) -> tuple[dict, str]:
-    """Each compared method's tuned CPU learning rate (AdamW: lr, R1/R2: manifold_lr): the seed-0
-    grid point with the lowest final eval loss in the study's records, else TUNED_FALLBACK."""
-    best: dict[str, tuple[float, float]] = {}
+    """Each compared method's tuned CPU learning rates as overrides (AdamW: optimizer.lr; R1/R2:
+    optimizer.manifold_lr and the lr of their AdamW part): the seed-0 run at the paper's constant
+    schedule with the lowest final validation loss (the study's selection; its long stage at
+    1,200 steps wins over the 300-step grid where it ran), else TUNED_FALLBACK for all."""
+    best: dict[str, tuple[float, dict]] = {}
     for summary_path in sorted(records.glob("*/summary.json")):
         summary = json.loads(summary_path.read_text())
         config = yaml.safe_load((summary_path.parent / "config.yaml").read_text())
         method, loss = config["meta"]["method"], summary.get("final_eval_loss")
-        if config["seed"] != 0 or summary.get("status") != "completed" or loss is None:
+        if (config["seed"] != 0 or summary.get("status") != "completed" or loss is None
+                or config["trainer"]["lr_schedule"] != "warmup_constant"):
             continue
         opt = config["optimizer"]
-        lr = opt["lr"] if opt["name"] == "adamw" else opt["manifold_lr"]
+        lrs = ({"optimizer.lr": opt["lr"]} if opt["name"] == "adamw" else
+               {"optimizer.manifold_lr": opt["manifold_lr"], "optimizer.lr": opt["lr"]})
         if method in TUNED_FALLBACK and (method not in best or loss < best[method][0]):
-            best[method] = (loss, lr)
+            best[method] = (loss, lrs)
     if set(best) == set(TUNED_FALLBACK):
         where = records.relative_to(ROOT) if records.is_relative_to(ROOT) else records
-        return {m: lr for m, (_, lr) in best.items()}, f"seed-0 grid of {where}"
-    return dict(TUNED_FALLBACK), "experiments/riemannian_attention/README.md (no records found)"
+        return {m: lrs for m, (_, lrs) in best.items()}, f"seed-0 runs of {where}"
+    return dict(TUNED_FALLBACK), "the protocol-1 table (no tuned records found)"
 
 
-def lr_override(key: str, lr: float) -> str:
-    return f"optimizer.lr={lr}" if key == "adamw" else f"optimizer.manifold_lr={lr}"
+def lr_overrides(lrs: dict) -> list[str]:
+    return [f"{key}={value}" for key, value in lrs.items()]
+
+
+def lr_label(lrs: dict) -> str:
+    """{"optimizer.manifold_lr": 1e-2, "optimizer.lr": 3e-3} -> "manifold_lr 0.01, lr 0.003"."""
+    return ", ".join(f"{key.removeprefix('optimizer.')} {value:g}" for key, value in lrs.items())
 
 
 # ----------------------------------------------------------------------------- the script
@@ -287,7 +298,7 @@ def step_throughput(check: Check, methods: list[str], notes: list[str]) -> dict:
     jobs = {}
     for key in methods:
         _, method, overrides = METHODS[key]
-        lr = [lr_override(key, lrs[method])] if method in lrs else []
+        lr = lr_overrides(lrs[method]) if method in lrs else []
         jobs[f"throughput_{key}"] = [
             *base_args(size, out_dir, sweep), *overrides, *lr, "seed=0",
             f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
@@ -364,7 +375,7 @@ def step_compare(check: Check, rows: dict) -> None:
         _, method, overrides = METHODS[key]
         jobs[f"compare_{key}"] = [
             *base_args(s, runs, "gpu_compare", multirun=True), *overrides,
-            lr_override(key, lrs[method]), f"trainer.max_steps={steps}",
+            *lr_overrides(lrs[method]), f"trainer.max_steps={steps}",
             f"trainer.eval_every={s.eval_every}",
             f"trainer.log_every={max(1, min(10, steps // 5))}",
             f"trainer.checkpoint_every={max(steps // 2, 1)}",
@@ -375,7 +386,7 @@ def step_compare(check: Check, rows: dict) -> None:
     for key in COMPARED:
         _, method, _ = METHODS[key]
         results[key] = {
-            "method": method, "exit": codes[f"compare_{key}"], "lr": lrs[method],
+            "method": method, "exit": codes[f"compare_{key}"], "lr": lr_label(lrs[method]),
             "final_eval_loss": {str(c["seed"]): sm.get("final_eval_loss")
                                 for c, sm, _ in read_run(runs, "gpu_compare", method)},
         }
@@ -389,7 +400,7 @@ def step_compare(check: Check, rows: dict) -> None:
     check.save("compare", {"steps": steps, "why": why, "lr_source": lr_source,
                            "seconds": round(time.perf_counter() - t, 1), "methods": results})
     for key, r in results.items():
-        check.say(f"  {key:6s} lr {r['lr']:g}  final eval loss {r['final_eval_loss']}  "
+        check.say(f"  {key:6s} {r['lr']}  final eval loss {r['final_eval_loss']}  "
                   f"paired delta {r.get('mean_paired_delta_vs_adamw', '-')}")
 
 
@@ -439,7 +450,7 @@ def markdown(result: dict) -> str:
         c = steps["compare"]
         lines += ["## 3. Paired comparison", "",
                   f"{c['steps']} steps ({c['why']}); learning rates from {c['lr_source']}.", "",
-                  "| method | lr | final eval loss by seed | mean paired delta vs AdamW |",
+                  "| method | LRs | final eval loss by seed | mean paired delta vs AdamW |",
                   "|---|---|---|---|"]
         for r in c["methods"].values():
             delta = r.get("mean_paired_delta_vs_adamw")
@@ -447,7 +458,7 @@ def markdown(result: dict) -> str:
                 f"{delta:+.4f}" if delta is not None else "-")
             losses = ", ".join(f"s{k}: {v:.4f}" if v is not None else f"s{k}: -"
                                for k, v in r["final_eval_loss"].items())
-            lines.append(f"| {r['method']} | {r['lr']:g} | {losses} | {delta} |")
+            lines.append(f"| {r['method']} | {r['lr']} | {losses} | {delta} |")
         lines.append("")
     if "analysis" in steps:
         a = steps["analysis"]

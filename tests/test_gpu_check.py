@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from experiments import gpu_check
 from tests.conftest import ROOT, read_jsonl
@@ -81,15 +82,37 @@ def test_model_flops_of_knight_with_two_kv_groups_by_hand():
     assert n_mm == 6 * (4 * 512**2 + 2 * 512 * 2048) + 512 * 256
 
 
-def test_tuned_learning_rates_are_the_seed_0_grid_minima_of_the_study(tmp_path):
-    lrs, source = gpu_check.tuned_lrs(gpu_check.TUNED_RECORDS)
-    assert "seed-0 grid" in source
-    # experiments/riemannian_attention/README.md's table: AdamW 2e-3, R1 and R2 per KV group 1e-2
-    assert lrs == {"full/adamw": 2e-3,
-                   "full/riemannian_normalized/fixed_rank_embedded+block": 1e-2,
-                   "full/riemannian_normalized/fixed_rank_quotient+block": 1e-2}
-    fallback, source = gpu_check.tuned_lrs(tmp_path)
-    assert fallback == gpu_check.TUNED_FALLBACK and "no records" in source
+def _record(root, folder, method, seed, loss, schedule="warmup_constant", status="completed",
+            **optimizer):
+    run = root / folder
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": status, "final_eval_loss": loss}))
+    (run / "config.yaml").write_text(yaml.safe_dump({
+        "meta": {"method": method}, "seed": seed, "trainer": {"lr_schedule": schedule},
+        "optimizer": optimizer}))
+
+
+def test_tuned_learning_rates_are_the_lowest_validation_loss_of_seed_0_at_constant_lr(tmp_path):
+    adamw, r1, r2 = gpu_check.TUNED_FALLBACK
+    rec = tmp_path / "riemannian_attention"
+    _record(rec, "a1", adamw, 0, 2.30, name="adamw", lr=1e-3)
+    _record(rec, "a2", adamw, 0, 2.20, name="adamw", lr=2e-3)       # the minimum
+    _record(rec, "a3", adamw, 0, 2.10, "warmup_cosine", name="adamw", lr=6e-3)  # other schedule
+    _record(rec, "a4", adamw, 1, 2.00, name="adamw", lr=1e-2)       # a reporting seed
+    _record(rec, "a5", adamw, 0, 1.90, status="diverged", name="adamw", lr=3e-3)
+    _record(rec, "b1", r1, 0, 2.25, name="riemannian_normalized", manifold_lr=1e-2, lr=2e-3)
+    _record(rec, "b2", r1, 0, 2.15, name="riemannian_normalized", manifold_lr=3e-2, lr=2e-3)
+    _record(rec, "c1", r2, 0, 2.18, name="riemannian_normalized", manifold_lr=3e-3, lr=2e-3)
+    lrs, source = gpu_check.tuned_lrs(rec)
+    assert "seed-0 runs" in source
+    assert lrs == {adamw: {"optimizer.lr": 2e-3},
+                   r1: {"optimizer.manifold_lr": 3e-2, "optimizer.lr": 2e-3},
+                   r2: {"optimizer.manifold_lr": 3e-3, "optimizer.lr": 2e-3}}
+    assert gpu_check.lr_overrides(lrs[r1]) == ["optimizer.manifold_lr=0.03", "optimizer.lr=0.002"]
+    assert gpu_check.lr_label(lrs[r1]) == "manifold_lr 0.03, lr 0.002"
+    (rec / "c1" / "summary.json").write_text(json.dumps({"status": "running"}))
+    fallback, source = gpu_check.tuned_lrs(rec)  # a compared method has no tuned run yet
+    assert fallback == gpu_check.TUNED_FALLBACK and "no tuned records" in source
 
 
 def test_the_comparison_is_cut_to_fit_the_budget_left(tmp_path):
