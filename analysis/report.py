@@ -90,7 +90,8 @@ def finding(table: pd.DataFrame) -> str:
                  "verdict.")
     edges = table.loc[table["edge"] != "", "method"].tolist()
     if edges:
-        text += f" Grid edge (extend the grid): {', '.join(f'`{m}`' for m in edges)}."
+        text += (f" Grid edge (extend the grid, or for key@steps the long stage): "
+                 f"{', '.join(f'`{m}`' for m in edges)}.")
     return text
 
 

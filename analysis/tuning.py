@@ -149,7 +149,8 @@ def best_config(runs: pd.DataFrame) -> dict:
         "n_diverged": best["n_diverged"],
         "run_ids": best["run_ids"],
         "n_configs": len(table),
-        "edge": grid_edges(runs, keys, {k: best[k] for k in keys}),
+        "edge": grid_edges(runs, keys, {k: best[k] for k in keys})
+                + budget_edges(runs, keys, {k: best[k] for k in keys}),
     }
 
 
@@ -161,6 +162,29 @@ def grid_edges(runs: pd.DataFrame, keys: list[str], values: dict) -> list[str]:
         value = pd.to_numeric(pd.Series([values[key]]), errors="coerce").iloc[0]
         if len(tried) >= 3 and not pd.isna(value) and value in (tried.min(), tried.max()):
             edges.append(key)
+    return edges
+
+
+def budget_edges(runs: pd.DataFrame, keys: list[str], values: dict) -> list[str]:
+    """"<key>@<steps>" for each key whose best value is the lowest or highest of the >= 2 values
+    rerun at the chosen config's budget (trainer.max_steps, a study's long stage) while the
+    shorter grid tried values beyond it: the long stage should have walked on."""
+    budget = "trainer.max_steps"
+    if budget not in keys:
+        return []
+    at = runs[runs[budget] == values[budget]]
+    edges = []
+    for key in keys:
+        if key == budget:
+            continue
+        tried = pd.to_numeric(runs[key], errors="coerce").dropna().unique()
+        rerun = pd.to_numeric(at[key], errors="coerce").dropna().unique()
+        value = pd.to_numeric(pd.Series([values[key]]), errors="coerce").iloc[0]
+        if len(rerun) < 2 or pd.isna(value):
+            continue
+        if ((value == rerun.min() and value > tried.min())
+                or (value == rerun.max() and value < tried.max())):
+            edges.append(f"{key}@{int(values[budget])}")
     return edges
 
 
@@ -361,9 +385,11 @@ def _table_row(method, chosen, losses: pd.Series, base, methods) -> dict:
         "edge": ",".join(chosen["edge"]),
     }
     if chosen["edge"]:
-        where = ", ".join(f"{k}={_fmt(chosen['values'][k])}" for k in chosen["edge"])
-        warnings.warn(f"{method}: best {where} is on the edge of the grid tried; "
-                      "extend the grid", GridEdgeWarning, stacklevel=3)
+        where = ", ".join(f"{k}={_fmt(chosen['values'][k.partition('@')[0]])}"
+                          for k in chosen["edge"])
+        warnings.warn(f"{method}: best {where} is on the edge of the grid tried (key@steps: of "
+                      "the values rerun at that budget); extend the grid or the long stage",
+                      GridEdgeWarning, stacklevel=3)
     return row
 
 
@@ -456,5 +482,6 @@ PROTOCOL = (
     "says), else no; detectable = the smallest difference this design detects with "
     f"{POWER:.0%} power at two-sided alpha {ALPHA}, from n and the observed spread (noncentral "
     "t), so \"no\" reads as \"no difference larger than detectable\". edge = the best value is "
-    "the lowest or highest of >= 3 values tried."
+    "the lowest or highest of >= 3 values tried, or (key@steps) of those rerun at the reporting "
+    "budget while the grid tried more beyond it."
 )

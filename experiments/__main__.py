@@ -14,6 +14,9 @@ experiments/<name>/README.md. Its `stages` run in order:
 - `long:<experiment>`: for every method of that grid, its best configuration and the learning
   rates either side of it in the grid, again on seed 0, at the study's reporting budget (the
   `study.long` overrides): the short grid finds the neighbourhood, the long budget the rate.
+  While a method's best at the long budget is an end of the rates run there and the grid has
+  a rate beyond it, that rate runs at the long budget too (the stage walks until its best is
+  between two rates it beat, or at the grid's end).
 - `seeds:<experiment>`: the second half of the tuning protocol (DESIGN.md §8): for every method,
   the configuration with the lowest final validation loss (of the long stage when the study has
   one) runs on the reporting seeds, with the `study.reporting` overrides (measurements such as
@@ -363,22 +366,13 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     return total
 
 
-def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]]:
-    """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
-    long or seeds stage reads the records of the stages before it)."""
-    base = [sys.executable, "-m", "bench.run", "-m"]
+def _tuned(out_dir: Path, exp: str, study: Study, grid: bool = False) -> dict[str, list[str]]:
+    """Per method (and row), the overrides of its best seed-0 run: of the grid (`grid`), else of
+    the long stage, a variant's (`exp` = "<experiment>@<variant>") or the plain one; for a
+    variant, its methods only."""
     exp, variant = split_variant(exp)
-    sweep = sweep_of(exp)
-    extra = study.variants.get(variant, []) if variant else []
-    if kind == "grid":
-        keys = study.from_baseline.get(exp, [])
-        inherited = baseline_values(study, keys, out_dir) if keys else []
-        if keys and not inherited:
-            print(f"note: {exp} takes {', '.join(keys)} from the baseline {study.baseline}, "
-                  "which has no result yet; run its stages first", file=sys.stderr)
-            return []
-        return [[*base, f"+experiment={exp}", *inherited, f"out_dir={out_dir}"]]
-    if kind == "long":
+    sweep, extra = sweep_of(exp), study.variants.get(variant, []) if variant else []
+    if grid:
         best = best_overrides(out_dir, sweep, exp, rows=study.rows, study_long=study.long)
     elif variant:  # the variant's long stage: long + variant overrides
         best = best_overrides(out_dir, sweep, exp, [*study.long, *extra], study.rows)
@@ -388,20 +382,58 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study) -> list[list[str]
     if variant in study.variant_methods:
         keep = set(study.variant_methods[variant])
         best = {m: ov for m, ov in best.items() if m.split(" ")[0] in keep}
-    if kind == "long":
-        runs = [[*base, *lr_neighbours(exp, overrides), *study.long, *extra,
-                 f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
-                for overrides in best.values()]
-    else:  # a variant's runs already hold its overrides
-        runs = [[*base, *overrides, *study.reporting, f"seed={study.seeds}", f"out_dir={out_dir}"]
-                for overrides in best.values()]
-    if not best:
-        print(f"note: no completed seed-0 run of {exp}{'@' + variant if variant else ''} yet; "
-              "run its "
+    return best
+
+
+def commands(kind: str, exp: str, out_dir: Path, study: Study,
+             centres: dict[str, list[str]] | None = None) -> list[list[str]]:
+    """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
+    long or seeds stage reads the records of the stages before it). A long stage's walk
+    (`centres`: per method, the overrides whose rate and neighbours it last ran, without the
+    long overrides; updated in place): one command for each method whose long-budget best is
+    no longer that centre, its new best and the grid's rates either side of it."""
+    base = [sys.executable, "-m", "bench.run", "-m"]
+    name, variant = split_variant(exp)
+    extra = study.variants.get(variant, []) if variant else []
+    if kind == "grid":
+        keys = study.from_baseline.get(name, [])
+        inherited = baseline_values(study, keys, out_dir) if keys else []
+        if keys and not inherited:
+            print(f"note: {name} takes {', '.join(keys)} from the baseline {study.baseline}, "
+                  "which has no result yet; run its stages first", file=sys.stderr)
+            return []
+        return [[*base, f"+experiment={name}", *inherited, f"out_dir={out_dir}"]]
+    walking = kind == "long" and centres is not None
+    best = _tuned(out_dir, exp, study, grid=kind == "long" and not walking)
+    if walking:
+        marks = [*study.long, *extra]
+        best = {m: [o for o in ov if o not in marks] for m, ov in best.items()}
+        best = {m: ov for m, ov in best.items() if ov != centres.get(m)}
+        centres.update(best)
+    elif not best:
+        print(f"note: no completed seed-0 run of {exp} yet; run its "
               f"{'long stage' if kind == 'seeds' and study.long else 'grid'} first",
               file=sys.stderr)
-    return runs
+    if kind == "long":
+        return [[*base, *lr_neighbours(name, overrides), *study.long, *extra,
+                 f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
+                for overrides in best.values()]
+    # a variant's runs already hold its overrides
+    return [[*base, *overrides, *study.reporting, f"seed={study.seeds}", f"out_dir={out_dir}"]
+            for overrides in best.values()]
 
+
+def stage_commands(kind: str, exp: str, out_dir: Path, study: Study):
+    """Yield the commands of one stage as it runs. A long stage walks: the grid's best rate and
+    its two neighbours at the long budget; while a method's long-budget best is an end of the
+    rates it ran there, the grid's next rate beyond it too (completed runs are skipped), so no
+    method is reported at an edge of its long-budget rates that the grid could extend."""
+    yield from commands(kind, exp, out_dir, study)
+    if kind != "long":
+        return
+    centres = _tuned(out_dir, exp, study, grid=True)
+    while batch := commands(kind, exp, out_dir, study, centres):
+        yield from batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for name, study in chosen.items():
         for kind, exp in study.stages:
-            for cmd in commands(kind, exp, Path(args.out_dir), study):
+            for cmd in stage_commands(kind, exp, Path(args.out_dir), study):
                 print("$", " ".join(cmd[1:]), flush=True)
                 if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                     print(f"study {name}: {exp} failed; rerun to resume", file=sys.stderr)

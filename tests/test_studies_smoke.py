@@ -229,6 +229,30 @@ def test_long_stage_reruns_the_best_rate_and_its_neighbours_and_seeds_take_its_b
     assert "run its long stage first" in capsys.readouterr().err
 
 
+def test_a_long_stage_walks_on_while_its_best_rate_is_an_end_of_those_it_ran(tmp_path,
+                                                                           monkeypatch):
+    files = {**STAGED, "s_base": STAGED["s_base"].replace("3e-2,1e-3,1e-2,3e-3",
+                                                          "1e-4,3e-4,1e-3,3e-3,1e-2")}
+    experiments, _, out = _stage_commands(tmp_path, monkeypatch, files, "s")
+    study = experiments.discover()[0]["s"]
+    base, long = ["+experiment=s_base", "adapter=full"], "trainer.max_steps=40"
+    for lr, loss in (("1e-4", 2.3), ("3e-4", 2.1), ("1e-3", 2.0), ("3e-3", 1.9), ("1e-2", 2.2)):
+        _record(out, "s", f"g-{lr}", "full/adamw", [*base, f"optimizer.lr={lr}"], loss, float(lr))
+    stage = experiments.stage_commands("long", "s_base", out, study)
+    tail = [long, "seed=0", f"out_dir={out}"]
+    assert next(stage)[4:] == [*base, "optimizer.lr=1e-3,3e-3,1e-2", *tail]
+    for lr, loss in (("1e-3", 1.7), ("3e-3", 1.8), ("1e-2", 1.9)):  # the lowest rate wins
+        _record(out, "s", f"l-{lr}", "full/adamw", [*base, f"optimizer.lr={lr}", long], loss,
+                float(lr))
+    # 1e-3 is an end of the rates run at the long budget but not of the grid: one more below
+    assert next(stage)[4:] == [*base, "optimizer.lr=3e-4,1e-3,3e-3", *tail]
+    _record(out, "s", "l-3e-4", "full/adamw", [*base, "optimizer.lr=3e-4", long], 1.75, 3e-4)
+    assert next(stage, None) is None  # 1e-3 is now between two rates it beat: the walk stops
+    assert experiments.commands("seeds", "s_base", out, study)[0][4:] == [
+        *base, "optimizer.lr=1e-3", long, "metrics.hessian.every=20", "seed=1,2,3,4,5",
+        f"out_dir={out}"]
+
+
 VARIANTS = {
     "v": "sweep: v\nstudy:\n  name: v\n  baseline: full/adamw\n"
          "  stages: [grid:v, long:v, long:v@cosine, grid:v_muon, long:v_muon, seeds:v, "

@@ -109,6 +109,23 @@ def test_best_value_inside_grid_or_short_grid_does_not_warn():
         assert t.loc[0, "edge"] == ""
 
 
+def test_a_best_rate_at_an_end_of_those_rerun_at_the_long_budget_is_marked():
+    """The grid (200 steps) tried 1e-4..1e-2; the long stage (800 steps) reran 1e-3, 3e-3, 1e-2
+    and 1e-3 won there: an edge at 800 steps that the grid could extend (1e-4, 3e-4 untried)."""
+    grid = [run("lora/adamw", lr, 0, 2.0, **{"trainer.max_steps": 200})
+            for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
+    long = [run("lora/adamw", lr, 0, loss, **{"trainer.max_steps": 800})
+            for lr, loss in ((1e-3, 1.7), (3e-3, 1.8), (1e-2, 1.9))]
+    report = [run("lora/adamw", 1e-3, s, 1.7, **{"trainer.max_steps": 800}) for s in (1, 2, 3)]
+    with pytest.warns(GridEdgeWarning, match=r"best optimizer.lr@800=0.001 is on the edge"):
+        t = tuned_table(pd.DataFrame(grid + long + report))
+    assert t.loc[0, "edge"] == "optimizer.lr@800"
+    walked = [run("lora/adamw", 3e-4, 0, 1.75, **{"trainer.max_steps": 800})]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GridEdgeWarning)
+        assert tuned_table(pd.DataFrame(grid + long + walked + report)).loc[0, "edge"] == ""
+
+
 def test_alpha_and_manifold_lr_are_tuned_when_they_vary():
     rows = []
     for alpha, mlr, loss in [(8, 0.1, 2.2), (16, 0.1, 2.0), (8, 0.3, 2.1), (16, 0.3, 2.3)]:
