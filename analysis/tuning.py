@@ -118,21 +118,26 @@ def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
     rows = []
     for group in config_groups(runs, keys):
         scores = group["_score"].dropna().to_numpy(dtype=float)
+        tuning = group.loc[group["seed"].isin(TUNING_SEEDS), "_score"].dropna()
         first = group.iloc[0]
         rows.append({
             **{k: first[k] for k in shown},
             "scores": scores,
             "mean": scores.mean() if len(scores) else math.nan,
+            "_tuning": tuning.mean() if len(tuning) else math.nan,
             "n_diverged": int(group["status"].isin(BAD_STATUSES).sum()),
             "run_ids": list(group["run_id"]),
             "n_runs": len(group),
         })
     table = pd.DataFrame(rows)
     # Two-stage protocol (grid on one seed, more seeds at the best): the configs that got the
-    # most seeds are the ones the grid selected, so they come first; within them the lowest mean.
+    # most seeds are the ones the grid selected, so they come first; within them the lowest
+    # tuning-seed loss (the protocol's selection: when a long stage walked on, the config it
+    # chose over one that had already run its reporting seeds), then the lowest mean.
     # NaN (no finished seed) sorts after +inf: a config with no result is never chosen.
     table = table.assign(_tier=-table["n_runs"]).sort_values(
-        ["_tier", "mean"], na_position="last", kind="stable").drop(columns="_tier")
+        ["_tier", "_tuning", "mean"], na_position="last", kind="stable").drop(
+        columns=["_tier", "_tuning"])
     table = table.reset_index(drop=True)
     return shown, table
 

@@ -61,10 +61,10 @@ def test_one_seed_per_side_is_never_conclusive():
     assert table(rows).loc["lora/riemannian_adam", "conclusive"] == "n/a"
 
 
-def test_config_with_a_diverged_seed_is_not_chosen():
+def test_config_whose_tuning_seed_diverged_is_not_chosen():
     rows = (seeds("lora/adamw", 1e-3, [2.0, 2.1, 2.0])
-            + seeds("lora/adamw", 1e-2, [1.5, 1.5])
-            + [run("lora/adamw", 1e-2, 2, None, "diverged")])
+            + [run("lora/adamw", 1e-2, 0, None, "diverged")]
+            + [run("lora/adamw", 1e-2, s, 1.5) for s in (1, 2)])
     row = table(rows).loc["lora/adamw"]
     assert row["optimizer.lr"] == 1e-3
     assert row["n_configs"] == 2 and row["n_diverged"] == 0
@@ -83,7 +83,8 @@ def test_all_configs_diverged_gives_infinite_mean():
 
 
 def test_failed_runs_count_like_diverged_and_incomplete_runs_are_ignored():
-    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.0]) + [run("lora/adamw", 1e-3, 2, None, "failed")]
+    rows = ([run("lora/adamw", 1e-3, 0, None, "failed")]
+            + [run("lora/adamw", 1e-3, s, 2.0) for s in (1, 2)]
             + seeds("lora/adamw", 3e-3, [2.2, 2.2])
             + [run("lora/adamw", 3e-3, 2, None, "incomplete")])
     row = table(rows).loc["lora/adamw"]
@@ -124,6 +125,15 @@ def test_a_best_rate_at_an_end_of_those_rerun_at_the_long_budget_is_marked():
     with warnings.catch_warnings():
         warnings.simplefilter("error", GridEdgeWarning)
         assert tuned_table(pd.DataFrame(grid + long + walked + report)).loc[0, "edge"] == ""
+
+
+def test_between_configs_with_reporting_seeds_the_tuning_seed_selects_not_the_reported_ones():
+    """A walked long stage can leave two configs with all reporting seeds: the protocol's choice
+    is the lower seed-0 (validation) loss, even where the reporting seeds' mean is higher."""
+    rows = (seeds("lora/adamw", 1e-3, [1.8, 2.0, 2.0, 2.0])     # mean 1.95
+            + seeds("lora/adamw", 3e-4, [1.7, 2.1, 2.1, 2.1]))  # mean 2.0, seed 0 lower
+    row = table(rows).loc["lora/adamw"]
+    assert row["optimizer.lr"] == 3e-4 and row["mean"] == pytest.approx(2.1)
 
 
 def test_alpha_and_manifold_lr_are_tuned_when_they_vary():
