@@ -31,6 +31,7 @@ SUMMARY_KEYS = (
     "error",
     "diverged_step",
     "trainable_params",
+    "wall_s",  # the run's wall clock, curvature estimates left out, final evaluations counted
     # the last Hessian estimate of a run that measured one (bench.train.FINAL_MEASUREMENTS)
     "final_cond/kappa",
     "final_cond/lambda_min_h",

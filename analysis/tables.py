@@ -44,14 +44,17 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def curvature_cost(runs: pd.DataFrame, curves: pd.DataFrame) -> str:
     """One sentence: the seconds these runs spent on curvature estimates (metrics.hessian, the
-    logged cost/hessian_s) against their whole time (each run's last logged wall_s, which leaves
-    the estimates out, plus the estimates); "" where nothing was estimated."""
+    logged cost/hessian_s) against their whole time (each run's wall clock, which leaves the
+    estimates out: its summary's wall_s, which counts the final evaluations too, else its last
+    logged wall_s; plus the estimates); "" where nothing was estimated."""
     mine = curves[curves["run_id"].isin(runs["run_id"])]
     estimates = mine[mine["metric"] == "cost/hessian_s"]
     spent = float(estimates["value"].sum())
     if spent <= 0:
         return ""
-    trained = float(mine.groupby("run_id")["wall_s"].max().fillna(0).sum())
+    logged = mine.groupby("run_id")["wall_s"].max()
+    clock = runs.set_index("run_id")["wall_s"] if "wall_s" in runs else pd.Series(dtype=float)
+    trained = float(clock.reindex(logged.index.union(clock.index)).fillna(logged).fillna(0).sum())
     total = trained + spent
     n = int(estimates["run_id"].nunique())
     return (f"Curvature estimates (metrics.hessian, in {n} of {runs['run_id'].nunique()} runs) "

@@ -437,8 +437,8 @@ def test_results_state_their_study_and_config():
 
 
 def test_curvature_cost_is_the_estimates_share_of_the_runs_time():
-    """Two runs of 100 s and 300 s of wall clock (the estimates kept off it); one spent 10 s + 40 s
-    on curvature estimates: 50 s of 450 s in all."""
+    """Two runs of 100 s and 300 s of logged wall clock (the estimates kept off it); one spent
+    10 s + 40 s on curvature estimates: 50 s of 450 s in all."""
     import pandas as pd
 
     from analysis.tables import curvature_cost
@@ -450,4 +450,7 @@ def test_curvature_cost_is_the_estimates_share_of_the_runs_time():
     curves = pd.DataFrame(rows, columns=["run_id", "step", "wall_s", "metric", "value"])
     text = curvature_cost(runs, curves)
     assert "in 1 of 2 runs" in text and "0.8 min" in text and "11.1%" in text and "0.12 h" in text
+    # a summary's wall_s (final evaluations counted) wins over the last logged one: 150 s + 400 s
+    text = curvature_cost(runs.assign(wall_s=[150.0, 400.0]), curves)
+    assert "0.8 min" in text and "8.3%" in text and "0.17 h" in text
     assert curvature_cost(runs, curves[curves["metric"] != "cost/hessian_s"]) == ""
