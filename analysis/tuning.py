@@ -118,8 +118,8 @@ def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
     rows = []
     for group in config_groups(runs, keys):
         scores = group["_score"].dropna().to_numpy(dtype=float)
-        tuning = group.loc[group["seed"].isin(TUNING_SEEDS), "_score"].dropna()
         first = group.iloc[0]
+        tuning = _tuning_scores(runs, keys, first)
         rows.append({
             **{k: first[k] for k in shown},
             "scores": scores,
@@ -140,6 +140,16 @@ def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
         columns=["_tier", "_tuning"])
     table = table.reset_index(drop=True)
     return shown, table
+
+
+def _tuning_scores(runs: pd.DataFrame, keys: list[str], config: pd.Series) -> pd.Series:
+    """The scores of the tuning-seed runs of `config` (same values of `keys`): looked up in all
+    of the method's runs, since a reporting stage's extra measurements (metrics.*) give its
+    seeds another meta.config_id than the seed-0 run that selected them."""
+    mask = runs["seed"].isin(declared_tuning_seeds(runs))
+    for key in keys:
+        mask &= runs[key].astype(str) == str(config[key])
+    return runs.loc[mask, "_score"].dropna()
 
 
 def best_config(runs: pd.DataFrame) -> dict:

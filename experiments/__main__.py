@@ -386,12 +386,12 @@ def _tuned(out_dir: Path, exp: str, study: Study, grid: bool = False) -> dict[st
 
 
 def commands(kind: str, exp: str, out_dir: Path, study: Study,
-             centres: dict[str, list[str]] | None = None) -> list[list[str]]:
+             centres: set[frozenset[str]] | None = None) -> list[list[str]]:
     """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
     long or seeds stage reads the records of the stages before it). A long stage's walk
-    (`centres`: per method, the overrides whose rate and neighbours it last ran, without the
-    long overrides; updated in place): one command for each method whose long-budget best is
-    no longer that centre, its new best and the grid's rates either side of it."""
+    (`centres`: the overrides, without the long ones, whose rate and neighbours it ran already;
+    updated in place): one command for each method whose long-budget best is not a centre, its
+    best and the grid's rates either side of it."""
     base = [sys.executable, "-m", "bench.run", "-m"]
     name, variant = split_variant(exp)
     extra = study.variants.get(variant, []) if variant else []
@@ -408,8 +408,8 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study,
     if walking:
         marks = [*study.long, *extra]
         best = {m: [o for o in ov if o not in marks] for m, ov in best.items()}
-        best = {m: ov for m, ov in best.items() if ov != centres.get(m)}
-        centres.update(best)
+        best = {m: ov for m, ov in best.items() if frozenset(ov) not in centres}
+        centres.update(frozenset(ov) for ov in best.values())
     elif not best:
         print(f"note: no completed seed-0 run of {exp} yet; run its "
               f"{'long stage' if kind == 'seeds' and study.long else 'grid'} first",
@@ -431,7 +431,7 @@ def stage_commands(kind: str, exp: str, out_dir: Path, study: Study):
     yield from commands(kind, exp, out_dir, study)
     if kind != "long":
         return
-    centres = _tuned(out_dir, exp, study, grid=True)
+    centres = {frozenset(ov) for ov in _tuned(out_dir, exp, study, grid=True).values()}
     while batch := commands(kind, exp, out_dir, study, centres):
         yield from batch
 

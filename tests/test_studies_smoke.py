@@ -268,7 +268,7 @@ VARIANTS = {
 
 def test_a_variant_reruns_the_grid_best_with_its_overrides_and_keeps_to_its_methods(
         tmp_path, monkeypatch, capsys):
-    _, cmd, out = _stage_commands(tmp_path, monkeypatch, VARIANTS, "v")
+    experiments, cmd, out = _stage_commands(tmp_path, monkeypatch, VARIANTS, "v")
     adamw, riem = ["+experiment=v", "adapter=full"], ["+experiment=v", "optimizer=riemannian"]
     for lr, loss in (("1e-3", 2.0), ("3e-3", 1.9), ("1e-2", 2.1)):
         _record(out, "v", f"a-{lr}", "full/adamw", [*adamw, f"optimizer.lr={lr}"], loss,
@@ -286,6 +286,9 @@ def test_a_variant_reruns_the_grid_best_with_its_overrides_and_keeps_to_its_meth
     _record(out, "v", "al-1e-3", "full/adamw", [*adamw, "optimizer.lr=1e-3", long], 1.7, 1e-3)
     _record(out, "v", "ac-3e-3", "full/adamw", [*adamw, "optimizer.lr=3e-3", long, cosine], 1.6,
             3e-3)
+    # the variant's long best is its grid best (3e-3): the walk adds nothing
+    study = experiments.discover()[0]["v"]
+    assert len(list(experiments.stage_commands("long", "v@cosine", out, study))) == 1
     # seeds: the plain stage never takes the variant's (lower) run, the variant only its own
     assert cmd("seeds", "v")[0] == [*adamw, "optimizer.lr=1e-3", long, "seed=1,2,3,4,5",
                                     f"out_dir={out}"]

@@ -134,6 +134,11 @@ def test_between_configs_with_reporting_seeds_the_tuning_seed_selects_not_the_re
             + seeds("lora/adamw", 3e-4, [1.7, 2.1, 2.1, 2.1]))  # mean 2.0, seed 0 lower
     row = table(rows).loc["lora/adamw"]
     assert row["optimizer.lr"] == 3e-4 and row["mean"] == pytest.approx(2.1)
+    # as recorded: the reporting seeds' extra measurements give them another meta.config_id
+    for r in rows:
+        r["meta.config_id"] = f"{r['optimizer.lr']}-{'tune' if r['seed'] == 0 else 'report'}"
+    row = table(rows).loc["lora/adamw"]
+    assert row["optimizer.lr"] == 3e-4 and row["mean"] == pytest.approx(2.1)
 
 
 def test_alpha_and_manifold_lr_are_tuned_when_they_vary():
