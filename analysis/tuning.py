@@ -476,11 +476,11 @@ def reporting(table: pd.DataFrame) -> str:
 
 
 PROTOCOL = (
-    "Protocol: per method, the hyperparameters with the lowest mean final eval loss over seeds "
-    "among the configurations run with the most seeds (with a grid on the tuning seed and more "
-    "seeds at its best, that best); a diverged or failed seed counts as +inf, so a configuration "
-    "where a seed diverged is never chosen over one where none did (n_diverged: diverged runs of "
-    "the chosen configuration). Each row reports its loss at that configuration on the seeds "
+    "Protocol: per method, among the configurations run with the most seeds (with a grid on the "
+    "tuning seed and more seeds at its best, that best), the one with the lowest final eval loss "
+    "on the tuning seed, then over all its seeds; a diverged or failed seed counts as +inf, so a "
+    "configuration where a seed diverged is never chosen over one where none did (n_diverged: "
+    "diverged runs of the chosen configuration). Each row reports its loss at that configuration on the seeds "
     "listed (a diverged one is marked \"(diverged)\" and counts as +inf: the row's mean is then "
     "inf; std is over the seeds that finished). Comparisons with the baseline are paired by seed "
     "(seed s of every method sees the same batches, so the seed-to-seed variance cancels): "
