@@ -417,7 +417,8 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     """``<sweep>_delta_vs_step``: each method's paired difference to its baseline (method -
     baseline eval loss, paired by seed, over the seeds its tuned-table row reports) against
     step, with its 95% t interval band and a zero line; with < 2 paired seeds at a step only the
-    mean is drawn (the legend says so). [] when the table compares nothing."""
+    mean is drawn (the legend says so). Its data and budget reading come with it
+    (`analysis.tables.write_budget`). [] when the table compares nothing."""
     if table is None or table.empty or lm_runs(runs).empty:
         return []
     curves = curves[curves["run_id"].isin(lm_runs(runs)["run_id"])]
@@ -427,6 +428,9 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     deltas = {m: d for m, d in paired_deltas(runs, curves, table, metric).items() if not d.empty}
     if not deltas:
         return []
+    from analysis.tables import write_budget
+
+    written = write_budget(deltas, table, metric, figures, sweep)
     colors = method_colors(split_rows(lm_runs(runs))["method"].unique())
     baselines = table.set_index("method")["baseline"]
     # One panel per method (shared y): ten overlapping bands are unreadable on one axis.
@@ -474,7 +478,7 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     # under the one-row legend (about 0.3 inch below the figure's bottom edge)
     fig.text(0.01, -0.35 / fig.get_figheight(), caption, fontsize=7, ha="left", va="top",
              wrap=True)
-    return save(fig, Path(figures), f"{sweep}_delta_vs_step")
+    return save(fig, Path(figures), f"{sweep}_delta_vs_step") + written
 
 
 def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) -> list[Path]:

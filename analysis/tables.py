@@ -76,3 +76,64 @@ def write_summary(df: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pat
         + markdown_table(table) + "\n"
     )
     return [path]
+
+
+BUDGET_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+def budget_table(deltas: dict[str, pd.DataFrame], baselines: pd.Series) -> pd.DataFrame:
+    """Per compared method, its paired difference to the baseline (`analysis.plots.
+    paired_deltas`: steps with >= 2 paired seeds) at the evaluated step nearest a quarter, half
+    and all of its last step, each "mean [95% t interval]" (per step, not adjusted for the
+    steps' multiplicity), and the step from which every later interval excludes 0 on the side
+    of the final one ("" where the final interval includes 0)."""
+    rows = []
+    for method, d in sorted(deltas.items()):
+        d = d[d["n"] >= 2]
+        if d.empty:
+            continue
+        steps = d.index.to_numpy(dtype=float)
+        row = {"method": method, "baseline": baselines[method],
+               "paired seeds": int(d["n"].iloc[-1])}
+        for fraction in BUDGET_FRACTIONS:
+            step = d.index[abs(steps - fraction * steps.max()).argmin()]
+            at = d.loc[step]
+            low, mean, high = (round(at[k], 3) + 0.0 for k in ("low", "mean", "high"))  # no -0
+            row[f"{fraction:.0%} of steps"] = (f"step {int(step)}: {mean:+.3f} "
+                                               f"[{low:+.3f}, {high:+.3f}]")
+        final = d.iloc[-1]
+        side = 1 if final["low"] > 0 else -1 if final["high"] < 0 else 0
+        since = ""
+        if side:
+            holds = (d["low"] > 0) if side > 0 else (d["high"] < 0)
+            broken = d.index[~holds.to_numpy()]
+            start = d.index[d.index > broken.max()].min() if len(broken) else d.index.min()
+            since = f"{int(start)} ({'higher' if side > 0 else 'lower'})"
+        row["interval excludes 0 from step"] = since
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_budget(deltas: dict[str, pd.DataFrame], table: pd.DataFrame, metric: str,
+                 figures: str | Path, sweep: str) -> list[Path]:
+    """``<sweep>_budget.md`` (`budget_table`) and ``<sweep>_delta_vs_step.csv`` (every step's
+    paired difference: the data of the figure ``<sweep>_delta_vs_step``); [] without deltas."""
+    if not deltas:
+        return []
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    baselines = table.set_index("method")["baseline"]
+    data = pd.concat([d.reset_index().assign(method=m, baseline=baselines[m])
+                      for m, d in sorted(deltas.items())], ignore_index=True)
+    csv = figures / f"{sweep}_delta_vs_step.csv"
+    data[["method", "baseline", "step", "n", "mean", "low", "high"]].to_csv(csv, index=False)
+    md = figures / f"{sweep}_budget.md"
+    md.write_text(
+        f"# {sweep}: does a verdict depend on the budget?\n\n"
+        f"Each method's {metric} minus its baseline's, paired by seed over the seeds its tuned-"
+        "table row reports, at its selected configuration: the mean and the 95% t interval at "
+        "the evaluated step nearest 25%, 50% and 100% of the last step (per step, not adjusted "
+        "for multiplicity: the tuned table's Holm-adjusted verdict is on the test split at the "
+        "end), and the step from which every later interval excludes 0 on the final one's side. "
+        f"Every step: `{csv.name}`.\n\n" + markdown_table(budget_table(deltas, baselines)) + "\n")
+    return [md, csv]

@@ -41,8 +41,9 @@ def drawn(monkeypatch, root, sweep):
     table = tuned_table(runs)
     figs = []
     monkeypatch.setattr(plots, "save", lambda fig, figures, stem: figs.append(fig) or [stem])
-    assert plots.delta_vs_step(runs, curves, root / "fig", sweep, table) == [
-        f"{sweep}_delta_vs_step"]
+    written = plots.delta_vs_step(runs, curves, root / "fig", sweep, table)
+    assert written[0] == f"{sweep}_delta_vs_step"  # then its budget reading and its data
+    assert [p.name for p in written[1:]] == [f"{sweep}_budget.md", f"{sweep}_delta_vs_step.csv"]
     (fig,) = figs
     return table, [ax for ax in fig.axes if ax.get_visible()]
 
@@ -90,6 +91,33 @@ def test_cli_writes_the_budget_figure_and_reports_it(tmp_path, capsys):
     for name in ("bud_delta_vs_step.png", "bud_delta_vs_step.pdf"):
         assert (fig / name).stat().st_size > 0 and str(fig / name) in out
     assert "](bud_delta_vs_step.png)" in (fig / "REPORT.md").read_text()
+
+
+def test_budget_table_reads_the_paired_difference_at_a_quarter_half_and_end(tmp_path):
+    """study(): steps 0, 10, 20; d_s(10) = -0.08, -0.06, -0.04 (interval below 0), d_s(20) =
+    0.05, 0, -0.05 (interval across 0): the final verdict holds at no step from which on."""
+    study(tmp_path / "runs")
+    fig = tmp_path / "fig"
+    assert main([f"runs={tmp_path / 'runs'}", f"figures={fig}"]) == 0
+    import pandas as pd
+
+    data = pd.read_csv(fig / "bud_delta_vs_step.csv").set_index("step")
+    half = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)
+    assert data.loc[10, "mean"] == pytest.approx(-0.06) and data.loc[10, "n"] == 3
+    assert data.loc[10, "high"] == pytest.approx(-0.06 + half)
+    text = (fig / "bud_budget.md").read_text()
+    # 25% of step 20 is as near step 0 as 10 (ties: the first); 50%: step 10; 100%: step 20
+    assert (f"step 10: -0.060 [{-0.06 - half:+.3f}, {-0.06 + half:+.3f}]" in text
+            and "step 20: +0.000 [-0.124, +0.124]" in text)
+    row = [line for line in text.splitlines() if line.startswith("| lora/riemannian_adam")][0]
+    assert row.rstrip().endswith("|  |")  # the final interval includes 0: no "from step"
+    from analysis.tables import budget_table
+
+    steady = pd.DataFrame({"mean": [0.0, 0.1, -0.2, -0.3], "low": [0.0, -0.1, -0.3, -0.4],
+                           "high": [0.0, 0.3, -0.1, -0.2], "n": [5, 5, 5, 5]},
+                          index=pd.Index([0, 10, 20, 30], name="step"))
+    out = budget_table({"m": steady}, pd.Series({"m": "b"}))
+    assert out.loc[0, "interval excludes 0 from step"] == "20 (lower)"
 
 
 def test_loss_figure_zooms_on_the_late_phase_with_the_legend_outside(tmp_path, monkeypatch):
