@@ -78,6 +78,7 @@ def run(args: dict) -> list[str]:
     from analysis.report import write_report
     from analysis.tables import curvature_cost, write_summary
     from analysis.toy import toy_figures
+    from analysis.trend import write_trend
     from analysis.tuning import tuned_table, write_tuned
 
     baseline = args["baseline"]
@@ -106,6 +107,7 @@ def run(args: dict) -> list[str]:
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, logy=args["logy"])
         files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table)
         files += loss_vs_rows(table, args["figures"], sweep)
+        files += write_trend(sweep_runs, table, args["figures"], sweep)
         if args["source"] == "local":  # the toy's per-init arrays live in toy.json files
             files += toy_figures(Path(args["runs"]) / str(sweep), Path(args["figures"]))
         results.append({"sweep": sweep, "tuned": table, "files": files})

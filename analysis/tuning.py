@@ -318,9 +318,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
     loss_key = reported_loss(df)
     # An untuned table (one config per method, e.g. the default sweep) has no tuning seed.
     left_out = sorted(tuning_seeds) if any(c["n_configs"] > 1 for c in best.values()) else []
-    losses = {method: reporting_losses(seed_losses(df[df["run_id"].isin(chosen["run_ids"])],
-                                                   loss_key), left_out)
-              for method, chosen in best.items()}
+    losses = chosen_losses(df, best, left_out)
     rows = []
     for method, chosen in best.items():
         base = (baseline + methods.loc[method, "row"] if baseline
@@ -342,6 +340,15 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
     if "sweep" in df:
         table.insert(0, "sweep", df["sweep"].iloc[0])
     return table
+
+
+def chosen_losses(df: pd.DataFrame, best: dict[str, dict], left_out) -> dict[str, pd.Series]:
+    """Per method of `best` (`best_config`), the reported loss of each seed its row reports: the
+    chosen config's runs (`seed_losses`), the tuning seeds `left_out`."""
+    loss_key = reported_loss(df)
+    return {method: reporting_losses(seed_losses(df[df["run_id"].isin(chosen["run_ids"])],
+                                                 loss_key), left_out)
+            for method, chosen in best.items()}
 
 
 def final_kappa(runs: pd.DataFrame, seeds) -> dict:

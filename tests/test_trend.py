@@ -1,0 +1,79 @@
+"""analysis.trend: the slope of a paired difference across a tuned table's rows (balora_rank's
+"does BaLoRA's difference to LoRA grow with r?"), checked against numpy and scipy by hand."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.trend import row_trend, write_trend
+from analysis.tuning import tuned_table
+from tests.test_tuning import run
+
+RANKS = (4, 8, 16, 32)
+SEEDS = (1, 2, 3, 4, 5)
+BASE = "lora/adamw"
+
+
+def lora(seed, r):
+    return 2.5 + 0.01 * seed - 0.01 * math.log2(r)
+
+
+def balora(seed, r, slope, wobble):
+    # a per-seed offset (cancels in the per-seed fit), the slope, and a per-(seed, r) wobble
+    offset = 0.02 + 0.003 * seed
+    return lora(seed, r) + offset + slope * math.log2(r) + wobble * ((seed * r) % 3 - 1)
+
+
+def records(slope, wobble):
+    rows = []
+    for r in RANKS:
+        for method, loss in (("lora/adamw", lambda s, r=r: lora(s, r)),
+                             ("balora/adamw", lambda s, r=r: balora(s, r, slope, wobble))):
+            extra = {"adapter.r": r, "study.rows": "adapter.r", "study.tuning_seeds": "0"}
+            rows.append(run(method, 1e-2, 0, 9.0, **extra))  # a worse grid point on seed 0
+            rows += [run(method, 1e-3, s, loss(s), **extra) for s in (0, *SEEDS)]
+    for row in rows:
+        row["final_test_loss"] = row["final_eval_loss"]
+    return pd.DataFrame(rows)
+
+
+def test_the_slope_is_the_mean_per_seed_least_squares_slope_on_log2_r():
+    df = records(slope=-0.004, wobble=0.002)
+    trend = row_trend(df, tuned_table(df, baseline=BASE)).set_index("method")
+    row = trend.loc["balora/adamw"]
+    x = np.log2(RANKS)
+    slopes = [np.polyfit(x, [balora(s, r, -0.004, 0.002) - lora(s, r) for r in RANKS], 1)[0]
+              for s in SEEDS]  # seed 0 tuned: left out
+    t = stats.ttest_1samp(slopes, 0.0)
+    half = stats.t.ppf(0.975, len(SEEDS) - 1) * np.std(slopes, ddof=1) / np.sqrt(len(SEEDS))
+    assert row["baseline"] == "lora/adamw" and row["rows"] == "4, 8, 16, 32"
+    assert row["n"] == 5
+    assert row["slope"] == pytest.approx(np.mean(slopes), abs=1e-12)
+    assert row["ci_low"] == pytest.approx(np.mean(slopes) - half, abs=1e-12)
+    assert row["ci_high"] == pytest.approx(np.mean(slopes) + half, abs=1e-12)
+    assert row["p"] == pytest.approx(t.pvalue, rel=1e-9)
+    assert row["p_holm"] == pytest.approx(t.pvalue, rel=1e-9)  # one comparison
+
+
+def test_an_exact_slope_is_recovered_and_a_flat_one_is_not_called():
+    steep = records(slope=-0.004, wobble=0.0)
+    steep = row_trend(steep, tuned_table(steep, baseline=BASE))
+    assert steep.loc[0, "slope"] == pytest.approx(-0.004, abs=1e-12)
+    flat = records(slope=0.0, wobble=0.002)
+    flat = row_trend(flat, tuned_table(flat, baseline=BASE))
+    assert flat.loc[0, "ci_low"] < 0 < flat.loc[0, "ci_high"]
+    assert flat.loc[0, "conclusive"] == "no"
+
+
+def test_a_table_without_numeric_rows_has_no_trend(tmp_path):
+    df = records(slope=-0.004, wobble=0.002).drop(columns=["study.rows"])
+    table = tuned_table(df, baseline=BASE)
+    assert row_trend(df, table).empty
+    assert write_trend(df, table, tmp_path, "s") == []
+    df = records(slope=-0.004, wobble=0.002)
+    (path,) = write_trend(df, tuned_table(df, baseline=BASE), tmp_path, "s")
+    assert path.name == "s_trend.md"
+    assert "| balora/adamw | lora/adamw | 4, 8, 16, 32 | 5 | -0.004 |" in path.read_text()
