@@ -93,8 +93,9 @@ def budget_table(deltas: dict[str, pd.DataFrame], baselines: pd.Series) -> pd.Da
         if d.empty:
             continue
         steps = d.index.to_numpy(dtype=float)
+        n_min, n_max = int(d["n"].min()), int(d["n"].max())
         row = {"method": method, "baseline": baselines[method],
-               "paired seeds": int(d["n"].iloc[-1])}
+               "paired seeds": f"{n_min}" if n_min == n_max else f"{n_min}-{n_max}"}
         for fraction in BUDGET_FRACTIONS:
             step = d.index[abs(steps - fraction * steps.max()).argmin()]
             at = d.loc[step]

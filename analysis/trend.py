@@ -12,8 +12,8 @@ from analysis.markdown import markdown_table
 from analysis.records import lm_runs
 from analysis.verdict import ALPHA, MIN_SEEDS, holm, paired_t
 
-COLUMNS = ["method", "baseline", "rows", "n", "slope", "ci_low", "ci_high", "p", "p_holm",
-           "conclusive"]
+COLUMNS = ["method", "baseline", "rows", "n", "incomplete", "diverged", "slope", "ci_low",
+           "ci_high", "p", "p_holm", "conclusive"]
 
 
 def row_trend(df: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
@@ -21,13 +21,16 @@ def row_trend(df: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
     (without its row) compared with a baseline (without its row): the slope of the paired
     difference against log2 x, in nats per doubling of x.
 
-    Seed s of every method and row sees the same batches, so per reporting seed s:
-    d_s(x) = loss_method(s, x) - loss_baseline(s, x) at each row where both finished (finite),
-    slope_s = the least-squares slope of d_s on log2 x (seeds with >= 3 rows); then the mean of
-    slope_s over the n seeds, its 95% t interval and p (n - 1 df, analysis.verdict.paired_t),
-    Holm over the table's methods; conclusive as in the tuned table (n/a under MIN_SEEDS seeds).
-    A negative slope: the method's difference to the baseline falls as x doubles. Empty where
-    the table has no numeric rows."""
+    Seed s of every method and row sees the same batches, so per reporting seed s (never a
+    tuning seed): d_s(x) = loss_method(s, x) - loss_baseline(s, x) at every row (>= 3 of them),
+    slope_s = the least-squares slope of d_s on log2 x; then the mean of slope_s over the n
+    seeds, its 95% t interval and p (n - 1 df, analysis.verdict.paired_t), Holm over the
+    table's methods; conclusive as in the tuned table (n/a under MIN_SEEDS seeds, never yes
+    while a seed diverged). A seed lacking a row is left out (`incomplete`), as is one whose
+    difference is infinite at some row (`diverged`). A negative slope: the method's difference
+    to the baseline falls as x doubles; a one-degree-of-freedom test of a monotone trend (a
+    U-shaped difference can have slope 0), conditional on each row's tuned configuration.
+    Empty where the table has no numeric rows."""
     from analysis.tuning import best_config, chosen_losses, split_rows
 
     if table is None or table.empty or "row" not in table or "test" not in table:
@@ -42,27 +45,36 @@ def row_trend(df: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
     wanted = set(rows["method"]) | set(rows["baseline"])
     best = {m: best_config(r) for m, r in runs[runs["method"].isin(wanted)].groupby("method")}
     seeds = str(table["tuning_seeds"].iloc[0]) if "tuning_seeds" in table else ""
-    losses = chosen_losses(runs, best, [int(s) for s in seeds.split(",") if s.strip().isdigit()])
+    left_out = [int(s) for s in seeds.split(",") if s.strip().isdigit()]
+    # the reporting seeds only: never the tuning seed, even where a row has no other yet
+    losses = {m: v[~v.index.isin(left_out)]
+              for m, v in chosen_losses(runs, best, left_out).items()}
     out = []
     for (family, base), group in rows.groupby(["family", "base_family"], sort=True):
-        points: dict[int, list[tuple[float, float]]] = {}  # seed -> [(log2 x, d_s(x))]
-        for row in group.itertuples():
-            d = (losses[row.method] - losses[row.baseline]).dropna()
-            for seed, value in d[np.isfinite(d)].items():
-                points.setdefault(int(seed), []).append((float(np.log2(row.x)), float(value)))
-        slopes = [np.polyfit(*np.array(p).T, 1)[0] for _, p in sorted(points.items())
-                  if len({lx for lx, _ in p}) >= 3]
+        group = group.sort_values("x")
+        # (seeds, rows): d_s(x); NaN where either arm has no result for seed s at that row
+        d = pd.concat([losses[r.method] - losses[r.baseline] for r in group.itertuples()],
+                      axis=1, keys=list(group["x"]))
+        complete = d.notna().all(axis=1)  # a seed counts only with every row
+        diverged = complete & ~np.isfinite(d).all(axis=1)  # some row's difference is +-inf
+        fitted = d[complete & ~diverged]
+        log_x = np.log2(fitted.columns.to_numpy(dtype=float))
+        slopes = ([np.polyfit(log_x, values, 1)[0] for values in fitted.to_numpy()]
+                  if len(log_x) >= 3 else [])
         test = paired_t(slopes)
         out.append({"method": family, "baseline": base,
-                    "rows": ", ".join(f"{v:g}" for v in sorted(group["x"])), "n": len(slopes),
+                    "rows": ", ".join(f"{v:g}" for v in group["x"]), "n": len(slopes),
+                    "incomplete": int((~complete).sum()), "diverged": int(diverged.sum()),
                     "slope": float(test.mean), "ci_low": float(test.low),
                     "ci_high": float(test.high), "p": float(test.p)})
     trend = pd.DataFrame(out, columns=COLUMNS[:-2])
     tested = trend["p"].notna()  # Holm over the methods with a p (n >= 2 seeds)
     trend["p_holm"] = np.nan
     trend.loc[tested, "p_holm"] = holm(trend.loc[tested, "p"].to_numpy())
-    trend["conclusive"] = np.where(trend["n"] < MIN_SEEDS, "n/a",
-                                   np.where(trend["p_holm"] < ALPHA, "yes", "no"))
+    # as in the tuned table: no "yes" while a diverged seed is left out of the fit
+    trend["conclusive"] = np.where(
+        trend["n"] < MIN_SEEDS, "n/a",
+        np.where((trend["p_holm"] < ALPHA) & (trend["diverged"] == 0), "yes", "no"))
     return trend
 
 
@@ -84,6 +96,10 @@ def write_trend(df: pd.DataFrame, table: pd.DataFrame | None, figures: str | Pat
         "sees the same batches); slope = the mean over those seeds, in loss per doubling of "
         f"{key}, with its 95% t interval and p (n - 1 degrees of freedom), p_holm = Holm over "
         f"the methods of this table, conclusive = p_holm < {ALPHA} with n >= {MIN_SEEDS}. "
-        f"slope < 0: the method's difference falls as {key} doubles.\n\n"
+        f"slope < 0: the method's difference falls as {key} doubles. Only reporting seeds with "
+        f"a result at every {key} are fitted (incomplete: seeds lacking one; diverged: seeds "
+        "with an infinite difference somewhere, which forbid a yes). A one-degree-of-freedom "
+        "test of a monotone trend (a U-shaped difference can have slope 0), conditional on "
+        f"each row's tuned configuration (see the tuned table's edge column).\n\n"
         + markdown_table(trend) + "\n")
     return [path]

@@ -76,4 +76,26 @@ def test_a_table_without_numeric_rows_has_no_trend(tmp_path):
     df = records(slope=-0.004, wobble=0.002)
     (path,) = write_trend(df, tuned_table(df, baseline=BASE), tmp_path, "s")
     assert path.name == "s_trend.md"
-    assert "| balora/adamw | lora/adamw | 4, 8, 16, 32 | 5 | -0.004 |" in path.read_text()
+    assert "| balora/adamw | lora/adamw | 4, 8, 16, 32 | 5 | 0 | 0 | -0.004 |" in path.read_text()
+
+
+def test_a_seed_lacking_a_rank_or_diverged_at_one_is_left_out_and_counted():
+    df = records(slope=-0.004, wobble=0.0)
+
+    def balora_at(r, seed):
+        return (df["method"] == "balora/adamw") & (df["adapter.r"] == r) & (df["seed"] == seed)
+
+    df = df[~balora_at(32, 5)].copy()  # seed 5 never ran at r = 32
+    df.loc[balora_at(16, 4), ["status", "final_test_loss", "final_eval_loss"]] = (
+        "diverged", math.nan, math.nan)
+    row = row_trend(df, tuned_table(df, baseline=BASE)).iloc[0]
+    assert (row["n"], row["incomplete"], row["diverged"]) == (3, 1, 1)
+    assert row["slope"] == pytest.approx(-0.004, abs=1e-12)  # seeds 1-3, exact
+    assert row["conclusive"] == "no"  # never "yes" while a diverged seed is left out
+
+
+def test_the_tuning_seed_never_enters_the_trend():
+    df = records(slope=-0.004, wobble=0.002)
+    df = df[df["seed"] == 0]  # the grid only: no reporting seed has run
+    row = row_trend(df, tuned_table(df, baseline=BASE)).iloc[0]
+    assert row["n"] == 0 and row["conclusive"] == "n/a"
