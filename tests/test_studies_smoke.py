@@ -93,7 +93,7 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       "riemannian_attention": 5 + 50 + 5 + 6 * 3 + 6 * 5,
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75 + 6 * 3 + 6 * 5,
                       # 4 methods x 5 ranks x 3 LRs x 3 scales; 5 seeds per seeds stage
-                      "balora_rank": 2 * 180 + 180 + 180 + 3 * 5}
+                      "balora_rank": 2 * 210 + 210 + 210 + 3 * 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
