@@ -116,10 +116,11 @@ def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
     # With a single config, still name its learning rate in tables and legends.
     shown = keys or [k for k in TUNED_KEYS[:1] if k in runs and runs[k].notna().any()]
     rows = []
+    tuning_runs = runs[runs["seed"].isin(declared_tuning_seeds(runs))]
     for group in config_groups(runs, keys):
         scores = group["_score"].dropna().to_numpy(dtype=float)
         first = group.iloc[0]
-        tuning = _tuning_scores(runs, keys, first)
+        tuning = _tuning_scores(tuning_runs, keys, first)
         rows.append({
             **{k: first[k] for k in shown},
             "scores": scores,
@@ -142,30 +143,30 @@ def score_configs(runs: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
     return shown, table
 
 
-def _tuning_scores(runs: pd.DataFrame, keys: list[str], config: pd.Series) -> pd.Series:
+def _tuning_scores(tuning_runs: pd.DataFrame, keys: list[str], config: pd.Series) -> pd.Series:
     """The scores of the tuning-seed runs of `config` (same values of `keys`): looked up in all
-    of the method's runs, since a reporting stage's extra measurements (metrics.*) give its
-    seeds another meta.config_id than the seed-0 run that selected them."""
-    mask = runs["seed"].isin(declared_tuning_seeds(runs))
+    of the method's tuning-seed runs, since a reporting stage's extra measurements (metrics.*)
+    give its seeds another meta.config_id than the seed-0 run that selected them."""
+    mask = pd.Series(True, index=tuning_runs.index)
     for key in keys:
-        mask &= runs[key].astype(str) == str(config[key])
-    return runs.loc[mask, "_score"].dropna()
+        mask &= tuning_runs[key].astype(str) == str(config[key])
+    return tuning_runs.loc[mask, "_score"].dropna()
 
 
 def best_config(runs: pd.DataFrame) -> dict:
     """The chosen config of one method: its keys, values, seed scores and run ids."""
     keys, table = score_configs(runs)
     best = table.iloc[0]
+    values = {k: best[k] for k in keys}
     return {
         "keys": keys,
-        "values": {k: best[k] for k in keys},
+        "values": values,
         "scores": best["scores"],
         "mean": best["mean"],
         "n_diverged": best["n_diverged"],
         "run_ids": best["run_ids"],
         "n_configs": len(table),
-        "edge": grid_edges(runs, keys, {k: best[k] for k in keys})
-                + budget_edges(runs, keys, {k: best[k] for k in keys}),
+        "edge": grid_edges(runs, keys, values) + budget_edges(runs, keys, values),
     }
 
 
