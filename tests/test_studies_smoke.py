@@ -92,8 +92,9 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       # 5 + 50 + 5 in the grids; 6 long stages x 3, 6 seeds stages x 5
                       "riemannian_attention": 5 + 50 + 5 + 6 * 3 + 6 * 5,
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75 + 6 * 3 + 6 * 5,
-                      # 5 ranks x 6 LRs x 7 scales (x 8 scales for PiSSA); 5 seeds per seeds stage
-                      "balora_rank": 2 * 210 + 240 + 210 + 3 * 5}
+                      # 5 ranks x 6 LRs x 7 scales (8 scales for PiSSA, 7 LRs for the
+                      # preconditioned); 5 seeds per seeds stage
+                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
