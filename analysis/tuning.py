@@ -327,7 +327,9 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
         row = _table_row(method, chosen, losses[method], base, methods)
         if base in best and base != method:
             row.update(compare(losses[method], losses[base]))
-        row.update(final_kappa(df[df["run_id"].isin(chosen["run_ids"])], losses[method].index))
+        chosen_runs = df[df["run_id"].isin(chosen["run_ids"])]
+        row.update(final_kappa(chosen_runs, losses[method].index))
+        row.update(reporting_hosts(chosen_runs, losses[method].index))
         rows.append(row)
     table = pd.DataFrame(rows)
     compared = table["test"].ne("")
@@ -372,6 +374,24 @@ def final_kappa(runs: pd.DataFrame, seeds) -> dict:
         out[col] = float(kappas.median()) if len(kappas) else math.nan
         out[f"{col}_seeds"] = f"{len(kappas)}/{len(measured)}"
     return out
+
+
+HOST_KEYS = ("meta.host.cpu", "meta.host.cpu_capability")
+
+
+def reporting_hosts(runs: pd.DataFrame, seeds) -> dict:
+    """hosts: the processors ("<cpu> <kernel path>", `meta.host`) the reported `seeds` of these
+    runs executed on, "; "-joined; hosts_unstated: how many of them predate `meta.host`. A run
+    re-executed on another processor drifts (bench/tracking/identity.py host), so a reader
+    of a paired comparison should know whether its arms ran on one machine."""
+    chosen = runs[_column(runs, "seed", 0).astype(int).isin(list(seeds))]
+    if chosen.empty:
+        return {"hosts": "", "hosts_unstated": 0}
+    stated = chosen[HOST_KEYS[0]].notna() if HOST_KEYS[0] in chosen else pd.Series(
+        False, index=chosen.index)
+    labels = {" ".join(str(r[k]) for k in HOST_KEYS if k in r and pd.notna(r[k]))
+              for _, r in chosen[stated].iterrows()}
+    return {"hosts": "; ".join(sorted(labels)), "hosts_unstated": int((~stated).sum())}
 
 
 def measured_kappa(table: pd.DataFrame, col: str = "kappa") -> bool:
@@ -469,6 +489,7 @@ def reporting(table: pd.DataFrame) -> str:
         verb = "have" if few != 1 else "has"
         text += (f" {few} of its comparisons {verb} fewer than {MIN_SEEDS} seeds, so no verdict "
                  "(n/a) whatever the p-value.")
+    text += _hosts_sentence(table)
     if measured_kappa(table):
         text += (" kappa = the median over those seeds of the condition number of the adapted "
                  "layers' horizontal Hessian at the run's last estimate (Lanczos, "
@@ -480,6 +501,29 @@ def reporting(table: pd.DataFrame) -> str:
                  "singular; kappa_gn_seeds counts those seeds). Both are ratios of Lanczos Ritz "
                  "values after a fixed number of steps: lower bounds of the true ratios, "
                  "comparable between methods measured alike.")
+    return text
+
+
+def _hosts_sentence(table: pd.DataFrame) -> str:
+    """Where the reported runs executed (`reporting_hosts`), in words."""
+    if "hosts" not in table:
+        return ""
+    hosts = sorted({h for cell in table["hosts"].fillna("") for h in cell.split("; ") if h})
+    unstated = int(pd.to_numeric(table["hosts_unstated"], errors="coerce").fillna(0).sum())
+    if not hosts and not unstated:
+        return ""
+    text = ""
+    if hosts:
+        text = (f" Its reported runs executed on {len(hosts)} processor"
+                f"{'s' * (len(hosts) != 1)} (`meta.host`: {'; '.join(hosts)})")
+        text += f"; {unstated} more predate that record." if unstated else "."
+    else:
+        text = (f" Its {unstated} reported runs predate `meta.host`: where they executed is not "
+                "recorded.")
+    if len(hosts) > 1:
+        text += (" The same run re-executed on another processor drifts in floating point, which "
+                 "training amplifies: a paired comparison whose arms ran on different processors "
+                 "carries that spread too.")
     return text
 
 

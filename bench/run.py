@@ -32,7 +32,14 @@ from bench.models import build_model
 from bench.optim import build_optimizer
 from bench.pretrain import load_pretrained
 from bench.toy import check_toy, run_toy
-from bench.tracking.identity import config_id, find_record, method_name, provenance, run_id
+from bench.tracking.identity import (
+    config_id,
+    find_record,
+    host,
+    method_name,
+    provenance,
+    run_id,
+)
 from bench.tracking.record import CheckpointError, RunRecord
 from bench.tracking.wandb import WandbLogger
 from bench.train import Trainer
@@ -225,6 +232,7 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         **prepared.meta,
         "overrides": cli_overrides(),
         "versions": provenance(),
+        "host": host(),
     }
     record.create(resolved)
     logger = WandbLogger(

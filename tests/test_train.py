@@ -80,6 +80,9 @@ def test_run_record_follows_the_contract(tmp_path, tiny):
     assert config["meta"]["run_id"] == d.name
     assert len(config["meta"]["data_hash"]) == 64
     assert config["meta"]["versions"]["torch"].startswith("2.13")
+    # where it executed: the ATen kernel path torch dispatches to on this processor
+    assert config["meta"]["host"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert config["meta"]["host"]["threads"] == torch.get_num_threads()
 
 
 def test_run_id_depends_on_semantics_not_logging(tiny):

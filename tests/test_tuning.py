@@ -278,6 +278,31 @@ def test_final_kappa_is_the_median_over_the_reported_seeds_where_it_is_defined()
     assert got.loc["full/adamw", "kappa_gn_seeds"] == ""
 
 
+def test_hosts_name_the_processors_of_the_reported_seeds_only():
+    """Where the reported runs executed (`meta.host`), per row and in the reporting sentence;
+    the tuning seed's host is not reported, and a record older than `meta.host` is counted."""
+    from analysis.tuning import reporting
+
+    def on(cpu):
+        return {"meta.host.cpu": cpu, "meta.host.cpu_capability": "AVX512"}
+
+    rows = (seeds("lora/adamw", 1e-3, [2.0], **on("family 23")) + seeds("lora/adamw", 1e-2, [2.2])
+            + [run("lora/adamw", 1e-3, s, 2.0, **on("family 26")) for s in range(1, 4)]
+            + [run("lora/sgd", 1e-3, s, 2.5, **on("family 25")) for s in range(1, 3)]
+            + [run("lora/sgd", 1e-3, 3, 2.5)])
+    got = table(rows)
+    assert got.loc["lora/adamw", "hosts"] == "family 26 AVX512"
+    assert got.loc["lora/adamw", "hosts_unstated"] == 0
+    assert got.loc["lora/sgd", "hosts"] == "family 25 AVX512"
+    assert got.loc["lora/sgd", "hosts_unstated"] == 1
+    text = reporting(got.reset_index())
+    assert "executed on 2 processors (`meta.host`: family 25 AVX512; family 26 AVX512)" in text
+    assert "1 more predate" in text and "family 23" not in text
+    one = table(seeds("lora/adamw", 1e-3, [2.0, 2.1, 2.2]) + seeds("lora/sgd", 1e-3, [2.0] * 3))
+    assert "3 reported runs predate" not in reporting(one.reset_index())  # untuned: 6 runs
+    assert "Its 6 reported runs predate `meta.host`" in reporting(one.reset_index())
+
+
 def test_study_rows_split_each_method_by_rank_with_the_baseline_at_the_same_rank():
     """study.rows = [adapter.r] (balora_rank): every (method, r) is tuned and reported alone and
     compared with the baseline at the same r, paired by seed."""

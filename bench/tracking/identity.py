@@ -10,6 +10,7 @@ language-model task and the toy alike:
     run_id(cfg)        "<method slug>-s<seed>-<digest>", the run's folder name
     find_record(cfg)   the run's record: its own folder, or an older one computing the same thing
     provenance()       versions and git commit, for the record's `meta`
+    host()             the processor and kernel path a run executed on (`meta.host`)
 """
 
 from __future__ import annotations
@@ -145,6 +146,41 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def host() -> dict:
+    """Where a run executed (`meta.host`). The same code, seeds and batches give bitwise equal
+    records on one processor but drift in the 8th digit on another (a different matmul kernel
+    path), and training amplifies that: the record says which processor it came from, so a
+    study can tell re-execution spread from seed spread. A virtual machine often hides the model
+    name ("AMD EPYC"); vendor, family, model and stepping still tell generations apart."""
+    info = _cpuinfo()
+    cpu = " ".join(
+        f"{label} {info[key]}"
+        for key, label in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+        if key in info
+    )
+    return {
+        "cpu": " ".join(filter(None, (info.get("vendor_id"), cpu))) or platform.processor() or None,
+        "cpu_name": info.get("model name") or platform.processor() or None,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ATen kernel path
+        "threads": torch.get_num_threads(),
+    }
 
 
 def provenance() -> dict:
