@@ -89,8 +89,8 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     # 2 x 8 + 2 x 5 x 6 + 21 + 2 x 6 x 6 + 2 x 7 x 9 + 5 x 5 x 3), plus, with no grid run yet,
     # for one method per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
     assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
-                      # 5 + 50 + 5 in the grids; 6 long stages x 3, 6 seeds stages x 5
-                      "riemannian_attention": 5 + 50 + 5 + 6 * 3 + 6 * 5,
+                      # 6 + 50 + 7 in the grids; 6 long stages x 3, 6 seeds stages x 5
+                      "riemannian_attention": 6 + 50 + 7 + 6 * 3 + 6 * 5,
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75 + 6 * 3 + 6 * 5,
                       # 5 ranks x 6 LRs x 7 scales (8 scales for PiSSA, 7 LRs for the
                       # preconditioned); 5 seeds per seeds stage
