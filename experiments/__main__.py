@@ -16,7 +16,10 @@ experiments/<name>/README.md. Its `stages` run in order:
   `study.long` overrides): the short grid finds the neighbourhood, the long budget the rate.
   While a method's best at the long budget is an end of the rates run there and the grid has
   a rate beyond it, that rate runs at the long budget too (the stage walks until its best is
-  between two rates it beat, or at the grid's end).
+  between two rates it beat, or at the grid's end). A variant's long stage
+  (`long:<experiment>@<variant>`, `study.variants`) adds the variant's overrides, and sets the
+  `study.from_baseline` keys to the baseline's tuned values under the same variant (a cosine
+  schedule moves the best rate of the weights it shares with the baseline).
 - `seeds:<experiment>`: the second half of the tuning protocol (DESIGN.md §8): for every method,
   the configuration with the lowest final validation loss (of the long stage when the study has
   one) runs on the reporting seeds, with the `study.reporting` overrides (measurements such as
@@ -304,15 +307,21 @@ def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
     return out
 
 
-def baseline_values(study: Study, keys: list[str], out_dir: Path) -> list[str]:
+def baseline_values(study: Study, keys: list[str], out_dir: Path,
+                    variant: str | None = None) -> list[str]:
     """`key=value` for each of `keys`, from the baseline method's tuned config (its long
-    stage's best when the study has one); [] while the baseline has no result."""
+    stage's best when the study has one; with `variant`, its long stage under that variant:
+    a schedule moves the best rate); [] while the baseline has no result."""
     for kind, exp in study.stages:
         if kind != "grid":
             continue
-        found = best_runs(out_dir, sweep_of(exp), exp, study.long or None,
-                          exclude=study.variant_runs())
-        found = found or best_runs(out_dir, sweep_of(exp), exp, study_long=study.long)
+        if variant:
+            found = best_runs(out_dir, sweep_of(exp), exp, [*study.long,
+                                                            *study.variants[variant]])
+        else:
+            found = best_runs(out_dir, sweep_of(exp), exp, study.long or None,
+                              exclude=study.variant_runs())
+            found = found or best_runs(out_dir, sweep_of(exp), exp, study_long=study.long)
         if study.baseline in found:
             config = found[study.baseline][1]
             pairs = [key.partition("=") for key in keys]  # target=source, or key
@@ -405,6 +414,10 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study,
         return [[*base, f"+experiment={name}", *inherited, f"out_dir={out_dir}"]]
     walking = kind == "long" and centres is not None
     best = _tuned(out_dir, exp, study, grid=kind == "long" and not walking)
+    if kind == "long" and variant and not walking and study.from_baseline.get(name):
+        best = _variant_baseline(study, name, variant, out_dir, best)
+        if best is None:
+            return []
     if walking:
         marks = [*study.long, *extra]
         best = {m: [o for o in ov if o not in marks] for m, ov in best.items()}
@@ -423,6 +436,27 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study,
             for overrides in best.values()]
 
 
+def _variant_baseline(study: Study, name: str, variant: str, out_dir: Path,
+                      best: dict[str, list[str]]) -> dict[str, list[str]] | None:
+    """The grid bests a variant's long stage starts from, with the keys `study.from_baseline`
+    lists for `name` set to the baseline's tuned values under the same variant (the grid ran
+    at the plain baseline's); None, with a note, while that variant's baseline has no result."""
+    keys = study.from_baseline[name]
+    inherited = baseline_values(study, keys, out_dir, variant)
+    if not inherited:
+        print(f"note: {name}@{variant} takes {', '.join(keys)} from the baseline "
+              f"{study.baseline}@{variant}, which has no long run yet; run its stages first",
+              file=sys.stderr)
+        return None
+    values = dict(o.split("=", 1) for o in inherited)
+
+    def with_inherited(overrides: list[str]) -> list[str]:
+        out = [o for o in overrides if o.split("=", 1)[0] not in values]
+        return out + [f"{k}={v}" for k, v in values.items()]
+
+    return {m: with_inherited(ov) for m, ov in best.items()}
+
+
 def stage_commands(kind: str, exp: str, out_dir: Path, study: Study):
     """Yield the commands of one stage as it runs. A long stage walks: the grid's best rate and
     its two neighbours at the long budget; while a method's long-budget best is an end of the
@@ -431,7 +465,11 @@ def stage_commands(kind: str, exp: str, out_dir: Path, study: Study):
     yield from commands(kind, exp, out_dir, study)
     if kind != "long":
         return
-    centres = {frozenset(ov) for ov in _tuned(out_dir, exp, study, grid=True).values()}
+    start = _tuned(out_dir, exp, study, grid=True)
+    name, variant = split_variant(exp)
+    if variant and study.from_baseline.get(name):
+        start = _variant_baseline(study, name, variant, out_dir, start) or {}
+    centres = {frozenset(ov) for ov in start.values()}
     while batch := commands(kind, exp, out_dir, study, centres):
         yield from batch
 

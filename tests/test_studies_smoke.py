@@ -304,3 +304,39 @@ def test_a_variant_reruns_the_grid_best_with_its_overrides_and_keeps_to_its_meth
     assert bad.main(["--plan"]) == 2
     assert ("study.stages entry 'seeds:v@warm': a variant (@name) needs a long or seeds stage "
             "and an entry in study.variants (declared: cosine)") in capsys.readouterr().err
+
+
+def test_a_variant_long_stage_takes_the_baseline_keys_from_the_baseline_under_that_variant(
+        tmp_path, monkeypatch, capsys):
+    """The Muon grid ran with the plain baseline's tuned LR as its AdamW part; its cosine long
+    stage sets that part to the cosine baseline's tuned LR, which differs."""
+    files = {**VARIANTS, "v": VARIANTS["v"].replace(
+        "grid:v_muon, long:v_muon,", "grid:v_muon, long:v_muon, long:v_muon@cosine,").replace(
+        "cosine: [full/adamw]", "cosine: [full/adamw, full/muon]")}
+    experiments, cmd, out = _stage_commands(tmp_path, monkeypatch, files, "v")
+    study = experiments.discover()[0]["v"]
+    adamw, long = ["+experiment=v", "adapter=full"], "trainer.max_steps=40"
+    cosine = "trainer.lr_schedule=warmup_cosine"
+    _record(out, "v", "al-1e-3", "full/adamw", [*adamw, "optimizer.lr=1e-3", long], 1.7, 1e-3)
+    muon = ["+experiment=v_muon", "optimizer=muon", "optimizer.adamw_lr=0.001"]
+    for lr, loss in (("1e-3", 2.0), ("3e-3", 1.5), ("1e-2", 2.1)):
+        _record(out, "v", f"m-{lr}", "full/muon", [*muon, f"optimizer.lr={lr}"], loss,
+                float(lr))
+    # no cosine baseline yet: nothing runs, and it says why
+    assert cmd("long", "v_muon@cosine") == []
+    assert "takes optimizer.adamw_lr=optimizer.lr from the baseline full/adamw@cosine" in (
+        capsys.readouterr().err)
+    for lr, loss in (("1e-3", 1.8), ("3e-3", 1.6), ("1e-2", 1.9)):
+        _record(out, "v", f"ac-{lr}", "full/adamw", [*adamw, f"optimizer.lr={lr}", long, cosine],
+                loss, float(lr))
+    tail = [long, cosine, "seed=0", f"out_dir={out}"]
+    stage = experiments.stage_commands("long", "v_muon@cosine", out, study)
+    assert next(stage)[4:] == ["+experiment=v_muon", "optimizer=muon",
+                               "optimizer.lr=1e-3,3e-3,1e-2", "optimizer.adamw_lr=0.003", *tail]
+    muon_cos = ["+experiment=v_muon", "optimizer=muon", "optimizer.adamw_lr=0.003", long, cosine]
+    for lr, loss in (("1e-3", 1.9), ("3e-3", 1.4), ("1e-2", 1.95)):
+        _record(out, "v", f"mc-{lr}", "full/muon", [*muon_cos, f"optimizer.lr={lr}"], loss,
+                float(lr))
+    assert next(stage, None) is None  # the best is between two rates it beat
+    # the plain long stage keeps the plain baseline's value
+    assert cmd("long", "v_muon")[0][:3] == muon
