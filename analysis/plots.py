@@ -452,7 +452,9 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
         if band.any():
             ax.fill_between(d.index, d["low"].where(band), d["high"].where(band),
                             color=colors[method], alpha=0.25, lw=0)
-        ax.set_title(f"{method}\nvs {baselines[method]} ({seeds} paired seeds{note})",
+        # a long "method row=value" label takes two lines, so neighbouring titles do not collide
+        label = method.replace(" ", "\n", 1) if len(method) > 60 else method
+        ax.set_title(f"{label}\nvs {baselines[method]} ({seeds} paired seeds{note})",
                      fontsize=7)
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(deltas):]:

@@ -248,7 +248,8 @@ class StudyConfig:
     from_baseline: dict[str, list[str]] = field(default_factory=dict)
     # named variants of long and seeds stages ("long:<experiment>@cosine"): overrides added to
     # their runs ({cosine: [trainer.lr_schedule=warmup_cosine]}); a variant's long stage starts
-    # from the grid's best like the plain one
+    # from the grid's best like the plain one, its from_baseline keys set to the baseline's
+    # tuned values under the same variant
     variants: dict[str, list[str]] = field(default_factory=dict)
     # variant -> the methods it runs (a variant not listed runs every method)
     variant_methods: dict[str, list[str]] = field(default_factory=dict)
