@@ -413,11 +413,12 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study,
             return []
         return [[*base, f"+experiment={name}", *inherited, f"out_dir={out_dir}"]]
     walking = kind == "long" and centres is not None
-    best = _tuned(out_dir, exp, study, grid=kind == "long" and not walking)
-    if kind == "long" and variant and not walking and study.from_baseline.get(name):
-        best = _variant_baseline(study, name, variant, out_dir, best)
+    if kind == "long" and not walking:
+        best = _long_start(out_dir, exp, study)
         if best is None:
             return []
+    else:
+        best = _tuned(out_dir, exp, study)
     if walking:
         marks = [*study.long, *extra]
         best = {m: [o for o in ov if o not in marks] for m, ov in best.items()}
@@ -436,12 +437,16 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study,
             for overrides in best.values()]
 
 
-def _variant_baseline(study: Study, name: str, variant: str, out_dir: Path,
-                      best: dict[str, list[str]]) -> dict[str, list[str]] | None:
-    """The grid bests a variant's long stage starts from, with the keys `study.from_baseline`
-    lists for `name` set to the baseline's tuned values under the same variant (the grid ran
-    at the plain baseline's); None, with a note, while that variant's baseline has no result."""
-    keys = study.from_baseline[name]
+def _long_start(out_dir: Path, exp: str, study: Study) -> dict[str, list[str]] | None:
+    """The grid bests a long stage starts from (`_tuned(grid=True)`). For a variant's, the keys
+    `study.from_baseline` lists for the experiment are set to the baseline's tuned values under
+    the same variant (the grid ran at the plain baseline's); None, with a note, while that
+    variant's baseline has no result."""
+    best = _tuned(out_dir, exp, study, grid=True)
+    name, variant = split_variant(exp)
+    keys = study.from_baseline.get(name) if variant else None
+    if not keys:
+        return best
     inherited = baseline_values(study, keys, out_dir, variant)
     if not inherited:
         print(f"note: {name}@{variant} takes {', '.join(keys)} from the baseline "
@@ -462,14 +467,11 @@ def stage_commands(kind: str, exp: str, out_dir: Path, study: Study):
     its two neighbours at the long budget; while a method's long-budget best is an end of the
     rates it ran there, the grid's next rate beyond it too (completed runs are skipped), so no
     method is reported at an edge of its long-budget rates that the grid could extend."""
-    yield from commands(kind, exp, out_dir, study)
-    if kind != "long":
+    first = commands(kind, exp, out_dir, study)
+    yield from first
+    if kind != "long" or not first:  # nothing to walk from (its note is printed)
         return
-    start = _tuned(out_dir, exp, study, grid=True)
-    name, variant = split_variant(exp)
-    if variant and study.from_baseline.get(name):
-        start = _variant_baseline(study, name, variant, out_dir, start) or {}
-    centres = {frozenset(ov) for ov in start.values()}
+    centres = {frozenset(ov) for ov in _long_start(out_dir, exp, study).values()}
     while batch := commands(kind, exp, out_dir, study, centres):
         yield from batch
 
