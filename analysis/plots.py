@@ -412,6 +412,38 @@ def paired_deltas(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame,
     return out
 
 
+SOURCE_METRIC = "eval/loss_source"  # fine-tuning runs also evaluate the pretraining domain
+
+
+def source_levels(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Forgetting: per method of a tuned table, its pretraining domain's validation loss
+    (`SOURCE_METRIC`, which fine-tuning runs log at every evaluation) at its selected
+    configuration, the mean over the seeds its row reports at its first and last evaluated step,
+    and for a compared method its paired difference to the baseline at that last step, "mean
+    [95% t interval]" (`paired_deltas`, n - 1 df). Empty where no run logged the metric."""
+    if not (curves["metric"] == SOURCE_METRIC).any():
+        return pd.DataFrame()
+    lm = split_rows(lm_runs(runs))
+    deltas = paired_deltas(runs, curves, table, SOURCE_METRIC)
+    rows = []
+    for row in table[table["seeds"].fillna("").ne("")].itertuples():
+        ids = best_config(lm[lm["method"] == row.method])["run_ids"]
+        v = _seed_curves(lm, curves, ids, _reported_seeds(row.seeds), SOURCE_METRIC).dropna(
+            how="all")  # (steps, seeds)
+        if v.empty:
+            continue
+        d = deltas.get(row.method, pd.DataFrame())
+        last = d[d["n"] >= 2].iloc[-1] if len(d) and (d["n"] >= 2).any() else None
+        vs = ("baseline" if row.method == row.baseline else "" if last is None else
+              "{:+.3f} [{:+.3f}, {:+.3f}]".format(*(round(last[k], 3) + 0.0
+                                                     for k in ("mean", "low", "high"))))
+        rows.append({"method": row.method, "baseline": row.baseline, "seeds": v.shape[1],
+                     "first step": f"{int(v.index[0])}: {v.iloc[0].mean():.3f}",
+                     "last step": f"{int(v.index[-1])}: {v.iloc[-1].mean():.3f}",
+                     "- baseline at the last step [95% t CI]": vs})
+    return pd.DataFrame(rows)
+
+
 def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path, sweep: str,
                   table: pd.DataFrame | None) -> list[Path]:
     """``<sweep>_delta_vs_step``: each method's paired difference to its baseline (method -
@@ -430,7 +462,8 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
         return []
     from analysis.tables import write_budget
 
-    written = write_budget(deltas, table, metric, figures, sweep)
+    written = write_budget(deltas, table, metric, figures, sweep,
+                           source_levels(runs, curves, table))
     colors = method_colors(split_rows(lm_runs(runs))["method"].unique())
     baselines = table.set_index("method")["baseline"]
     # One panel per method (shared y): ten overlapping bands are unreadable on one axis.

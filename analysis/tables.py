@@ -116,9 +116,12 @@ def budget_table(deltas: dict[str, pd.DataFrame], baselines: pd.Series) -> pd.Da
 
 
 def write_budget(deltas: dict[str, pd.DataFrame], table: pd.DataFrame, metric: str,
-                 figures: str | Path, sweep: str) -> list[Path]:
-    """``<sweep>_budget.md`` (`budget_table`) and ``<sweep>_delta_vs_step.csv`` (every step's
-    paired difference: the data of the figure ``<sweep>_delta_vs_step``); [] without deltas."""
+                 figures: str | Path, sweep: str, source: pd.DataFrame | None = None
+                 ) -> list[Path]:
+    """``<sweep>_budget.md`` (`budget_table`, then the pretraining domain's loss `source`
+    (`analysis.plots.source_levels`) where fine-tuning runs logged it) and
+    ``<sweep>_delta_vs_step.csv`` (every step's paired difference: the data of the figure
+    ``<sweep>_delta_vs_step``); [] without deltas."""
     if not deltas:
         return []
     figures = Path(figures)
@@ -136,5 +139,12 @@ def write_budget(deltas: dict[str, pd.DataFrame], table: pd.DataFrame, metric: s
         "the evaluated step nearest 25%, 50% and 100% of the last step (per step, not adjusted "
         "for multiplicity: the tuned table's Holm-adjusted verdict is on the test split at the "
         "end), and the step from which every later interval excludes 0 on the final one's side. "
-        f"Every step: `{csv.name}`.\n\n" + markdown_table(budget_table(deltas, baselines)) + "\n")
+        f"Every step: `{csv.name}`.\n\n" + markdown_table(budget_table(deltas, baselines)) + "\n"
+        + ("" if source is None or source.empty else
+           "\n## Forgetting: the pretraining domain\n\n"
+           "The pretraining domain's validation loss (`eval/loss_source`) of each method at its "
+           "selected configuration: the mean over the seeds its row reports at the first and the "
+           "last evaluated step, and the paired difference to the baseline at the last step "
+           "with its 95% t interval (n - 1 df; not adjusted for multiplicity). Above its first "
+           "value: fine-tuning raised it.\n\n" + markdown_table(source) + "\n"))
     return [md, csv]

@@ -141,3 +141,34 @@ def test_loss_figure_zooms_on_the_late_phase_with_the_legend_outside(tmp_path, m
     assert 1.9 < low < 1.95 and 2.0 < high < 2.01  # the late values only (early ones are > 4)
     assert full.get_ylim()[1] > 4.9
     assert full.get_legend() is None and zoom.get_legend() is None and fig.legends
+
+
+def test_forgetting_table_reads_the_pretraining_domain_loss(tmp_path):
+    """Fine-tuning runs also log `eval/loss_source`: the budget reading adds each method's value
+    at the first and last step (mean over the seeds its row reports; seed 0 tuned and is left
+    out) and the paired difference to the baseline at the last step, checked by hand."""
+    import json
+
+    root = tmp_path / "runs"
+    study(root)
+
+    def source(run_dir, i):  # baseline 2.2 + 0.01 s at the end, the method 2.1 + 0.02 s
+        seed = int(run_dir.name.rsplit("-s", 1)[1])
+        if "riemannian" not in run_dir.name:
+            return (2.0, 2.1, 2.2 + 0.01 * seed)[i]
+        return 9.0 if seed == 0 else (2.0, 2.05, 2.1 + 0.02 * seed)[i]
+
+    for run_dir in (root / "bud").iterdir():
+        path = run_dir / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "eval/loss_source": source(run_dir, i)}) + "\n"
+                                for i, r in enumerate(records)))
+    assert main([f"runs={root}", f"figures={tmp_path / 'fig'}"]) == 0
+    text = (tmp_path / "fig" / "bud_budget.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line
+            for line in text.split("## Forgetting")[1].splitlines() if line.startswith("| lora/")}
+    # d_s = (2.1 + 0.02 s) - (2.2 + 0.01 s) = -0.09, -0.08, -0.07 over seeds 1-3
+    half = stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3)
+    assert rows["lora/adamw"].endswith("| 3 | 0: 2.000 | 20: 2.220 | baseline |")
+    assert rows["lora/riemannian_adam"].endswith(
+        f"| 3 | 0: 2.000 | 20: 2.140 | -0.080 [{-0.08 - half:+.3f}, {-0.08 + half:+.3f}] |")
