@@ -6,8 +6,11 @@ returns the paths, or returns [] when the sweep has nothing to show for it. Curv
 each method's tuned hyperparameters (mean over seeds and min-max band); a diverged or failed run is
 drawn dashed up to its last logged point and marked there with an x, never dropped. The loss
 figures have a second panel zoomed on the late phase (the last half of the x range) and their
-legend below the panels. ``delta_vs_step`` (not registered: it needs the sweep's tuned table,
-so ``python -m analysis`` calls it) draws the budget figure ``<sweep>_delta_vs_step``: each
+legend below the panels. Where a study splits its methods into table rows (`study.rows`:
+balora_rank's r, riemannian_attention's LR schedule), every per-step figure draws each row in
+its own panels (`row_panels`), each method at that row's tuned configuration.
+``delta_vs_step`` (not registered: it needs the sweep's tuned table, so ``python -m analysis``
+calls it) draws the budget figure ``<sweep>_delta_vs_step``: each
 method's paired difference to its baseline at every evaluated step with its 95% t band.
 """
 
@@ -157,57 +160,100 @@ def _late_limits(drawn, cutoff) -> tuple[float, float] | None:
     return low - pad, high + pad
 
 
+def _row_key(row: str):
+    """Sort key of a table row (" r=16"): by its number where it has one, else by name."""
+    value = row.split("=", 1)[-1]
+    try:
+        return (0, float(value), row)
+    except ValueError:
+        return (1, 0.0, row)
+
+
+def row_panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The language-model runs as (table row, its runs) panels, in the order of the rows' values:
+    each method named per row (`split_rows`), with column `base` = the method's own name, so a
+    figure colours a method alike in every panel. One panel ("", every run) without study.rows."""
+    lm = lm_runs(runs)
+    lm = split_rows(lm.assign(base=lm["method"]))
+    return [(row.strip(), lm[lm["row"] == row])
+            for row in sorted(lm["row"].unique(), key=_row_key)]
+
+
 def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
     """Two panels: the whole run, and the late phase (the last LATE of the x range) zoomed on
-    the curves there; the legend below both, outside the curves."""
+    the curves there; the legend outside the curves (below both, or right of each row's pair
+    where the study splits its methods into table rows: a pair of panels per row)."""
     lm = lm_runs(runs)
     curves = curves[curves["run_id"].isin(lm["run_id"])]
     if lm.empty or curves.empty or (x != "step" and curves[x].isna().all()):
         return []
     metric = loss_metric(curves)
-    shown = best_runs(lm)
+    panels = row_panels(lm)
     colors = method_colors(lm["method"].unique())
-    fig, (ax, late) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    unplaced, drawn = [], []
-    for method, group in shown.groupby("method", sort=True):
-        chosen = best_config(lm[lm["method"] == method])
-        good = group[~group["status"].isin(BAD_STATUSES)]
-        hyper = config_label(chosen["keys"], chosen["values"].values())
-        label = f"{method} ({hyper + '; ' if hyper else ''}{len(good)} seeds)"
-        if len(good):
-            xs, values = _xy(curves, good["run_id"], metric, x)
-            _band(ax, xs, values, colors[method], label)
-            _band(late, xs, values, colors[method], None)
-            drawn.append((xs, values))
-        unplaced += _mark_failures(ax, curves, group, metric, x, colors[method], method)
-    _place_at_top(ax, unplaced, x)
-    if logy and (curves.loc[curves["metric"] == metric, "value"] > 0).all():
-        _log_y(ax)
+    if len(panels) == 1:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]},
+                                 squeeze=False)
+    else:  # a row of (whole run, late phase, legend) per table row
+        fig, axes = plt.subplots(len(panels), 3, figsize=(17, 3.4 * len(panels)),
+                                 gridspec_kw={"width_ratios": [3, 2, 2.6]}, squeeze=False)
     xlabel = "step" if x == "step" else "wall clock (s)"
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{sweep}: {metric} at each method's tuned hyperparameters", fontsize=9)
-    ax.grid(alpha=0.3)
-    xmax = max((float(xs.max()) for xs, _ in drawn if xs.notna().any()), default=None)
-    if xmax is not None and xmax > 0:
-        xmin = min(float(xs.min()) for xs, _ in drawn if xs.notna().any())
-        cutoff = xmax - LATE * (xmax - xmin)
-        late.set_xlim(cutoff, xmax + 0.02 * (xmax - xmin))
-        limits = _late_limits(drawn, cutoff)
-        if limits:
-            late.set_ylim(*limits)
-        ax.axvspan(cutoff, xmax, color="tab:gray", alpha=0.08, lw=0)
-    late.set_xlabel(xlabel)
-    span = "steps" if x == "step" else "wall clock"
-    late.set_title(f"late phase (last {LATE:.0%} of the {span}), zoomed", fontsize=9)
-    late.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
+    shown_all, handles, labels = [], [], []
+    for (row, rows_lm), (ax, late, *key) in zip(panels, axes):
+        shown = best_runs(rows_lm)
+        shown_all.append(shown)
+        unplaced, drawn = [], []
+        for method, group in shown.groupby("method", sort=True):
+            base = group["base"].iloc[0]
+            chosen = best_config(rows_lm[rows_lm["method"] == method])
+            good = group[~group["status"].isin(BAD_STATUSES)]
+            hyper = config_label(chosen["keys"], chosen["values"].values())
+            label = f"{base} ({hyper + '; ' if hyper else ''}{len(good)} seeds)"
+            if len(good):
+                xs, values = _xy(curves, good["run_id"], metric, x)
+                _band(ax, xs, values, colors[base], label)
+                _band(late, xs, values, colors[base], None)
+                drawn.append((xs, values))
+            unplaced += _mark_failures(ax, curves, group, metric, x, colors[base], base)
+        _place_at_top(ax, unplaced, x)
+        if logy and (curves.loc[curves["metric"] == metric, "value"] > 0).all():
+            _log_y(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{row}: {metric}" if row else
+                     f"{sweep}: {metric} at each method's tuned hyperparameters", fontsize=9)
+        ax.grid(alpha=0.3)
+        xmax = max((float(xs.max()) for xs, _ in drawn if xs.notna().any()), default=None)
+        if xmax is not None and xmax > 0:
+            xmin = min(float(xs.min()) for xs, _ in drawn if xs.notna().any())
+            cutoff = xmax - LATE * (xmax - xmin)
+            late.set_xlim(cutoff, xmax + 0.02 * (xmax - xmin))
+            limits = _late_limits(drawn, cutoff)
+            if limits:
+                late.set_ylim(*limits)
+            ax.axvspan(cutoff, xmax, color="tab:gray", alpha=0.08, lw=0)
+        late.set_xlabel(xlabel)
+        span = "steps" if x == "step" else "wall clock"
+        late.set_title(f"late phase (last {LATE:.0%} of the {span}), zoomed", fontsize=9)
+        late.grid(alpha=0.3)
+        row_handles, row_labels = ax.get_legend_handles_labels()
+        if key:  # this row's legend, in the third column: outside the curves
+            key[0].axis("off")
+            if row_handles:
+                key[0].legend(row_handles, row_labels, fontsize=6, loc="center left",
+                              frameon=False)
+        handles += row_handles
+        labels += row_labels
+    if len(panels) > 1:
+        fig.suptitle(f"{sweep}: {metric} at each method's tuned hyperparameters, per table row",
+                     fontsize=10)
     fig.tight_layout()
-    ncol = 2 if len(handles) > 4 else 1
-    if handles:
+    rows_below = 0
+    if len(panels) == 1 and handles:
+        ncol = 2 if len(handles) > 4 else 1
         fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                    ncol=ncol, frameon=False)
-    _footnote(fig, lm, shown, sweep, below=-(-len(handles) // ncol))
+        rows_below = -(-len(handles) // ncol)
+    _footnote(fig, lm, pd.concat(shown_all), sweep, below=rows_below)
     return save(fig, figures, f"{sweep}_loss_vs_{'step' if x == 'step' else 'time'}")
 
 
@@ -235,7 +281,7 @@ def loss_vs_time(runs, curves, figures, sweep, **options):
 @figure("steps_to_target")
 def steps_to_target(runs, curves, figures, sweep, **_):
     """Bar per method: mean steps to the target eval loss over the seeds that reached it."""
-    lm = lm_runs(runs)
+    lm = split_rows(lm_runs(runs))  # with study.rows: a bar per table row ("lora/adamw r=4")
     if lm.empty or lm["steps_to_target"].isna().all():
         return []
     shown = best_runs(lm)
@@ -262,25 +308,52 @@ def steps_to_target(runs, curves, figures, sweep, **_):
 
 
 def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel):
+    """One panel of `metric` against step at each method's tuned hyperparameters (mean over
+    seeds, min-max band), or one per table row where the study splits its methods into rows
+    (`row_panels`: balora_rank's r = 4 ... 64), a method coloured alike in every panel."""
     lm = lm_runs(runs)
     curves = curves[curves["run_id"].isin(lm["run_id"]) & (curves["metric"] == metric)]
     if curves.empty:
         return []
-    shown = best_runs(lm)
+    panels = [(row, g) for row, g in row_panels(lm) if curves["run_id"].isin(g["run_id"]).any()]
     colors = method_colors(lm["method"].unique())
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, group in shown.groupby("method", sort=True):
-        if not curves["run_id"].isin(group["run_id"]).any():
-            continue
-        xs, values = _xy(curves, group["run_id"], metric, "step")
-        _band(ax, xs, values, colors[method], f"{method} ({len(group)} seeds)")
-    if (curves["value"] > 0).all():
-        _log_y(ax)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{sweep}: {metric} at each method's tuned hyperparameters")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, squeeze=False, sharey=True,
+                             figsize=(7, 4.5) if len(panels) == 1 else (4.3 * cols, 3.3 * nrows))
+    legend = {}
+    for (row, rows_lm), ax in zip(panels, axes.flat):
+        for _, group in best_runs(rows_lm).groupby("method", sort=True):
+            if not curves["run_id"].isin(group["run_id"]).any():
+                continue
+            base = group["base"].iloc[0]
+            xs, values = _xy(curves, group["run_id"], metric, "step")
+            label = f"{base} ({len(group)} seeds)"
+            _band(ax, xs, values, colors[base], label)
+            legend.setdefault(label, ax.get_lines()[-1])
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.set_title(row if row else f"{sweep}: {metric} at each method's tuned hyperparameters",
+                     fontsize=9 if row else None)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    values = curves["value"].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) and (values > 0).all():  # shared y: every panel
+        if values.max() > 10 * values.min():  # decades apart: powers of ten label them
+            axes.flat[0].set_yscale("log")
+        else:
+            _log_y(axes.flat[0])
+    if len(panels) == 1:
+        axes[0, 0].set_ylabel(ylabel)
+        axes[0, 0].legend(fontsize=7, loc="best")
+    else:
+        fig.supylabel(ylabel, fontsize=9)
+        fig.suptitle(f"{sweep}: {metric} at each method's tuned hyperparameters, per table row",
+                     fontsize=10)
+        fig.tight_layout()
+        fig.legend(list(legend.values()), list(legend), fontsize=7, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
     return save(fig, figures, f"{sweep}_{stem}")
 
 

@@ -72,7 +72,8 @@ def write_summary(df: pd.DataFrame, figures: str | Path, sweep: str) -> list[Pat
     status = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     path.write_text(
         f"# {sweep}: every run\n\n{len(table)} runs ({status}). `tuned` marks the runs at each "
-        "method's tuned hyperparameters (the ones the figures show).\n\n"
+        "method's tuned hyperparameters, per table row where the study splits its methods into "
+        "rows (`study.rows`): the runs the figures show.\n\n"
         + markdown_table(table) + "\n"
     )
     return [path]

@@ -229,7 +229,10 @@ def declared_rows(df: pd.DataFrame) -> list[str]:
 
 def split_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The runs with each method named by its table row when the records declare study.rows
-    ("lora/adamw" + " r=4"; column `row` = " r=4", "" without study.rows)."""
+    ("lora/adamw" + " r=4"; column `row` = " r=4", "" without study.rows). Runs already split
+    (a `row` column) are returned as they are."""
+    if "row" in df:
+        return df
     keys = declared_rows(df)
     if not keys:
         return df.assign(row="")
@@ -437,9 +440,10 @@ def _table_row(method, chosen, losses: pd.Series, base, methods) -> dict:
 
 
 def best_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs (all seeds, any status) of each method's chosen config."""
+    """The runs (all seeds, any status) of each method's chosen config; with study.rows, of each
+    table row's (`split_rows`: "lora/adamw r=4" and "lora/adamw r=8" are chosen apart)."""
     chosen = []
-    for _, runs in lm_runs(df).groupby(["sweep", "method"], sort=True):
+    for _, runs in split_rows(lm_runs(df)).groupby(["sweep", "method"], sort=True):
         chosen.extend(best_config(runs)["run_ids"])
     return df[df["run_id"].isin(chosen)]
 

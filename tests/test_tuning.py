@@ -338,3 +338,19 @@ def test_loss_vs_rank_figure_draws_each_method_at_each_rank(tmp_path):
     assert path.name == "rank_loss_vs_r.png" and path.stat().st_size > 0
     assert loss_vs_rows(tuned_table(pd.DataFrame(seeds("lora/adamw", 1e-3, [2.0, 2.1]))),
                         tmp_path, "plain") == []  # no study.rows: no figure
+
+
+def test_best_runs_choose_each_table_row_apart():
+    """With study.rows each (method, r) has its own chosen config (the figures and the summary's
+    `tuned` marks): lr 1e-3 wins at r = 4, 3e-3 at r = 8, for both methods."""
+    rows = []
+    for r, lr_best in ((4, 1e-3), (8, 3e-3)):
+        for method in ("lora/adamw", "balora/adamw"):
+            for lr in (1e-3, 3e-3):
+                loss = 2.0 + (0 if lr == lr_best else 0.5)
+                rows += seeds(method, lr, [loss] * 3, **{"adapter.r": r, "study.rows": "adapter.r"})
+    chosen = best_runs(pd.DataFrame(rows))
+    assert len(chosen) == 12  # 2 methods x 2 ranks x 3 seeds
+    assert set(map(tuple, chosen[["adapter.r", "optimizer.lr"]].to_numpy())) == {(4, 1e-3),
+                                                                               (8, 3e-3)}
+    assert chosen["method"].isin(["lora/adamw", "balora/adamw"]).all()  # the records' names
