@@ -243,10 +243,12 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
                               frameon=False)
         handles += row_handles
         labels += row_labels
-    if len(panels) > 1:
+    if len(panels) > 1:  # the title in the top 0.4 inch, clear of the panels' titles
         fig.suptitle(f"{sweep}: {metric} at each method's tuned hyperparameters, per table row",
                      fontsize=10)
-    fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
     rows_below = 0
     if len(panels) == 1 and handles:
         ncol = 2 if len(handles) > 4 else 1
