@@ -84,13 +84,14 @@ def _xy(curves, run_ids, metric, x) -> tuple[pd.Series, pd.DataFrame]:
     return pivot(curves, run_ids, metric, x).mean(axis=1).reindex(values.index), values
 
 
-def _band(ax, xs, values, color, label, logy=False):
-    """Mean over seeds with a min-max band."""
+def _band(ax, xs, values, color, label, center="mean"):
+    """The mean (or median) over seeds with a min-max band."""
     ok = values.notna().any(axis=1) & xs.notna()
     xs, values = xs[ok], values[ok]
     if values.empty:
         return
-    ax.plot(xs, values.mean(axis=1), color=color, label=label, lw=1.6)
+    line = values.median(axis=1) if center == "median" else values.mean(axis=1)
+    ax.plot(xs, line, color=color, label=label, lw=1.6)
     if values.shape[1] > 1:
         ax.fill_between(xs, values.min(axis=1), values.max(axis=1), color=color, alpha=0.2, lw=0)
 
@@ -309,10 +310,11 @@ def steps_to_target(runs, curves, figures, sweep, **_):
     return save(fig, figures, f"{sweep}_steps_to_target")
 
 
-def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel):
-    """One panel of `metric` against step at each method's tuned hyperparameters (mean over
-    seeds, min-max band), or one per table row where the study splits its methods into rows
-    (`row_panels`: balora_rank's r = 4 ... 64), a method coloured alike in every panel."""
+def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="mean"):
+    """One panel of `metric` against step at each method's tuned hyperparameters (`center`:
+    the mean or median over seeds, with the min-max band; legend outside the curves), or one per
+    table row where the study splits its methods into rows (`row_panels`: balora_rank's r = 4
+    ... 64), a method coloured alike in every panel."""
     lm = lm_runs(runs)
     curves = curves[curves["run_id"].isin(lm["run_id"]) & (curves["metric"] == metric)]
     if curves.empty:
@@ -331,7 +333,7 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel):
             base = group["base"].iloc[0]
             xs, values = _xy(curves, group["run_id"], metric, "step")
             label = f"{base} ({len(group)} seeds)"
-            _band(ax, xs, values, colors[base], label)
+            _band(ax, xs, values, colors[base], label, center)
             legend.setdefault(label, ax.get_lines()[-1])
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -346,9 +348,11 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel):
             axes.flat[0].set_yscale("log")
         else:
             _log_y(axes.flat[0])
+    ylabel = f"{ylabel}\n({center} over seeds; band: min-max)"
     if len(panels) == 1:
         axes[0, 0].set_ylabel(ylabel)
-        axes[0, 0].legend(fontsize=7, loc="best")
+        axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                          frameon=False)
     else:
         fig.supylabel(ylabel, fontsize=9)
         fig.suptitle(f"{sweep}: {metric} at each method's tuned hyperparameters, per table row",
@@ -362,13 +366,13 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel):
 @figure("kappa_vs_step")
 def kappa_vs_step(runs, curves, figures, sweep, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "cond/kappa", "kappa_vs_step",
-                           "condition number kappa")
+                           "condition number kappa", center="median")  # as the tables
 
 
 @figure("kappa_gn_vs_step")
 def kappa_gn_vs_step(runs, curves, figures, sweep, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "cond/gn/kappa", "kappa_gn_vs_step",
-                           "Gauss-Newton condition number (Lanczos estimate)")
+                           "Gauss-Newton condition number (Lanczos estimate)", center="median")
 
 
 @figure("sharpness_vs_step")

@@ -177,16 +177,17 @@ def test_forgetting_table_reads_the_pretraining_domain_loss(tmp_path):
 def test_per_step_figures_draw_a_panel_per_table_row(tmp_path, monkeypatch):
     """study.rows = [adapter.r]: the metric-vs-step and loss figures draw each (method, r) at its
     own tuned config, a panel (or row of panels) per r in numeric order, a method coloured alike
-    in each; a kappa curve is that row's runs' mean, not another rank's."""
+    in each; a kappa curve is the median over that row's seeds (as the tables' kappa), not the
+    mean and not another rank's."""
     import yaml
 
     root = tmp_path / "runs"
     for r, lr in ((16, 2e-3), (4, 1e-3)):  # lr apart: run ids apart
         for optimizer, kappa in (("adamw", 100.0 * r), ("riemannian_adam", 10.0 * r)):
-            for seed in (0, 1):
+            for seed in (0, 1, 2):  # kappa + 0, 1, 100: median kappa + 1, mean kappa + 33.7
                 d = write_run(root, "rk", optimizer=optimizer, lr=lr, seed=seed,
                               losses=(3.0, 2.5, 2.0 + r / 100 + seed / 1000),
-                              extra_metrics={"cond/gn/kappa": kappa + seed})
+                              extra_metrics={"cond/gn/kappa": kappa + (0, 1, 100)[seed]})
                 cfg = yaml.safe_load((d / "config.yaml").read_text())
                 cfg["adapter"]["r"] = r
                 cfg["study"] = {"name": "rk", "rows": ["adapter.r"]}
@@ -200,7 +201,7 @@ def test_per_step_figures_draw_a_panel_per_table_row(tmp_path, monkeypatch):
     assert [ax.get_title() for ax in panels] == ["r=4", "r=16"]
     for ax, r in zip(panels, (4, 16)):
         means = sorted(float(line.get_ydata()[0]) for line in ax.get_lines())
-        assert means == [10.0 * r + 0.5, 100.0 * r + 0.5]  # mean over seeds 0, 1 of this r
+        assert means == [10.0 * r + 1, 100.0 * r + 1]  # the median over this r's seeds
     colors = [{ln.get_color() for ln in ax.get_lines()} for ax in panels]
     assert colors[0] == colors[1] and len(colors[0]) == 2
     assert plots.loss_vs_step(runs, curves, tmp_path, "rk") == ["rk_loss_vs_step"]
