@@ -3,8 +3,10 @@
 Each figure is a function ``(runs, curves, figures, sweep, **options) -> list[Path]`` registered
 in ``FIGURES`` with ``@figure("name")``; it writes ``<figures>/<sweep>_<name>.png`` and ``.pdf`` and
 returns the paths, or returns [] when the sweep has nothing to show for it. Curves are drawn at
-each method's tuned hyperparameters (mean over seeds and min-max band); a diverged or failed run is
-drawn dashed up to its last logged point and marked there with an x, never dropped. The loss
+each method's tuned hyperparameters over the seeds its table row reports (`reported_runs`: the
+tuning seeds left out where the sweep tuned; mean over seeds and min-max band, the median for
+condition numbers); a diverged or failed run is drawn dashed up to its last logged point and
+marked there with an x, never dropped. The loss
 figures have a second panel zoomed on the late phase (the last half of the x range) and their
 legend below the panels. Where a study splits its methods into table rows (`study.rows`:
 balora_rank's r, riemannian_attention's LR schedule), every per-step figure draws each row in
@@ -28,7 +30,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import patches, ticker, transforms  # noqa: E402
 
 from analysis.records import BAD_STATUSES, lm_runs  # noqa: E402
-from analysis.tuning import best_config, best_runs, config_label, split_rows  # noqa: E402
+from analysis.tuning import best_config, best_runs, config_label, reported_runs, split_rows  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -190,6 +192,7 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
         return []
     metric = loss_metric(curves)
     panels = row_panels(lm)
+    reported = set(reported_runs(lm)["run_id"])
     colors = method_colors(lm["method"].unique())
     if len(panels) == 1:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]},
@@ -200,7 +203,7 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
     xlabel = "step" if x == "step" else "wall clock (s)"
     shown_all, handles, labels = [], [], []
     for (row, rows_lm), (ax, late, *key) in zip(panels, axes):
-        shown = best_runs(rows_lm)
+        shown = rows_lm[rows_lm["run_id"].isin(reported)]
         shown_all.append(shown)
         unplaced, drawn = [], []
         for method, group in shown.groupby("method", sort=True):
@@ -261,14 +264,19 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
 
 
 def _footnote(fig, lm, shown, sweep, below: int = 0):
-    """A line under the figure (``below``: legend rows above it) on the runs not drawn."""
+    """A line under the figure (``below``: legend rows above it) on the runs not drawn: at other
+    hyperparameters, or on the tuning seeds at the chosen ones (`reported_runs`)."""
     others = lm[~lm["run_id"].isin(shown["run_id"])]
     if others.empty:
         return
-    bad = others["status"].isin(BAD_STATUSES).sum()
-    fig.text(0.01, -0.02 - 0.04 * below, f"not shown: {len(others)} runs at other "
-             f"hyperparameters ({bad} diverged or failed); every run is listed in "
-             f"{sweep}_summary.md", fontsize=7, ha="left", va="top")
+    tuning = others["run_id"].isin(best_runs(lm)["run_id"])
+    bad = others.loc[~tuning, "status"].isin(BAD_STATUSES).sum()
+    seeds = ", ".join(str(int(s)) for s in sorted(others.loc[tuning, "seed"].unique()))
+    fig.text(0.01, -0.02 - 0.04 * below, f"not shown: {int((~tuning).sum())} runs at other "
+             f"hyperparameters ({bad} diverged or failed)"
+             + (f", {int(tuning.sum())} on the tuning seed ({seeds}) at the chosen ones"
+                if tuning.any() else "")
+             + f"; every run is listed in {sweep}_summary.md", fontsize=7, ha="left", va="top")
 
 
 @figure("loss_vs_step")
@@ -287,7 +295,7 @@ def steps_to_target(runs, curves, figures, sweep, **_):
     lm = split_rows(lm_runs(runs))  # with study.rows: a bar per table row ("lora/adamw r=4")
     if lm.empty or lm["steps_to_target"].isna().all():
         return []
-    shown = best_runs(lm)
+    shown = reported_runs(lm)
     colors = method_colors(lm["method"].unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * shown["method"].nunique() + 2), 4))
     for i, (method, group) in enumerate(shown.groupby("method", sort=True)):
@@ -320,6 +328,7 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="
     if curves.empty:
         return []
     panels = [(row, g) for row, g in row_panels(lm) if curves["run_id"].isin(g["run_id"]).any()]
+    reported = set(reported_runs(lm)["run_id"])
     colors = method_colors(lm["method"].unique())
     cols = min(3, len(panels))
     nrows = -(-len(panels) // cols)
@@ -327,7 +336,7 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="
                              figsize=(7, 4.5) if len(panels) == 1 else (4.3 * cols, 3.3 * nrows))
     legend = {}
     for (row, rows_lm), ax in zip(panels, axes.flat):
-        for _, group in best_runs(rows_lm).groupby("method", sort=True):
+        for _, group in rows_lm[rows_lm["run_id"].isin(reported)].groupby("method", sort=True):
             if not curves["run_id"].isin(group["run_id"]).any():
                 continue
             base = group["base"].iloc[0]

@@ -448,6 +448,22 @@ def best_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["run_id"].isin(chosen)]
 
 
+def reported_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs the figures draw: `best_runs`, less the runs on the tuning seeds
+    (`declared_tuning_seeds`) where the sweep tuned anything (as `tuned_table` leaves them out)
+    and the chosen configuration has runs on other seeds: the seeds the tables report."""
+    kept = []
+    for _, sweep in split_rows(lm_runs(df)).groupby("sweep", sort=True):
+        best = [best_config(runs) for _, runs in sweep.groupby("method", sort=True)]
+        tuning = (set(declared_tuning_seeds(sweep)) if any(b["n_configs"] > 1 for b in best)
+                  else set())
+        for chosen in best:
+            runs = sweep[sweep["run_id"].isin(chosen["run_ids"])]
+            reporting = runs[~runs["seed"].isin(tuning)]
+            kept.extend((reporting if len(reporting) else runs)["run_id"])
+    return df[df["run_id"].isin(kept)]
+
+
 def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str = ""
                 ) -> list[Path]:
     """``figures/<sweep>_tuned.md`` and ``.csv``; `note` (e.g. the curvature estimates' cost,

@@ -207,3 +207,23 @@ def test_per_step_figures_draw_a_panel_per_table_row(tmp_path, monkeypatch):
     assert plots.loss_vs_step(runs, curves, tmp_path, "rk") == ["rk_loss_vs_step"]
     titles = [ax.get_title() for ax in figs[-1].axes if ax.get_title()]
     assert titles[0] == "r=4: eval/loss" and "r=16: eval/loss" in titles
+
+
+def test_loss_figure_draws_the_reporting_seeds_of_a_tuned_sweep(tmp_path, monkeypatch):
+    """study(): Riemannian Adam tuned its LR on seed 0, whose curve at the chosen LR is wild
+    (1.0 at steps 10 and 20): the figure draws seeds 1-3, as the tables report, and says that
+    it left the tuning seed out; AdamW, with one LR, still tuned nothing but reports seeds 1-3
+    too (the sweep tuned)."""
+    study(tmp_path)
+    runs = load_runs(tmp_path, "bud")
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, figures, stem: figs.append(fig) or [stem])
+    plots.loss_vs_step(runs, load_curves(runs), tmp_path, "bud")
+    full = figs[-1].axes[0]
+    lines = {ln.get_label().split(" ")[0]: ln for ln in full.get_lines()}
+    expected = np.mean([method_losses(s) for s in (1, 2, 3)], axis=0)
+    np.testing.assert_allclose(lines["lora/riemannian_adam"].get_ydata(), expected, atol=1e-12)
+    assert "3 seeds" in lines["lora/riemannian_adam"].get_label()
+    assert "3 seeds" in lines["lora/adamw"].get_label()
+    notes = [t.get_text() for t in figs[-1].texts]
+    assert any("2 on the tuning seed (0) at the chosen ones" in t for t in notes)
