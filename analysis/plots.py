@@ -3,10 +3,10 @@
 Each figure is a function ``(runs, curves, figures, sweep, **options) -> list[Path]`` registered
 in ``FIGURES`` with ``@figure("name")``; it writes ``<figures>/<sweep>_<name>.png`` and ``.pdf`` and
 returns the paths, or returns [] when the sweep has nothing to show for it. Curves are drawn at
-each method's tuned hyperparameters over the seeds its table row reports (`reported_runs`: the
-tuning seeds left out where the sweep tuned; mean over seeds and min-max band, the median for
-condition numbers); a diverged or failed run is drawn dashed up to its last logged point and
-marked there with an x, never dropped. The loss
+each method's tuned hyperparameters over the seeds its table row reports (`chosen_runs`, once
+per sweep: the tuning seeds left out where the sweep tuned; mean over seeds and min-max band,
+the median for condition numbers); a diverged or failed run is drawn dashed up to its last
+logged point and marked there with an x, never dropped. The loss
 figures have a second panel zoomed on the late phase (the last half of the x range) and their
 legend below the panels. Where a study splits its methods into table rows (`study.rows`:
 balora_rank's r, riemannian_attention's LR schedule), every per-step figure draws each row in
@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import patches, ticker, transforms  # noqa: E402
 
+from analysis.markdown import interval  # noqa: E402
 from analysis.records import BAD_STATUSES, lm_runs  # noqa: E402
-from analysis.tuning import best_config, best_runs, config_label, reported_runs, split_rows  # noqa: E402
+from analysis.tuning import best_config, chosen_runs, split_rows  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -46,10 +47,12 @@ def figure(name: str):
 
 def draw_sweep(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path, sweep: str,
                **options) -> list[Path]:
-    """Every registered figure of one sweep; the paths written."""
+    """Every registered figure of one sweep; the paths written. The runs each figure draws
+    (`chosen_runs`: every method's chosen config) are chosen once, for all of them."""
     written = []
+    chosen = chosen_runs(runs)
     for fn in FIGURES.values():
-        written += fn(runs, curves, Path(figures), sweep, **options)
+        written += fn(runs, curves, Path(figures), sweep, chosen=chosen, **options)
     return written
 
 
@@ -182,7 +185,7 @@ def row_panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
             for row in sorted(lm["row"].unique(), key=_row_key)]
 
 
-def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
+def _loss_figure(runs, curves, figures, sweep, x, logy=False, chosen=None, **_):
     """Two panels: the whole run, and the late phase (the last LATE of the x range) zoomed on
     the curves there; the legend outside the curves (below both, or right of each row's pair
     where the study splits its methods into table rows: a pair of panels per row)."""
@@ -192,7 +195,9 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
         return []
     metric = loss_metric(curves)
     panels = row_panels(lm)
-    reported = set(reported_runs(lm)["run_id"])
+    chosen = chosen_runs(lm) if chosen is None else chosen
+    reported = set(chosen.loc[chosen["reported"], "run_id"])
+    config = dict(zip(chosen["run_id"], chosen["config"]))
     colors = method_colors(lm["method"].unique())
     if len(panels) == 1:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]},
@@ -206,11 +211,10 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
         shown = rows_lm[rows_lm["run_id"].isin(reported)]
         shown_all.append(shown)
         unplaced, drawn = [], []
-        for method, group in shown.groupby("method", sort=True):
+        for _, group in shown.groupby("method", sort=True):
             base = group["base"].iloc[0]
-            chosen = best_config(rows_lm[rows_lm["method"] == method])
             good = group[~group["status"].isin(BAD_STATUSES)]
-            hyper = config_label(chosen["keys"], chosen["values"].values())
+            hyper = config[group["run_id"].iloc[0]]
             label = f"{base} ({hyper + '; ' if hyper else ''}{len(good)} seeds)"
             if len(good):
                 xs, values = _xy(curves, good["run_id"], metric, x)
@@ -259,17 +263,17 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, **_):
         fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0),
                    ncol=ncol, frameon=False)
         rows_below = -(-len(handles) // ncol)
-    _footnote(fig, lm, pd.concat(shown_all), sweep, below=rows_below)
+    _footnote(fig, lm, pd.concat(shown_all), chosen, sweep, below=rows_below)
     return save(fig, figures, f"{sweep}_loss_vs_{'step' if x == 'step' else 'time'}")
 
 
-def _footnote(fig, lm, shown, sweep, below: int = 0):
+def _footnote(fig, lm, shown, chosen, sweep, below: int = 0):
     """A line under the figure (``below``: legend rows above it) on the runs not drawn: at other
-    hyperparameters, or on the tuning seeds at the chosen ones (`reported_runs`)."""
+    hyperparameters, or on the tuning seeds at the `chosen` ones (`chosen_runs`)."""
     others = lm[~lm["run_id"].isin(shown["run_id"])]
     if others.empty:
         return
-    tuning = others["run_id"].isin(best_runs(lm)["run_id"])
+    tuning = others["run_id"].isin(chosen["run_id"])
     bad = others.loc[~tuning, "status"].isin(BAD_STATUSES).sum()
     seeds = ", ".join(str(int(s)) for s in sorted(others.loc[tuning, "seed"].unique()))
     fig.text(0.01, -0.02 - 0.04 * below, f"not shown: {int((~tuning).sum())} runs at other "
@@ -290,12 +294,13 @@ def loss_vs_time(runs, curves, figures, sweep, **options):
 
 
 @figure("steps_to_target")
-def steps_to_target(runs, curves, figures, sweep, **_):
+def steps_to_target(runs, curves, figures, sweep, chosen=None, **_):
     """Bar per method: mean steps to the target eval loss over the seeds that reached it."""
     lm = split_rows(lm_runs(runs))  # with study.rows: a bar per table row ("lora/adamw r=4")
     if lm.empty or lm["steps_to_target"].isna().all():
         return []
-    shown = reported_runs(lm)
+    chosen = chosen_runs(lm) if chosen is None else chosen
+    shown = chosen[chosen["reported"]]
     colors = method_colors(lm["method"].unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * shown["method"].nunique() + 2), 4))
     for i, (method, group) in enumerate(shown.groupby("method", sort=True)):
@@ -318,7 +323,8 @@ def steps_to_target(runs, curves, figures, sweep, **_):
     return save(fig, figures, f"{sweep}_steps_to_target")
 
 
-def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="mean"):
+def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="mean",
+                    chosen=None):
     """One panel of `metric` against step at each method's tuned hyperparameters (`center`:
     the mean or median over seeds, with the min-max band; legend outside the curves), or one per
     table row where the study splits its methods into rows (`row_panels`: balora_rank's r = 4
@@ -328,7 +334,8 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="
     if curves.empty:
         return []
     panels = [(row, g) for row, g in row_panels(lm) if curves["run_id"].isin(g["run_id"]).any()]
-    reported = set(reported_runs(lm)["run_id"])
+    chosen = chosen_runs(lm) if chosen is None else chosen
+    reported = set(chosen.loc[chosen["reported"], "run_id"])
     colors = method_colors(lm["method"].unique())
     cols = min(3, len(panels))
     nrows = -(-len(panels) // cols)
@@ -373,27 +380,29 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="
 
 
 @figure("kappa_vs_step")
-def kappa_vs_step(runs, curves, figures, sweep, **_):
+def kappa_vs_step(runs, curves, figures, sweep, chosen=None, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "cond/kappa", "kappa_vs_step",
-                           "condition number kappa", center="median")  # as the tables
+                           "condition number kappa", center="median", chosen=chosen)  # as tables
 
 
 @figure("kappa_gn_vs_step")
-def kappa_gn_vs_step(runs, curves, figures, sweep, **_):
+def kappa_gn_vs_step(runs, curves, figures, sweep, chosen=None, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "cond/gn/kappa", "kappa_gn_vs_step",
-                           "Gauss-Newton condition number (Lanczos estimate)", center="median")
+                           "Gauss-Newton condition number (Lanczos estimate)", center="median",
+                           chosen=chosen)
 
 
 @figure("sharpness_vs_step")
-def sharpness_vs_step(runs, curves, figures, sweep, **_):
+def sharpness_vs_step(runs, curves, figures, sweep, chosen=None, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "sharpness/lambda_max",
-                           "sharpness_vs_step", "sharpness (largest Hessian eigenvalue)")
+                           "sharpness_vs_step", "sharpness (largest Hessian eigenvalue)",
+                           chosen=chosen)
 
 
 @figure("balora_gap_vs_step")
-def balora_gap_vs_step(runs, curves, figures, sweep, **_):
+def balora_gap_vs_step(runs, curves, figures, sweep, chosen=None, **_):
     return _metric_vs_step(runs, curves, figures, sweep, "balora/gap", "balora_gap_vs_step",
-                           "balance gap ||B^T B - A A^T||_F")
+                           "balance gap ||B^T B - A A^T||_F", chosen=chosen)
 
 
 @figure("lr_scale_heatmap")
@@ -523,8 +532,7 @@ def source_levels(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame)
         d = deltas.get(row.method, pd.DataFrame())
         last = d[d["n"] >= 2].iloc[-1] if len(d) and (d["n"] >= 2).any() else None
         vs = ("baseline" if row.method == row.baseline else "" if last is None else
-              "{:+.3f} [{:+.3f}, {:+.3f}]".format(*(round(last[k], 3) + 0.0
-                                                     for k in ("mean", "low", "high"))))
+              interval(last["mean"], last["low"], last["high"]))
         rows.append({"method": row.method, "baseline": row.baseline, "seeds": v.shape[1],
                      "first step": f"{int(v.index[0])}: {v.iloc[0].mean():.3f}",
                      "last step": f"{int(v.index[-1])}: {v.iloc[-1].mean():.3f}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.markdown import markdown_table
+from analysis.markdown import interval, markdown_table
 from analysis.records import lm_runs
 from analysis.tuning import best_runs, config_keys, config_label
 
@@ -100,9 +100,8 @@ def budget_table(deltas: dict[str, pd.DataFrame], baselines: pd.Series) -> pd.Da
         for fraction in BUDGET_FRACTIONS:
             step = d.index[abs(steps - fraction * steps.max()).argmin()]
             at = d.loc[step]
-            low, mean, high = (round(at[k], 3) + 0.0 for k in ("low", "mean", "high"))  # no -0
-            row[f"{fraction:.0%} of steps"] = (f"step {int(step)}: {mean:+.3f} "
-                                               f"[{low:+.3f}, {high:+.3f}]")
+            row[f"{fraction:.0%} of steps"] = (f"step {int(step)}: "
+                                               + interval(at["mean"], at["low"], at["high"]))
         final = d.iloc[-1]
         side = 1 if final["low"] > 0 else -1 if final["high"] < 0 else 0
         since = ""

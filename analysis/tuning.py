@@ -320,8 +320,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None,
         raise ArgumentError(f"baseline {baseline!r} is not a method of these runs; "
                          f"methods: {', '.join(best)}")
     loss_key = reported_loss(df)
-    # An untuned table (one config per method, e.g. the default sweep) has no tuning seed.
-    left_out = sorted(tuning_seeds) if any(c["n_configs"] > 1 for c in best.values()) else []
+    left_out = left_out_seeds(best, tuning_seeds)
     losses = chosen_losses(df, best, left_out)
     rows = []
     for method, chosen in best.items():
@@ -439,29 +438,45 @@ def _table_row(method, chosen, losses: pd.Series, base, methods) -> dict:
     return row
 
 
+def _sweep_choices(df: pd.DataFrame):
+    """Per sweep: its LM runs, each method named per table row (`split_rows`), and each
+    method's chosen config (`best_config`)."""
+    for _, sweep in split_rows(lm_runs(df)).groupby("sweep", sort=True):
+        yield sweep, {m: best_config(runs) for m, runs in sweep.groupby("method", sort=True)}
+
+
+def left_out_seeds(best: dict[str, dict], tuning_seeds) -> list[int]:
+    """The tuning seeds a table leaves out of its report, given each method's `best_config`:
+    all of them where some method tried more than one config; none where nothing was tuned
+    (one config per method, e.g. the default sweep)."""
+    return sorted(tuning_seeds) if any(c["n_configs"] > 1 for c in best.values()) else []
+
+
 def best_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The runs (all seeds, any status) of each method's chosen config; with study.rows, of each
     table row's (`split_rows`: "lora/adamw r=4" and "lora/adamw r=8" are chosen apart)."""
-    chosen = []
-    for _, runs in split_rows(lm_runs(df)).groupby(["sweep", "method"], sort=True):
-        chosen.extend(best_config(runs)["run_ids"])
+    chosen = [run_id for _, best in _sweep_choices(df) for c in best.values()
+              for run_id in c["run_ids"]]
     return df[df["run_id"].isin(chosen)]
 
 
-def reported_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The runs the figures draw: `best_runs`, less the runs on the tuning seeds
-    (`declared_tuning_seeds`) where the sweep tuned anything (as `tuned_table` leaves them out)
-    and the chosen configuration has runs on other seeds: the seeds the tables report."""
-    kept = []
-    for _, sweep in split_rows(lm_runs(df)).groupby("sweep", sort=True):
-        best = [best_config(runs) for _, runs in sweep.groupby("method", sort=True)]
-        tuning = (set(declared_tuning_seeds(sweep)) if any(b["n_configs"] > 1 for b in best)
-                  else set())
-        for chosen in best:
+def chosen_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The runs of `best_runs`, methods named per table row, with what the figures need:
+    `reported`, False on the seeds the tables leave out (`left_out_seeds` of
+    `declared_tuning_seeds`) where the config has runs on other seeds, and `config`, the
+    chosen config's label (`config_label`)."""
+    parts = []
+    for sweep, best in _sweep_choices(df):
+        left_out = left_out_seeds(best, declared_tuning_seeds(sweep))
+        for chosen in best.values():
             runs = sweep[sweep["run_id"].isin(chosen["run_ids"])]
-            reporting = runs[~runs["seed"].isin(tuning)]
-            kept.extend((reporting if len(reporting) else runs)["run_id"])
-    return df[df["run_id"].isin(kept)]
+            reported = ~runs["seed"].isin(left_out)
+            parts.append(runs.assign(
+                reported=reported if reported.any() else True,
+                config=config_label(chosen["keys"], chosen["values"].values())))
+    if not parts:
+        return df.iloc[:0].assign(reported=pd.Series(dtype=bool), config=pd.Series(dtype=str))
+    return pd.concat(parts)
 
 
 def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str = ""
