@@ -1,4 +1,5 @@
-"""Run records -> tables and figures. Reads run records (or W&B) only; never imports `bench`.
+"""Run records -> tables and figures. Reads run records (or W&B) only: of bench, only the record
+contract `bench.record`.
 
     from analysis import load_runs, load_curves, tuned_table
     runs = load_runs("runs", sweep="default")
@@ -15,15 +16,18 @@ from analysis.records import (
     load_curves,
     load_runs,
 )
-from analysis.tuning import best_runs, tuned_table
+from analysis.selection import Selection, select, select_sweep
+from analysis.tables import tuned_table
 
 __all__ = [
     "AnalysisError",
     "IncompatibleRunsError",
     "NoRunsError",
-    "best_runs",
+    "Selection",
     "check_compatible",
     "load_curves",
     "load_runs",
+    "select",
+    "select_sweep",
     "tuned_table",
 ]

@@ -76,10 +76,10 @@ def run(args: dict) -> list[str]:
 
     from analysis.plots import delta_vs_step, draw_sweep, loss_vs_rows
     from analysis.report import write_report
-    from analysis.tables import curvature_cost, write_summary
+    from analysis.selection import select_sweep
+    from analysis.tables import curvature_cost, tuned_table, write_summary, write_tuned
     from analysis.toy import toy_figures
     from analysis.trend import write_trend
-    from analysis.tuning import tuned_table, write_tuned
 
     baseline = args["baseline"]
     if baseline and baseline not in set(runs["method"]):
@@ -88,8 +88,9 @@ def run(args: dict) -> list[str]:
     written, results = [], []
     for sweep, sweep_runs in runs.groupby("sweep", sort=True):
         sweep_curves = curves[curves["sweep"] == sweep]
-        files, table = [], None
+        files, table, selection = [], None, None
         if not lm_runs(sweep_runs).empty:
+            selection = select_sweep(sweep_runs)  # each method's choice, for every output
             own = baseline if baseline in set(sweep_runs["method"]) else None
             if not baseline:  # the study's baseline, as its records state it
                 declared = declared_baseline(sweep_runs)
@@ -100,14 +101,15 @@ def run(args: dict) -> list[str]:
             if baseline and own is None:
                 print(f"note: {sweep}: baseline {baseline} not in this sweep, using the default",
                       file=sys.stderr)
-            table = tuned_table(sweep_runs, baseline=own)
+            table = tuned_table(sweep_runs, baseline=own, selection=selection)
             files += write_tuned(table, args["figures"], sweep,
                                  curvature_cost(sweep_runs, sweep_curves))
-            files += write_summary(sweep_runs, args["figures"], sweep)
-        files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, logy=args["logy"])
-        files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table)
-        files += loss_vs_rows(table, args["figures"], sweep)
-        files += write_trend(sweep_runs, table, args["figures"], sweep)
+            files += write_summary(sweep_runs, args["figures"], sweep, selection)
+        files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, selection,
+                            logy=args["logy"])
+        files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table, selection)
+        files += loss_vs_rows(table, args["figures"], sweep, selection)
+        files += write_trend(table, selection, args["figures"], sweep)
         if args["source"] == "local":  # the toy's per-init arrays live in toy.json files
             files += toy_figures(Path(args["runs"]) / str(sweep), Path(args["figures"]))
         results.append({"sweep": sweep, "tuned": table, "files": files})

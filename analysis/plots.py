@@ -29,9 +29,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import patches, ticker, transforms  # noqa: E402
 
-from analysis.markdown import interval  # noqa: E402
-from analysis.records import BAD_STATUSES, lm_runs  # noqa: E402
-from analysis.tuning import best_config, chosen_runs, split_rows  # noqa: E402
+from analysis.records import BAD_STATUSES, lm_runs, pivot  # noqa: E402
+from analysis.selection import Selection, select_sweep, split_rows  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -46,11 +45,11 @@ def figure(name: str):
 
 
 def draw_sweep(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path, sweep: str,
-               **options) -> list[Path]:
+               selection: Selection | None = None, **options) -> list[Path]:
     """Every registered figure of one sweep; the paths written. The runs each figure draws
-    (`chosen_runs`: every method's chosen config) are chosen once, for all of them."""
+    (every method's chosen configuration, analysis.selection) are chosen once, for all."""
     written = []
-    chosen = chosen_runs(runs)
+    chosen = (selection if selection is not None else select_sweep(runs)).chosen_runs()
     for fn in FIGURES.values():
         written += fn(runs, curves, Path(figures), sweep, chosen=chosen, **options)
     return written
@@ -68,13 +67,6 @@ def save(fig, figures: Path, stem: str) -> list[Path]:
 def method_colors(methods) -> dict[str, tuple]:
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
     return {m: cmap(i % cmap.N) for i, m in enumerate(sorted(methods))}
-
-
-def pivot(curves: pd.DataFrame, run_ids, metric: str, column: str = "value") -> pd.DataFrame:
-    """(step x run) table of one metric's ``column`` (value, wall_s or tokens)."""
-    rows = curves[(curves["metric"] == metric) & curves["run_id"].isin(list(run_ids))]
-    rows = rows.drop_duplicates(["run_id", "step"], keep="last")
-    return rows.pivot(index="step", columns="run_id", values=column).sort_index()
 
 
 def loss_metric(curves: pd.DataFrame) -> str:
@@ -195,7 +187,7 @@ def _loss_figure(runs, curves, figures, sweep, x, logy=False, chosen=None, **_):
         return []
     metric = loss_metric(curves)
     panels = row_panels(lm)
-    chosen = chosen_runs(lm) if chosen is None else chosen
+    chosen = select_sweep(lm).chosen_runs() if chosen is None else chosen
     reported = set(chosen.loc[chosen["reported"], "run_id"])
     config = dict(zip(chosen["run_id"], chosen["config"]))
     colors = method_colors(lm["method"].unique())
@@ -299,7 +291,7 @@ def steps_to_target(runs, curves, figures, sweep, chosen=None, **_):
     lm = split_rows(lm_runs(runs))  # with study.rows: a bar per table row ("lora/adamw r=4")
     if lm.empty or lm["steps_to_target"].isna().all():
         return []
-    chosen = chosen_runs(lm) if chosen is None else chosen
+    chosen = select_sweep(lm).chosen_runs() if chosen is None else chosen
     shown = chosen[chosen["reported"]]
     colors = method_colors(lm["method"].unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * shown["method"].nunique() + 2), 4))
@@ -334,7 +326,7 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="
     if curves.empty:
         return []
     panels = [(row, g) for row, g in row_panels(lm) if curves["run_id"].isin(g["run_id"]).any()]
-    chosen = chosen_runs(lm) if chosen is None else chosen
+    chosen = select_sweep(lm).chosen_runs() if chosen is None else chosen
     reported = set(chosen.loc[chosen["reported"], "run_id"])
     colors = method_colors(lm["method"].unique())
     cols = min(3, len(panels))
@@ -451,97 +443,8 @@ def lr_scale_heatmap(runs, curves, figures, sweep, **_):
 
 
 # ------------------------------------------------------------ paired difference vs step (budget)
-def _reported_seeds(cell: str) -> list[int]:
-    """The seeds of a tuned-table row ("1, 2 (diverged)" -> [1, 2])."""
-    return [int(s.split(" ")[0]) for s in str(cell).split(", ") if s.strip()]
-
-
-def _seed_curves(runs: pd.DataFrame, curves: pd.DataFrame, run_ids, seeds, metric) -> pd.DataFrame:
-    """(step x seed) metric of these runs at these seeds; a seed recorded twice: the mean."""
-    chosen = runs[runs["run_id"].isin(list(run_ids))]
-    seed = (chosen["seed"].fillna(0) if "seed" in chosen else pd.Series(0, index=chosen.index))
-    chosen = chosen[seed.astype(int).isin(list(seeds))]
-    values = pivot(curves, chosen["run_id"], metric)
-    by_seed = dict(zip(chosen["run_id"], seed.loc[chosen.index].astype(int)))
-    values = values.T.groupby(values.columns.map(by_seed)).mean().T
-    return values.reindex(columns=sorted(set(values.columns)))
-
-
-def paired_deltas(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame,
-                  metric: str | None = None) -> dict[str, pd.DataFrame]:
-    """Per compared method of a tuned table (analysis.tuning.tuned_table), its paired
-    difference to its baseline at each evaluated step, over the seeds the row reports.
-
-    At step t, over the seeds s both arms evaluated there with a finite loss (n_t of them):
-    d_s(t) = loss_method(s, t) - loss_baseline(s, t); mean = mean_s d_s(t), and for n_t >= 2 the
-    95% t interval [low, high] of analysis.verdict.paired_t (n_t - 1 degrees of freedom), NaN
-    for n_t < 2. Method and baseline runs are each method's selected configuration, the same as
-    the table's. Returns {method: DataFrame(index=step; mean, low, high, n)}.
-    """
-    from analysis.verdict import paired_t
-
-    lm = split_rows(lm_runs(runs))  # the table's method names (with study.rows: per row)
-    metric = metric or loss_metric(curves)
-    out = {}
-    compared = table[table["test"].fillna("").ne("")] if "test" in table else table.iloc[:0]
-    for row in compared.itertuples():
-        base = table[table["method"] == row.baseline]
-        if base.empty:
-            continue
-        method_ids = best_config(lm[lm["method"] == row.method])["run_ids"]
-        base_ids = best_config(lm[lm["method"] == row.baseline])["run_ids"]
-        m = _seed_curves(lm, curves, method_ids, _reported_seeds(row.seeds), metric)
-        b = _seed_curves(lm, curves, base_ids, _reported_seeds(base["seeds"].iloc[0]), metric)
-        shared = m.columns.intersection(b.columns)
-        steps = m.index.intersection(b.index)
-        d = m.loc[steps, shared] - b.loc[steps, shared]  # (steps, seeds) paired differences
-        d = d.where(np.isfinite(d))
-        rows = []
-        for step, values in d.iterrows():
-            v = values.dropna().to_numpy(dtype=float)  # (n_t,) the seeds both arms have at t
-            if not len(v):
-                continue
-            test = paired_t(v)
-            rows.append({"step": step, "mean": float(v.mean()), "low": float(test.low),
-                         "high": float(test.high), "n": len(v)})
-        out[row.method] = pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n"]
-                                       ).set_index("step")
-    return out
-
-
-SOURCE_METRIC = "eval/loss_source"  # fine-tuning runs also evaluate the pretraining domain
-
-
-def source_levels(runs: pd.DataFrame, curves: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """Forgetting: per method of a tuned table, its pretraining domain's validation loss
-    (`SOURCE_METRIC`, which fine-tuning runs log at every evaluation) at its selected
-    configuration, the mean over the seeds its row reports at its first and last evaluated step,
-    and for a compared method its paired difference to the baseline at that last step, "mean
-    [95% t interval]" (`paired_deltas`, n - 1 df). Empty where no run logged the metric."""
-    if not (curves["metric"] == SOURCE_METRIC).any():
-        return pd.DataFrame()
-    lm = split_rows(lm_runs(runs))
-    deltas = paired_deltas(runs, curves, table, SOURCE_METRIC)
-    rows = []
-    for row in table[table["seeds"].fillna("").ne("")].itertuples():
-        ids = best_config(lm[lm["method"] == row.method])["run_ids"]
-        v = _seed_curves(lm, curves, ids, _reported_seeds(row.seeds), SOURCE_METRIC).dropna(
-            how="all")  # (steps, seeds)
-        if v.empty:
-            continue
-        d = deltas.get(row.method, pd.DataFrame())
-        last = d[d["n"] >= 2].iloc[-1] if len(d) and (d["n"] >= 2).any() else None
-        vs = ("baseline" if row.method == row.baseline else "" if last is None else
-              interval(last["mean"], last["low"], last["high"]))
-        rows.append({"method": row.method, "baseline": row.baseline, "seeds": v.shape[1],
-                     "first step": f"{int(v.index[0])}: {v.iloc[0].mean():.3f}",
-                     "last step": f"{int(v.index[-1])}: {v.iloc[-1].mean():.3f}",
-                     "- baseline at the last step [95% t CI]": vs})
-    return pd.DataFrame(rows)
-
-
 def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path, sweep: str,
-                  table: pd.DataFrame | None) -> list[Path]:
+                  table: pd.DataFrame | None, selection: Selection | None = None) -> list[Path]:
     """``<sweep>_delta_vs_step``: each method's paired difference to its baseline (method -
     baseline eval loss, paired by seed, over the seeds its tuned-table row reports) against
     step, with its 95% t interval band and a zero line; with < 2 paired seeds at a step only the
@@ -552,15 +455,18 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     curves = curves[curves["run_id"].isin(lm_runs(runs)["run_id"])]
     if curves.empty:
         return []
+    from analysis.tables import compared, source_levels, write_budget
+    from analysis.verdict import paired_deltas
+
     metric = loss_metric(curves)
-    deltas = {m: d for m, d in paired_deltas(runs, curves, table, metric).items() if not d.empty}
+    selection = selection if selection is not None else select_sweep(runs)
+    deltas = {m: d for m, d in paired_deltas(selection, curves, compared(table), metric).items()
+              if not d.empty}
     if not deltas:
         return []
-    from analysis.tables import write_budget
-
     written = write_budget(deltas, table, metric, figures, sweep,
-                           source_levels(runs, curves, table))
-    colors = method_colors(split_rows(lm_runs(runs))["method"].unique())
+                           source_levels(selection, curves, table))
+    colors = method_colors(selection.runs["method"].unique())
     baselines = table.set_index("method")["baseline"]
     # One panel per method (shared y): ten overlapping bands are unreadable on one axis.
     cols = min(3, len(deltas))
@@ -612,22 +518,22 @@ def delta_vs_step(runs: pd.DataFrame, curves: pd.DataFrame, figures: str | Path,
     return save(fig, Path(figures), f"{sweep}_delta_vs_step") + written
 
 
-def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str) -> list[Path]:
+def loss_vs_rows(table: pd.DataFrame | None, figures: str | Path, sweep: str,
+                 selection: Selection | None = None) -> list[Path]:
     """``<sweep>_loss_vs_<key>``: for a table split by a numeric `study.rows` (balora_rank: r), each
     method's reported loss at its tuned hyperparameters against the row key's value, the mean
     over the reported seeds with its 95% t interval (analysis.verdict.mean_t). [] for a table
-    without rows."""
+    without numeric rows."""
     from analysis.verdict import mean_t
 
-    if table is None or "row" not in table:
+    axis = selection.row_axis() if selection is not None else None
+    if table is None or "row" not in table or axis is None:
         return []
+    key, xs = axis
     rows = table[table["row"].notna() & table["row"].ne("")]
-    x = pd.to_numeric(rows["row"].str.split("=").str[1], errors="coerce")
-    if rows.empty or x.isna().any():  # rows by a name (trainer.lr_schedule): no axis to draw
+    if rows.empty:
         return []
-    key = rows["row"].iloc[0].split("=")[0]
-    rows = rows.assign(x=x,
-                       base=[m[: -len(r) - 1] for m, r in zip(rows["method"], rows["row"])])
+    rows = rows.assign(x=rows["method"].map(xs), base=rows["method"].map(selection.base))
     colors = method_colors(rows["base"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for base, group in rows.groupby("base", sort=True):

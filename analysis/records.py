@@ -1,9 +1,9 @@
 """Run records -> pandas.
 
-A run record (DESIGN.md §3) is a folder ``<runs>/<sweep>/<run-id>/`` holding ``config.yaml``,
-``metrics.jsonl`` and, once the run has ended, ``summary.json``. ``load_runs`` gives one row per
-run (config flattened to dotted column names, plus the summary), ``load_curves`` the logged
-metrics as a tidy long table. Nothing here imports the training code.
+A run record (bench/record.py, the one contract: its files, keys and reader) is a folder
+``<runs>/<sweep>/<run-id>/``. ``load_runs`` gives one row per run (config flattened to dotted
+column names, plus the summary), ``load_curves`` the logged metrics as a tidy long table. Of
+bench, analysis imports bench.record only: never the training code.
 """
 
 from __future__ import annotations
@@ -14,40 +14,22 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-SUMMARY_KEYS = (
-    "status",
-    "final_eval_loss",
-    "final_test_loss",  # with a test split (bench data.test_fraction > 0): what tables report
-    "best_eval_loss",
-    "steps",
-    "steps_to_target",
-    "tokens_to_target",
-    "seconds_to_target",
-    "target_loss",  # the target those were measured against (analysis/targets.py resolves it)
-    "tokens_per_s",
-    "peak_mem_mb",
-    "error",
-    "diverged_step",
-    "trainable_params",
-    "wall_s",  # the run's wall clock, curvature estimates left out, final evaluations counted
-    # the last Hessian estimate of a run that measured one (bench.train.FINAL_MEASUREMENTS)
-    "final_cond/kappa",
-    "final_cond/lambda_min_h",
-    "final_sharpness/lambda_max",
-    "final_cond/gn/kappa",
-    "final_cond/gn/lambda_min_h",
-    "final_cond/gn/lambda_max",
+from bench.record import (
+    BAD_STATUSES,
+    CURVE_INDEX,
+    METRICS_FILE,
+    SUMMARY_KEYS,
+    Record,
+    finite,
+    is_record,
+    read_record,
+    read_rows,
 )
+
+__all__ = ["BAD_STATUSES", "CURVE_INDEX", "SUMMARY_KEYS"]
 # A run whose summary.json is missing was killed (or is still going) before writing it.
 INCOMPLETE = "incomplete"
-# The method of a record whose config.yaml is missing or torn (bench.run wrote one first).
-UNKNOWN_METHOD = "unknown"
-# The files of a run record: a folder holding any of them is a record (bench/tracking/record.py).
-RECORD_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt")
-BAD_STATUSES = ("diverged", "failed")
-CURVE_INDEX = ("step", "tokens", "wall_s")
 
 # Keys that may differ between the methods of one sweep: the attention geometry is a method.
 _COMPAT_PREFIXES = ("model.", "data.")
@@ -86,85 +68,37 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def derive_method(row: dict) -> str:
-    """The method name when the record does not state it (`meta.method`), named as the
-    training code names it: adapter/optimizer[/<attention geometry>[+block][+<retraction>]]
-    [/lora:<adapter geometry>]. A key the record lacks takes its default (euclidean, svd)."""
-    parts = [row.get("adapter.name") or "full", row.get("optimizer.name") or "adamw"]
-    geometry = row.get("model.attention.geometry") or "euclidean"
-    if geometry != "euclidean":
-        retraction = row.get("model.attention.retraction") or "svd"
-        parts.append(geometry + ("+block" if row.get("model.attention.block") is True else "")
-                     + ("+" + retraction if retraction != "svd" else ""))
-    adapter_geometry = row.get("adapter.geometry") or "euclidean"
-    if adapter_geometry != "euclidean":
-        parts.append("lora:" + adapter_geometry)
-    return "/".join(parts)
+def unusable(record: Record) -> str | None:
+    """Why analysis cannot use a record (None when it can): a config.yaml that cannot be read,
+    a seed that is not an integer, a summary number that is not a finite number."""
+    if not record.config:
+        return record.problems[0] if record.problems else "config.yaml is empty"
+    seed = record.config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"{record.dir / 'config.yaml'}: seed={seed!r} is not an integer"
+    for key in SUMMARY_KEYS:
+        value = (record.summary or {}).get(key)
+        if key not in ("status", "error") and value is not None and not finite(value):
+            return f"{record.dir / 'summary.json'}: {key}={value!r} is not a finite number"
+    return None
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def record_row(record: Record) -> dict:
+    """One readable run record -> one flat row (config columns, summary columns, run_dir,
+    method); a summary that cannot be read makes the run `incomplete` (warned)."""
+    for problem in record.problems:
+        warnings.warn(f"{problem}: the run is shown as {INCOMPLETE}", stacklevel=2)
+    return make_row(record.config, record.summary, str(record.dir), record.run_id,
+                    record.sweep, record.method)
 
 
-def record_row(run_dir: Path) -> dict:
-    """One run record -> one flat row (config columns, summary columns, run_dir, method).
-
-    A torn record is shown, never dropped: a config.yaml that is missing or does not parse
-    gives a row of status `incomplete` and method `unknown` (what the run computed is not
-    known), a summary.json that does not parse or a metrics.jsonl whose last line is torn gives
-    status `incomplete`; each is warned."""
-    run_dir = Path(run_dir)
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        problem = None if isinstance(config, dict) else "is empty or not a mapping"
-    except FileNotFoundError:
-        config, problem = None, "is missing"
-    except (OSError, yaml.YAMLError) as e:
-        config, problem = None, f"does not parse ({type(e).__name__})"
-    summary = _read_json(run_dir / "summary.json")
-    if (run_dir / "summary.json").exists() and not isinstance(summary, dict):
-        warnings.warn(f"{run_dir / 'summary.json'} does not parse: the run is shown as "
-                      f"{INCOMPLETE}", stacklevel=2)
-        summary = None
-    if _torn_tail(run_dir / "metrics.jsonl"):
-        warnings.warn(f"{run_dir / 'metrics.jsonl'} ends in a line that does not parse (a run "
-                      f"killed mid-write): the line is skipped and the run shown as {INCOMPLETE}",
-                      stacklevel=2)
-        summary = None
-    if problem is not None:
-        warnings.warn(f"{run_dir / 'config.yaml'} {problem}: the run is shown as {INCOMPLETE}, "
-                      f"method {UNKNOWN_METHOD!r}", stacklevel=2)
-        row = make_row({}, None, str(run_dir), run_dir.name, run_dir.parent.name)
-        row["method"] = UNKNOWN_METHOD
-        return row
-    return make_row(config, summary, str(run_dir), run_dir.name, run_dir.parent.name)
-
-
-def _torn_tail(path: Path) -> bool:
-    """Whether the last line of a JSON-lines file does not parse (reads its last 64 KiB only)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 65536))
-            tail = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return False
-    lines = [line for line in tail.splitlines() if line.strip()]
-    if not lines:
-        return False
-    try:
-        json.loads(lines[-1])
-    except ValueError:
-        return True
-    return False
-
-
-def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, sweep: str) -> dict:
+def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, sweep: str,
+             method: str | None = None) -> dict:
     """A resolved config and a summary (None: the run never wrote one) -> one flat row."""
     row = flatten(config)
+    overrides = (config.get("meta") or {}).get("overrides")
+    if isinstance(overrides, list):  # the launch's command line, kept whole (a study's stages)
+        row["meta.overrides"] = [str(o) for o in overrides]
     summary = summary if summary is not None else {"status": INCOMPLETE}
     for key in SUMMARY_KEYS:
         row[key] = summary.get(key)
@@ -173,35 +107,13 @@ def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, swee
     row["run_id"] = row.get("meta.run_id") or run_id
     row["sweep"] = row.get("sweep") or sweep
     row["task"] = row.get("task") or "lm"
-    row["method"] = row.get("meta.method") or derive_method(row)
+    row["method"] = method or row.get("meta.method")
     return row
 
 
-def fill_absent_keys(rows: list[dict]) -> list[dict]:
-    """Records written before a config key existed lack it. Within a sweep, a config key that
-    some rows lack and every other row gives the same value takes that value in the rows that
-    lack it, so that it does not split one configuration in two; a key whose values differ
-    stays absent. This assumes the newer runs of a sweep left a new key at the default it was
-    added with (the analysis does not read the schema); a sweep that set a new key to one
-    non-default value on every newer run is merged wrongly. The rows are not changed."""
-    filled = [dict(row) for row in rows]
-    by_sweep: dict[str, list[dict]] = {}
-    for row in filled:
-        by_sweep.setdefault(row.get("sweep"), []).append(row)
-    for group in by_sweep.values():
-        keys = {k for row in group for k in row} - set(SUMMARY_KEYS)
-        for key in sorted(k for k in keys if not k.startswith("meta.")):
-            values = [row[key] for row in group if key in row]
-            if len(values) < len(group) and all(v == values[0] for v in values):
-                for row in group:
-                    row.setdefault(key, values[0])
-    return filled
-
-
 def frame_from_rows(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> DataFrame with numeric summary columns and a stable order (`fill_absent_keys`
-    first)."""
-    df = pd.DataFrame(fill_absent_keys(rows))
+    """Rows -> DataFrame with numeric summary columns and a stable order."""
+    df = pd.DataFrame(rows)
     for key in SUMMARY_KEYS:
         if key not in df:
             df[key] = None
@@ -211,70 +123,56 @@ def frame_from_rows(rows: list[dict]) -> pd.DataFrame:
     return df.sort_values(sort, na_position="last", kind="stable").reset_index(drop=True)
 
 
-def load_runs(root: str | Path = "runs", sweep: str | None = None) -> pd.DataFrame:
-    """Every run record under ``root`` (only ``root/<sweep>`` when ``sweep`` is given)."""
+def record_dirs(root: str | Path, sweep: str | None = None) -> list[Path]:
+    """The record folders of `root/<sweep>/` (every sweep's when `sweep` is None). A record
+    folder that is a symlink to somewhere outside `root` is not followed (warned)."""
     root = Path(root)
     base = root / sweep if sweep else root
-    sweeps = [base] if sweep else sorted(p for p in base.glob("*") if _visible_dir(p))
-    run_dirs = [
-        d for s in sweeps if s.is_dir() for d in sorted(s.glob("*"))
-        if _visible_dir(d) and any((d / f).exists() for f in RECORD_FILES)
-    ] if base.is_dir() else []
-    if not run_dirs:
+    if not base.is_dir():
+        return []
+    sweeps = [base] if sweep else sorted(p for p in base.iterdir()
+                                         if p.is_dir() and not p.name.startswith("."))
+    inside = root.resolve()
+    found = []
+    for folder in sweeps:
+        for run in sorted(folder.iterdir()):
+            if not is_record(run):
+                continue
+            if run.is_symlink() and not run.resolve().is_relative_to(inside):
+                warnings.warn(f"{run}: a link to {run.resolve()}, outside {root}: skipped",
+                              stacklevel=2)
+                continue
+            found.append(run)
+    return found
+
+
+def load_runs(root: str | Path = "runs", sweep: str | None = None) -> pd.DataFrame:
+    """Every usable run record under ``root`` (only ``root/<sweep>`` when ``sweep`` is given);
+    a record analysis cannot use (`unusable`) is skipped and named in a warning."""
+    rows = []
+    for run_dir in record_dirs(root, sweep):
+        record = read_record(run_dir)
+        why = unusable(record)
+        if why is not None:
+            warnings.warn(f"skipped {run_dir}: {why}", stacklevel=2)
+            continue
+        rows.append(record_row(record))
+    if not rows:
+        base = Path(root) / sweep if sweep else Path(root)
         raise NoRunsError(
             f"no run records under {base} (expected <runs>/<sweep>/<run-id>/config.yaml); "
             "make some with `make run` or `python -m bench.run`"
         )
-    return drop_relaunches(frame_from_rows([record_row(d) for d in run_dirs]))
-
-
-def _visible_dir(path: Path) -> bool:
-    """A folder not hidden (submitit's `.submitit`, W&B's and Hydra's own are not records)."""
-    return path.is_dir() and not path.name.startswith(".")
-
-
-def drop_relaunches(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per launch: records of the same sweep with the same overrides (`meta.overrides`,
-    seed included) are the same run relaunched under a changed run id (a new config key with a
-    default changes every id); the most recently written record is kept."""
-    if "meta.overrides" not in df:
-        return df
-    key = df["meta.overrides"].map(
-        lambda o: ",".join(o) if isinstance(o, list) else (o if isinstance(o, str) and o else None))
-    written = df["run_dir"].map(
-        lambda d: (Path(d) / "config.yaml").stat().st_mtime
-        if (Path(d) / "config.yaml").exists() else 0.0)
-    df = df.assign(_launch=key, _written=written).sort_values("_written", kind="stable")
-    keep = df["_launch"].isna() | ~df.duplicated(["sweep", "_launch"], keep="last")
-    return df[keep].drop(columns=["_launch", "_written"]).sort_index()
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl lines; a line that does not parse (a killed run's last) is skipped."""
-    records = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "step" in record:
-            records.append(record)
-    return records
+    return frame_from_rows(rows)
 
 
 def curves_from_records(run_id: str, sweep: str, records: list[dict]) -> pd.DataFrame:
-    """Logged dicts of one run -> long rows (numeric metrics only)."""
+    """Logged dicts of one run -> long rows (finite numeric metrics only)."""
     rows = []
     for record in records:
         index = {k: record.get(k) for k in CURVE_INDEX}
         for metric, value in record.items():
-            if metric in CURVE_INDEX or metric.startswith("_"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if metric in CURVE_INDEX or metric.startswith("_") or not finite(value):
                 continue
             rows.append({"run_id": run_id, "sweep": sweep, **index, "metric": metric,
                          "value": float(value)})
@@ -282,11 +180,15 @@ def curves_from_records(run_id: str, sweep: str, records: list[dict]) -> pd.Data
 
 
 def load_curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Tidy table (run_id, sweep, step, tokens, wall_s, metric, value) of the runs in ``df``."""
-    parts = [
-        curves_from_records(run_id, sweep, read_metrics(Path(run_dir) / "metrics.jsonl"))
-        for run_id, sweep, run_dir in zip(df["run_id"], df["sweep"], df["run_dir"])
-    ]
+    """Tidy table (run_id, sweep, step, tokens, wall_s, metric, value) of the runs in ``df``;
+    lines of a metrics.jsonl that are not rows are left out, with a warning."""
+    parts = []
+    for run_id, sweep, run_dir in zip(df["run_id"], df["sweep"], df["run_dir"]):
+        rows, rejected = read_rows(Path(run_dir) / METRICS_FILE)
+        if rejected:
+            warnings.warn(f"{Path(run_dir) / METRICS_FILE}: {len(rejected)} line(s) that are "
+                          "not metric rows left out", stacklevel=2)
+        parts.append(curves_from_records(run_id, sweep, rows))
     parts = [p for p in parts if not p.empty]
     if not parts:
         return curves_from_records("", "", [])
@@ -294,6 +196,14 @@ def load_curves(df: pd.DataFrame) -> pd.DataFrame:
     for col in CURVE_INDEX:
         curves[col] = pd.to_numeric(curves[col], errors="coerce")
     return curves
+
+
+def pivot(curves: pd.DataFrame, run_ids, metric: str, column: str = "value") -> pd.DataFrame:
+    """(step x run) table of one metric's ``column`` (value, wall_s or tokens) of `load_curves`'
+    tidy table."""
+    rows = curves[(curves["metric"] == metric) & curves["run_id"].isin(list(run_ids))]
+    rows = rows.drop_duplicates(["run_id", "step"], keep="last")
+    return rows.pivot(index="step", columns="run_id", values=column).sort_index()
 
 
 def compat_keys(df: pd.DataFrame) -> list[str]:

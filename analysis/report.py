@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.tuning import PROTOCOL
+from analysis.tables import PROTOCOL
 from analysis.verdict import MIN_SEEDS
 
 

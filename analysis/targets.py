@@ -3,10 +3,9 @@
 A run reaches a target at the first logged row whose `eval/loss` is <= the target; its
 `steps_to_target`, `tokens_to_target` and `seconds_to_target` are that row's `step`, `tokens`
 and `wall_s` (None if it never does). A run with a numeric `metrics.target_loss` records its own
-numbers in its summary.json (bench/metrics/targets.py; `time_to_target` here is the same rule,
-re-implemented because analysis never imports bench, and tests/test_targets.py checks that they
-agree). A run with `metrics.target_loss=from_baseline` records only that setting: its target
-is the final eval loss of the sweep's `metrics.baseline` method (the best mean over seeds among
+numbers in its summary.json (bench.record.time_to_target, the one rule both sides use). A run
+with `metrics.target_loss=from_baseline` records only that setting: its target is the final
+eval loss of the sweep's `metrics.baseline` method (the best mean over seeds among
 its configurations, completed runs only; configurations differ in anything but the seed, the
 run metadata, the metrics settings and the keys that do not change a run) and is resolved here,
 from the records of the whole sweep, so that no run ever writes another run's record.
@@ -20,38 +19,19 @@ import warnings
 
 import pandas as pd
 
-from analysis.records import INCOMPLETE, SUMMARY_KEYS
-from analysis.tuning import NON_SEMANTIC
+from analysis.records import INCOMPLETE
+from bench.record import SUMMARY_KEYS, finite, semantic, time_to_target
 
-TARGET_KEYS = ("steps_to_target", "tokens_to_target", "seconds_to_target")
 FROM_BASELINE = "from_baseline"
 # Columns of the run table that do not make two baseline runs different configurations.
 _NOT_CONFIG = {*SUMMARY_KEYS, "seed", "run_dir", "run_id", "method", "task"}
 _NOT_CONFIG_PREFIXES = ("meta.", "metrics.", "hydra.", "wandb.")
 
 
-def _finite(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def time_to_target(rows: list[dict], target: float | None) -> dict:
-    """Step, tokens and seconds of the first row with eval/loss <= target (None if never)."""
-    if target is None:
-        return dict.fromkeys(TARGET_KEYS)
-    if not _finite(target):
-        raise ValueError(f"target loss must be a finite number, got {target!r}")
-    for row in rows:
-        loss = row.get("eval/loss")
-        if _finite(loss) and loss <= target:
-            return {"steps_to_target": row.get("step"), "tokens_to_target": row.get("tokens"),
-                    "seconds_to_target": row.get("wall_s")}
-    return dict.fromkeys(TARGET_KEYS)
-
-
 def _config_key(row: pd.Series) -> str:
     kept = {k: v for k, v in row.items()
             if k not in _NOT_CONFIG and not k.startswith(_NOT_CONFIG_PREFIXES)
-            and not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC)
+            and semantic(k)
             and not (pd.api.types.is_scalar(v) and pd.isna(v))}
     return json.dumps(kept, sort_keys=True, default=str)
 
@@ -62,7 +42,7 @@ def baseline_target(runs: pd.DataFrame, baseline: str) -> float | None:
     groups: dict[str, list[float]] = {}
     for _, row in runs[runs["method"] == baseline].iterrows():
         loss = row.get("final_eval_loss")
-        if row.get("status") == "completed" and _finite(loss):
+        if row.get("status") == "completed" and finite(loss):
             groups.setdefault(_config_key(row), []).append(float(loss))
     return min((sum(v) / len(v) for v in groups.values()), default=None)
 
@@ -93,7 +73,7 @@ def with_targets(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     # A numeric target is the run's own; records written before targets were resolved here
     # keep the `target_loss` their summary states, until their sweep's baseline resolves it.
     stated = runs["target_loss"] if "target_loss" in runs else [math.nan] * len(runs)
-    runs["target_loss"] = [float(t) if _finite(t) else current
+    runs["target_loss"] = [float(t) if finite(t) else current
                            for t, current in zip(own, stated, strict=True)]
     wanted = own == FROM_BASELINE
     if not wanted.any():

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 
 from analysis.markdown import markdown_table
-from analysis.records import lm_runs
+from analysis.selection import Selection
 from analysis.verdict import ALPHA, MIN_SEEDS, holm, paired_t
 
 COLUMNS = ["method", "baseline", "rows", "n", "incomplete", "diverged", "slope", "ci_low",
            "ci_high", "p", "p_holm", "conclusive"]
 
 
-def row_trend(df: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
+def row_trend(table: pd.DataFrame | None, selection: Selection | None) -> pd.DataFrame:
     """For a tuned table split by one numeric `study.rows` key x (balora_rank: r), per method
     (without its row) compared with a baseline (without its row): the slope of the paired
     difference against log2 x, in nats per doubling of x.
@@ -31,24 +31,17 @@ def row_trend(df: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
     to the baseline falls as x doubles; a one-degree-of-freedom test of a monotone trend (a
     U-shaped difference can have slope 0), conditional on each row's tuned configuration.
     Empty where the table has no numeric rows."""
-    from analysis.tuning import best_config, chosen_losses, split_rows
-
-    if table is None or table.empty or "row" not in table or "test" not in table:
+    axis = selection.row_axis() if selection is not None else None
+    if table is None or table.empty or "test" not in table or axis is None:
         return pd.DataFrame(columns=COLUMNS)
     rows = table[table["row"].fillna("").ne("") & table["test"].fillna("").ne("")]
-    x = pd.to_numeric(rows["row"].str.split("=").str[1], errors="coerce")
-    if rows.empty or x.isna().any():  # rows by a name (trainer.lr_schedule): no axis
+    if rows.empty:
         return pd.DataFrame(columns=COLUMNS)
-    unrow = lambda names: [n[: -len(r)].strip() for n, r in zip(names, rows["row"])]  # noqa: E731
-    rows = rows.assign(x=x, family=unrow(rows["method"]), base_family=unrow(rows["baseline"]))
-    runs = split_rows(lm_runs(df))
-    wanted = set(rows["method"]) | set(rows["baseline"])
-    best = {m: best_config(r) for m, r in runs[runs["method"].isin(wanted)].groupby("method")}
-    seeds = str(table["tuning_seeds"].iloc[0]) if "tuning_seeds" in table else ""
-    left_out = [int(s) for s in seeds.split(",") if s.strip().isdigit()]
+    rows = rows.assign(x=rows["method"].map(axis[1]), family=rows["method"].map(selection.base),
+                       base_family=rows["baseline"].map(selection.base))
     # the reporting seeds only: never the tuning seed, even where a row has no other yet
-    losses = {m: v[~v.index.isin(left_out)]
-              for m, v in chosen_losses(runs, best, left_out).items()}
+    losses = {m: selection.losses(m)[~selection.losses(m).index.isin(selection.left_out)]
+              for m in set(rows["method"]) | set(rows["baseline"])}
     out = []
     for (family, base), group in rows.groupby(["family", "base_family"], sort=True):
         group = group.sort_values("x")
@@ -78,13 +71,13 @@ def row_trend(df: pd.DataFrame, table: pd.DataFrame | None) -> pd.DataFrame:
     return trend
 
 
-def write_trend(df: pd.DataFrame, table: pd.DataFrame | None, figures: str | Path,
+def write_trend(table: pd.DataFrame | None, selection: Selection | None, figures: str | Path,
                 sweep: str) -> list[Path]:
     """``<sweep>_trend.md`` (`row_trend`); [] for a table without numeric rows."""
-    trend = row_trend(df, table)
+    trend = row_trend(table, selection)
     if trend.empty:
         return []
-    key = table.loc[table["row"].fillna("").ne(""), "row"].iloc[0].split("=")[0].strip()
+    key = selection.row_axis()[0]
     loss = str(table["loss"].iloc[0]) if "loss" in table else "final loss"
     path = Path(figures) / f"{sweep}_trend.md"
     path.parent.mkdir(parents=True, exist_ok=True)

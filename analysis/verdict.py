@@ -1,4 +1,4 @@
-"""The verdict of DESIGN.md §8: is a method's loss different from the baseline's?
+"""The verdict of docs/design.md §8: is a method's loss different from the baseline's?
 
 Sign convention: every difference is method - baseline, so a negative difference means the
 method reached the lower (better) loss.
@@ -22,6 +22,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+
+from analysis.records import pivot
 
 ALPHA = 0.05  # two-sided level of every test, after Holm's correction
 CONFIDENCE = 0.95  # of the t interval of the mean difference
@@ -199,4 +201,45 @@ def verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
     enough = out["n"].to_numpy() >= MIN_SEEDS
     significant = (p_holm < ALPHA) & out["consistent"].to_numpy(dtype=bool)
     out["conclusive"] = np.where(~enough, "n/a", np.where(significant, "yes", "no"))
+    return out
+
+
+# ------------------------------------------------------- paired difference at every step (budget)
+def seed_curves(selection, curves: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
+    """(step x seed) `metric` of a method's chosen configuration (an analysis.selection.
+    Selection) over the seeds its table row reports; a seed recorded twice: the mean."""
+    runs = selection.chosen(method)
+    runs = runs[runs["seed"].fillna(0).astype(int).isin(selection.reported_seeds(method))]
+    values = pivot(curves, runs["run_id"], metric)
+    by_seed = dict(zip(runs["run_id"], runs["seed"].fillna(0).astype(int)))
+    values = values.T.groupby(values.columns.map(by_seed)).mean().T
+    return values.reindex(columns=sorted(set(values.columns)))
+
+
+def paired_deltas(selection, curves: pd.DataFrame, baselines: dict[str, str],
+                  metric: str) -> dict[str, pd.DataFrame]:
+    """Per method of `baselines` (method -> its baseline, both methods of `selection`), its
+    paired difference to the baseline at each evaluated step, over the seeds each row reports.
+
+    At step t, over the seeds s both arms evaluated there with a finite loss (n_t of them):
+    d_s(t) = loss_method(s, t) - loss_baseline(s, t); mean = mean_s d_s(t), and for n_t >= 2 the
+    95% t interval [low, high] of `paired_t` (n_t - 1 degrees of freedom), NaN for n_t < 2.
+    Returns {method: DataFrame(index=step; mean, low, high, n)}."""
+    out = {}
+    for method, baseline in baselines.items():
+        m = seed_curves(selection, curves, method, metric)
+        b = seed_curves(selection, curves, baseline, metric)
+        shared, steps = m.columns.intersection(b.columns), m.index.intersection(b.index)
+        d = m.loc[steps, shared] - b.loc[steps, shared]  # (steps, seeds) paired differences
+        d = d.where(np.isfinite(d))
+        rows = []
+        for step, values in d.iterrows():
+            v = values.dropna().to_numpy(dtype=float)  # (n_t,) the seeds both arms have at t
+            if not len(v):
+                continue
+            test = paired_t(v)
+            rows.append({"step": step, "mean": float(v.mean()), "low": float(test.low),
+                         "high": float(test.high), "n": len(v)})
+        out[method] = pd.DataFrame(rows, columns=["step", "mean", "low", "high", "n"]
+                                   ).set_index("step")
     return out

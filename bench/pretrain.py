@@ -21,7 +21,7 @@ from bench.data.corpus import Corpus, load_corpus
 from bench.metrics.cost import usable_cpus
 from bench.models import GPT_KEYS, gpt_config
 from bench.models.gpt import GPT
-from bench.tracking.record import RunRecord, atomic_write
+from bench.record import RunRecord, atomic_write
 from bench.train import Trainer
 
 PRETRAIN_SEED = 0
@@ -76,7 +76,6 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
             "checkpoint_every": p.max_steps,
             "lr_schedule": "warmup_cosine",
             "warmup_steps": max(1, p.max_steps // 20),
-            "inject_nan_at": None,
         },
     )
     record = RunRecord(folder)

@@ -31,7 +31,9 @@ from bench.metrics.monitor import HessianMonitor
 from bench.models import build_model
 from bench.optim import build_optimizer
 from bench.pretrain import load_pretrained
+from bench.record import RECORD_FORMAT, RunRecord
 from bench.toy import check_toy, run_toy
+from bench.tracking.checkpoint import CheckpointError, load_checkpoint
 from bench.tracking.identity import (
     config_id,
     find_record,
@@ -40,7 +42,6 @@ from bench.tracking.identity import (
     provenance,
     run_id,
 )
-from bench.tracking.record import CheckpointError, RunRecord
 from bench.tracking.wandb import WandbLogger
 from bench.train import Trainer
 
@@ -217,7 +218,7 @@ def run(cfg: DictConfig) -> dict | None:
         if record.is_complete():  # the other process finished it between our check and the lock
             print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
             return record.read_summary()
-        record.load_checkpoint()  # one that cannot be resumed stops here, before any write
+        load_checkpoint(record.checkpoint_path)  # one that cannot resume stops here, unwritten
         return _run_locked(cfg, task, rid, record, prepared)
     finally:
         lock.release()
@@ -229,6 +230,7 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         "run_id": rid,
         "method": method_name(cfg),
         "config_id": config_id(cfg),
+        "record_format": RECORD_FORMAT,
         **prepared.meta,
         "overrides": cli_overrides(),
         "versions": provenance(),
@@ -272,6 +274,28 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+DEFAULT_SWEEP = "+experiment=default"  # conf/experiment/default.yaml
+
+
+def with_default_sweep(argv: list[str]) -> list[str]:
+    """The command line Hydra gets: a multirun (`-m`) whose overrides sweep nothing and name no
+    experiment runs the default sweep (DEFAULT_SWEEP appended); any other runs exactly the cross
+    product its own overrides (and its experiment's sweep) name, nothing of the default's."""
+    if not {"-m", "--multirun"} & set(argv):
+        return argv
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - Hydra itself reports a malformed override
+        return argv
+    if any(o.is_sweep_override() or o.key_or_group in ("experiment", "hydra.sweeper.params")
+           for o in parsed):
+        return argv
+    return [*argv, DEFAULT_SWEEP]
+
+
 register_configs()
 warnings.filterwarnings("ignore", message=".*is not a valid Python identifier.*")
 
@@ -281,4 +305,5 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    sys.argv = [sys.argv[0], *with_default_sweep(sys.argv[1:])]
     main()

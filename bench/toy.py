@@ -38,8 +38,7 @@ from bench.adapters.balancing import balancing_gap, project_balanced
 from bench.adapters.lora import lora_alpha
 from bench.errors import ConfigError
 from bench.metrics.hessian import condition_number
-from bench.tracking.identity import method_name
-from bench.tracking.record import RunRecord, atomic_write
+from bench.record import TOY_FILE, RunRecord, atomic_write, method_name
 
 F64 = torch.float64
 UPDATE_RULES = ("gd", "sign_gd", "adam")  # the allowed values of toy.method
@@ -254,6 +253,23 @@ def _finite_or_none(value):
     return value
 
 
+@dataclass
+class ToyConfig:
+    """The `toy` config group (task=toy, conf/experiment/balora_toy.yaml)."""
+
+    n: int = 20
+    m: int = 20
+    r: int = 4
+    steps: int = 100
+    inits: int = 8
+    draws: int = 1  # problems (T, W0) per run: draw d is the one seed + d draws on its own
+    lr_grid: int = 50
+    lr_min: float = 1e-5
+    lr_max: float = 0.3
+    drop_above: float = 1e5
+    method: str = "gd"  # the update rule: one of UPDATE_RULES
+
+
 def check_toy(cfg) -> None:
     """The toy's own config checks (bench.config.validate covers the shared keys)."""
     t = cfg.toy
@@ -305,7 +321,7 @@ def run_toy(cfg, record: RunRecord) -> dict:
         record.log({"step": step, "toy/excess_median": median[step].item(),
                     "toy/excess_q25": q25[step].item(), "toy/excess_q75": q75[step].item()})
     text = json.dumps({k: _finite_or_none(v) for k, v in out.items()}).encode()
-    atomic_write(record.dir / "toy.json", lambda f: f.write(text))
+    atomic_write(record.dir / TOY_FILE, text)
     final = median[-1].item()
     return {
         "status": "completed" if math.isfinite(final) else "diverged",

@@ -1,9 +1,11 @@
-"""The training loop: steps, evaluation, logging, checkpoints, resume, divergence.
+"""The training loop: steps, evaluation, measurements, checkpoints, resume, divergence.
 
-`train` knows nothing about Hydra: it gets a model (adapter applied), an optimizer, the data, a
-plain config and a run record, and returns the summary it wrote. Batches are a pure function of
-(seed, step) and the checkpoint holds every RNG state, so a resumed run is bitwise identical to an
-uninterrupted one on CPU.
+`Trainer` knows nothing about Hydra: it gets a model (adapter applied), an optimizer, the data,
+the trainer config group and a run record, and returns the summary. Batches are a pure
+function of (seed, step) and the checkpoint holds every RNG state, so a resumed run is bitwise
+identical to an uninterrupted one on the same processor. `Trainer.run` reads top to bottom:
+resume, the first evaluation, then per step `train_step` and, on their schedules,
+`log_row` (with `evaluate` and `measure`) and `checkpoint`, and finally the summary.
 """
 
 from __future__ import annotations
@@ -13,12 +15,55 @@ import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
 from bench.data.corpus import eval_batches, get_batch
-from bench.metrics.targets import TARGET_KEYS, time_to_target
-from bench.tracking.record import CheckpointError, RunRecord, rng_states, set_rng_states
+from bench.errors import ConfigError, choice, positive
+from bench.record import TARGET_KEYS, RunRecord, time_to_target
+from bench.tracking.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rng_states,
+    save_checkpoint,
+    set_rng_states,
+)
+
+LR_SCHEDULES = ("constant", "warmup_constant", "warmup_cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainerConfig:
+    """The `trainer` config group."""
+
+    max_steps: int = 200
+    batch_size: int = 8
+    eval_every: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 100
+    device: str = "auto"
+    dtype: str = "float32"  # float32 | bfloat16 (CUDA autocast)
+    tf32: bool = False
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    divergence_factor: float = 10.0  # loss > factor * initial loss counts as diverged
+    threads: int | None = None  # torch threads; default cores // parallel workers
+    progress: bool = True
+
+
+def check_trainer(cfg) -> None:
+    t = cfg.trainer
+    choice("trainer.device", t.device, DEVICES)
+    choice("trainer.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    choice("trainer.dtype", t.dtype, ("float32", "bfloat16"))
+    for key in ("max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
+                "divergence_factor"):
+        positive(f"trainer.{key}", t[key])
+    if t.warmup_steps < 0:
+        raise ConfigError(f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
 
 
 def lr_factor(step: int, schedule: str, warmup: int, max_steps: int) -> float:
@@ -56,6 +101,18 @@ FINAL_MEASUREMENTS = ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max",
                       "cond/gn/kappa", "cond/gn/lambda_min_h", "cond/gn/lambda_max")
 
 
+class Diverged(Exception):
+    """The run blew up at `step`: `reason` goes to the summary's error."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(reason)
+        self.step, self.reason = step, reason
+
+
+class LostRows(RuntimeError):
+    """A record lost rows logged before its checkpoint: they cannot be rebuilt by resuming."""
+
+
 class Trainer:
     """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split;
     `cfg` is the trainer config group; every other input is its own keyword."""
@@ -83,26 +140,183 @@ class Trainer:
         self.train_data, self.cfg, self.record, self.seed = train_data, cfg, record, seed
         self.device, self.logger, self.hooks = device, logger, hooks or []
         self.target_loss = target_loss
-        t = cfg
-        self.eval_sets = {
-            name: eval_batches(data, t.batch_size, model_seq_len(model), n_eval_batches)
-            for name, data in eval_sets.items()
-        }
-        # the test split: evaluated once, at the last step of a completed run (test/loss)
-        self.test_set = (eval_batches(test_data, t.batch_size, model_seq_len(model),
-                                      n_test_batches) if test_data is not None else None)
         self.seq_len = model_seq_len(model)
+        self.eval_sets = {name: eval_batches(data, cfg.batch_size, self.seq_len, n_eval_batches)
+                          for name, data in eval_sets.items()}
+        # the test split: evaluated once, at the last step of a completed run (test/loss)
+        self.test_set = (eval_batches(test_data, cfg.batch_size, self.seq_len, n_test_batches)
+                         if test_data is not None else None)
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
-        if device.type == "cuda" and t.tf32:  # TF32 matmuls on Ampere and later
+        if device.type == "cuda" and cfg.tf32:  # TF32 matmuls on Ampere and later
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        use_bf16 = t.dtype == "bfloat16" and device.type == "cuda"
+        use_bf16 = cfg.dtype == "bfloat16" and device.type == "cuda"
         self.autocast = (
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
+        self.clock = 0.0  # perf_counter() at the run's start, measurements excluded
 
-    # -- state --------------------------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict:
+        t = self.cfg
+        step, stats = self.resume()
+        self.record.write_summary({"status": "running", "steps": step, "error": None})
+        self.model.train()
+        self.clock = time.perf_counter() - stats["wall_s"]
+        if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
+            self.log_row(0, {"step": 0, "tokens": 0, "wall_s": 0.0}, stats)
+        status, diverged_step, error = "completed", None, None
+        bar, window = _progress(t, step), []
+        try:
+            while step < t.max_steps:
+                loss, grad_norm = self.train_step(step, stats)
+                step += 1
+                window.append(loss)
+                if bar is not None:
+                    bar.update(1)
+                    if step % t.log_every == 0:
+                        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                evaluating = step % t.eval_every == 0 or step == t.max_steps
+                if step % t.log_every == 0 or evaluating:
+                    self.log_row(step, self.train_row(step, window, grad_norm, stats), stats,
+                                 evaluating)
+                    window = []
+                if step % t.checkpoint_every == 0 or step == t.max_steps:
+                    self.checkpoint(step, stats)
+        except Diverged as blow_up:
+            status, diverged_step, error = "diverged", blow_up.step, blow_up.reason
+        finally:
+            if bar is not None:
+                bar.close()
+        stats["wall_s"] = time.perf_counter() - self.clock
+        return self.summary(status, step, diverged_step, error, stats)
+
+    def resume(self) -> tuple[int, dict]:
+        """(step, stats) from the checkpoint, or (0, fresh stats). The record keeps every row up
+        to the checkpoint's step (later ones are redone; bench.record.RunRecord.keep_rows_until);
+        a record that lost rows before it cannot be completed by resuming: LostRows."""
+        stats = {"tokens": 0, "wall_s": 0.0, "step_s": 0.0, "initial_loss": None,
+                 "best_eval": None, "last_eval": None, "rows": 0}
+        state = load_checkpoint(self.record.checkpoint_path)
+        if state is None:
+            self.record.keep_rows_until(-1)  # no checkpoint: the run starts over
+            return 0, stats
+        step, stats = self._restore(state)
+        kept = self.record.keep_rows_until(step)
+        logged = stats.get("rows", len(kept))
+        if len(kept) < logged:
+            raise LostRows(f"{self.record.metrics_path} holds {len(kept)} of the {logged} rows "
+                           f"logged up to the checkpoint at step {step}; resuming cannot "
+                           "rebuild them: delete the run folder to rerun it from step 0")
+        stats["rows"] = len(kept)
+        return step, stats
+
+    def train_step(self, step: int, stats: dict) -> tuple[float, torch.Tensor]:
+        """One optimizer step at 0-based `step` (the LR schedule's factor set first); (the
+        batch loss before the step, the clipped gradient's norm). Raises Diverged."""
+        t, started = self.cfg, time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, t.lr_schedule, t.warmup_steps,
+                                                       t.max_steps)
+        x, y = get_batch(self.train_data, t.batch_size, self.seq_len, self.seed, step)
+        with self.autocast():
+            _, loss = self.model(x.to(self.device, non_blocking=True), y.to(self.device))
+        value = loss.item()
+        if stats["initial_loss"] is None:
+            stats["initial_loss"] = value
+        if not math.isfinite(value) or value > t.divergence_factor * stats["initial_loss"]:
+            self._log({"step": step + 1, "tokens": stats["tokens"],
+                       "wall_s": time.perf_counter() - self.clock, "train/loss": value}, stats)
+            raise Diverged(step + 1, f"loss {value} at step {step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]], clip)
+        try:
+            self.optimizer.step()
+            self.adapter.after_step(step + 1, self.optimizer)
+        except torch.linalg.LinAlgError as e:  # a factorisation of non-finite or degenerate
+            raise Diverged(step + 1, f"{type(e).__name__} in the optimizer step: {e}") from None
+        stats["tokens"] += t.batch_size * self.seq_len
+        stats["step_s"] += time.perf_counter() - started
+        return value, grad_norm
+
+    def train_row(self, step: int, window: list[float], grad_norm, stats: dict) -> dict:
+        """The row logged at `step`: the mean training loss since the last row, the LR, the
+        gradient norm and the adapter's own metrics."""
+        return {"step": step, "tokens": stats["tokens"],
+                "wall_s": time.perf_counter() - self.clock,
+                "train/loss": sum(window) / len(window),
+                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": float(grad_norm),
+                **self.adapter.metrics()}
+
+    def log_row(self, step: int, row: dict, stats: dict, evaluating: bool = True) -> None:
+        """Evaluate (when due; the test split at the last step) and measure into `row`, then
+        write it to the record and W&B."""
+        if evaluating:
+            row.update(self.evaluate(stats))
+        if step == self.cfg.max_steps and self.test_set is not None:
+            row["test/loss"] = stats["test"] = evaluate(self.model, self.test_set, self.device,
+                                                        self.autocast)
+        self.clock += self.measure(step, row, stats)
+        self._log(row, stats)
+
+    def _log(self, row: dict, stats: dict) -> None:
+        self.record.log(row)
+        stats["rows"] += 1
+        if self.logger is not None:
+            self.logger.log(row)
+
+    def evaluate(self, stats: dict) -> dict:
+        """eval/loss (and eval/loss_<name> for every other eval set) at the current weights."""
+        out = {}
+        for name, batches in self.eval_sets.items():
+            key = "eval/loss" + (f"_{name}" if name else "")
+            out[key] = evaluate(self.model, batches, self.device, self.autocast)
+        loss = out["eval/loss"]
+        stats["last_eval"] = loss
+        stats["best_eval"] = loss if stats["best_eval"] is None else min(stats["best_eval"], loss)
+        return out
+
+    def measure(self, step: int, row: dict, stats: dict) -> float:
+        """Run the hooks (Hessian spectra) at `step` into `row`, keeping the last value of each of
+        FINAL_MEASUREMENTS in `stats` (final_<key>); returns the seconds they took, which the
+        caller keeps off the wall clock: measurements are not training."""
+        started = time.perf_counter()
+        for hook in self.hooks:
+            measured = hook(step, self.model) or {}
+            row.update(measured)
+            stats.update({f"final_{k}": v for k, v in measured.items()
+                          if k in FINAL_MEASUREMENTS})
+        return time.perf_counter() - started
+
+    def checkpoint(self, step: int, stats: dict) -> None:
+        stats["wall_s"] = time.perf_counter() - self.clock
+        save_checkpoint(self.record.checkpoint_path, self._state(step, stats))
+
+    def summary(self, status: str, step: int, diverged_step, error, stats: dict) -> dict:
+        completed = status == "completed"
+        return {
+            "status": status,
+            "steps": step,
+            "diverged_step": diverged_step,
+            "final_eval_loss": stats["last_eval"] if completed else None,
+            **({"final_test_loss": stats.get("test") if completed else None}
+               if self.test_set is not None else {}),
+            "best_eval_loss": stats["best_eval"],
+            "tokens": stats["tokens"],
+            "wall_s": stats["wall_s"],
+            "tokens_per_s": stats["tokens"] / stats["step_s"] if stats["step_s"] else None,
+            "peak_mem_mb": peak_memory_mb(self.device),
+            # the last Hessian estimate (metrics.hessian): summary keys final_cond/kappa, ...
+            **{k: v for k, v in stats.items() if k.startswith("final_")},
+            "error": error,
+            **self._time_to_target(),
+        }
+
+    # -- state ------------------------------------------------------------------------------
     def _state(self, step: int, stats: dict) -> dict:
         return {
             "step": step,
@@ -116,8 +330,8 @@ class Trainer:
         }
 
     def _restore(self, state: dict) -> tuple[int, dict]:
-        """Load a checkpoint (read with weights_only=True by RunRecord.load_checkpoint); one
-        whose tensors do not fit this run (another version's) raises CheckpointError."""
+        """Load a checkpoint (read with weights_only=True by load_checkpoint); one whose tensors
+        do not fit this run (another version's) raises CheckpointError."""
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -132,160 +346,8 @@ class Trainer:
                                   f"does not fit this run ({type(e).__name__}: {first})") from None
         return state["step"], state["stats"]
 
-    # -- the loop -----------------------------------------------------------------------------
-    def run(self) -> dict:
-        t = self.cfg
-        stats = {
-            "tokens": 0,
-            "wall_s": 0.0,
-            "step_s": 0.0,
-            "initial_loss": None,
-            "best_eval": None,
-            "last_eval": None,
-        }
-        step = 0
-        state = self.record.load_checkpoint()
-        if state is not None:
-            step, stats = self._restore(state)
-        # Rows after the checkpoint (and a killed run's torn last line) are redone; without a
-        # checkpoint the run starts over, so an earlier attempt's rows go.
-        self.record.truncate_metrics(step if state is not None else -1)
-        summary = {"status": "running", "steps": step, "error": None}
-        self.record.write_summary(summary)
-        self.model.train()
-        tokens_per_step = t.batch_size * self.seq_len
-        start = time.perf_counter() - stats["wall_s"]
-        window: list[float] = []
-        status, diverged_step, numeric_error = "completed", None, None
-        bar = _progress(t, step)
-        if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
-            row = {"step": 0, "tokens": 0, "wall_s": 0.0}
-            row.update(self._evaluate(stats))
-            start += self._measure(0, row, stats)  # the initial weights (metrics.hessian.at_start)
-            self.record.log(row)
-            if self.logger is not None:
-                self.logger.log(row)
-        while step < t.max_steps:
-            t0 = time.perf_counter()
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * lr_factor(
-                    step, t.lr_schedule, t.warmup_steps, t.max_steps
-                )
-            x, y = get_batch(self.train_data, t.batch_size, self.seq_len, self.seed, step)
-            with self.autocast():
-                _, loss = self.model(x.to(self.device, non_blocking=True), y.to(self.device))
-            if t.inject_nan_at is not None and step + 1 == t.inject_nan_at:
-                loss = loss * float("nan")
-            loss_value = loss.item()
-            if stats["initial_loss"] is None:
-                stats["initial_loss"] = loss_value
-            if (
-                not math.isfinite(loss_value)
-                or loss_value > t.divergence_factor * stats["initial_loss"]
-            ):
-                status, diverged_step = "diverged", step + 1
-                self.record.log(
-                    {
-                        "step": step + 1,
-                        "tokens": stats["tokens"],
-                        "wall_s": time.perf_counter() - start,
-                        "train/loss": loss_value,
-                    }
-                )
-                break
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for g in self.optimizer.param_groups for p in g["params"]], clip
-            )
-            try:
-                self.optimizer.step()
-                self.adapter.after_step(step + 1, self.optimizer)
-            except torch.linalg.LinAlgError as e:  # a factorisation of non-finite or degenerate
-                status, diverged_step = "diverged", step + 1  # factors: the step blew up
-                numeric_error = f"{type(e).__name__} in the optimizer step: {e}"
-                break
-            step += 1
-            stats["tokens"] += tokens_per_step
-            stats["step_s"] += time.perf_counter() - t0
-            window.append(loss_value)
-            if bar is not None:
-                bar.update(1)
-                if step % t.log_every == 0:
-                    bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-
-            evaluating = step % t.eval_every == 0 or step == t.max_steps
-            if step % t.log_every == 0 or evaluating:
-                row = {
-                    "step": step,
-                    "tokens": stats["tokens"],
-                    "wall_s": time.perf_counter() - start,
-                    "train/loss": sum(window) / len(window),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "grad_norm": float(grad_norm),
-                }
-                window = []
-                row.update(self.adapter.metrics())
-                if evaluating:
-                    row.update(self._evaluate(stats))
-                if step == t.max_steps and self.test_set is not None:
-                    row["test/loss"] = stats["test"] = evaluate(
-                        self.model, self.test_set, self.device, self.autocast)
-                start += self._measure(step, row, stats)
-                self.record.log(row)
-                if self.logger is not None:
-                    self.logger.log(row)
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
-                stats["wall_s"] = time.perf_counter() - start
-                self.record.save_checkpoint(self._state(step, stats))
-        if bar is not None:
-            bar.close()
-        stats["wall_s"] = time.perf_counter() - start
-        summary = {
-            "status": status,
-            "steps": step,
-            "diverged_step": diverged_step,
-            "final_eval_loss": stats["last_eval"] if status == "completed" else None,
-            **({"final_test_loss": stats.get("test") if status == "completed" else None}
-               if self.test_set is not None else {}),
-            "best_eval_loss": stats["best_eval"],
-            "tokens": stats["tokens"],
-            "wall_s": stats["wall_s"],
-            "tokens_per_s": stats["tokens"] / stats["step_s"] if stats["step_s"] else None,
-            "peak_mem_mb": peak_memory_mb(self.device),
-            # the last Hessian estimate (metrics.hessian): summary keys final_cond/kappa, ...
-            **{k: v for k, v in stats.items() if k.startswith("final_")},
-            "error": numeric_error
-            or (f"loss {loss_value} at step {diverged_step}" if status == "diverged" else None),
-            **self._time_to_target(),
-        }
-        return summary
-
-    def _measure(self, step: int, row: dict, stats: dict) -> float:
-        """Run the hooks (Hessian spectra) at `step` into `row`, keeping the last value of each of
-        FINAL_MEASUREMENTS in `stats` (final_<key>); returns the seconds they took, which the
-        caller keeps off the wall clock: measurements are not training."""
-        t0 = time.perf_counter()
-        for hook in self.hooks:
-            measured = hook(step, self.model) or {}
-            row.update(measured)
-            stats.update({f"final_{k}": v for k, v in measured.items()
-                          if k in FINAL_MEASUREMENTS})
-        return time.perf_counter() - t0
-
-    def _evaluate(self, stats: dict) -> dict:
-        out = {}
-        for name, batches in self.eval_sets.items():
-            key = "eval/loss" + (f"_{name}" if name else "")
-            out[key] = evaluate(self.model, batches, self.device, self.autocast)
-        loss = out["eval/loss"]
-        stats["last_eval"] = loss
-        stats["best_eval"] = loss if stats["best_eval"] is None else min(stats["best_eval"], loss)
-        return out
-
     def _time_to_target(self) -> dict:
-        """AlgoPerf's time to result, from the rows this run logged (bench/metrics/targets.py);
+        """AlgoPerf's time to result, from the rows this run logged (bench.record.time_to_target);
         `from_baseline` is resolved from the records by analysis (analysis/targets.py)."""
         target = self.target_loss
         if not isinstance(target, (int, float)) or isinstance(target, bool):

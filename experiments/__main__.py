@@ -1,210 +1,168 @@
 """`make studies`: run every study at its documented size, resumably.
 
-    python -m experiments                 # plan, then run every study
-    python -m experiments --plan          # only print the plan
-    python -m experiments balora_toy      # one study
+    python -m experiments                          # plan, then run every study
+    python -m experiments --plan                   # only print the plan
+    python -m experiments balora_toy               # one study
+    python -m experiments balora_toy hydra/launcher=slurm hydra.launcher.partition=gpu
+                                                   # Hydra overrides for every stage's runs
 
 A study is declared in one YAML, conf/experiment/<name>.yaml, by its `study:` block (schema:
-bench.config.StudyConfig) whose `name` is the file's stem; its README is
-experiments/<name>/README.md. Its `stages` run in order:
+bench.config.StudyConfig, composed by Hydra like any run's config) whose `name` is the file's
+stem; its README is experiments/<name>/README.md. Its `stages` run in order:
 
 - `grid:<experiment>`: one Hydra multirun, `python -m bench.run -m +experiment=<experiment>`
-  (the learning-rate grid on seed 0), with the keys `study.from_baseline` lists for it set to
-  the baseline method's tuned values.
+  (the learning-rate grid on the tuning seeds), with the keys `study.from_baseline` lists for it
+  set to the baseline method's tuned values.
 - `long:<experiment>`: for every method of that grid, its best configuration and the learning
-  rates either side of it in the grid, again on seed 0, at the study's reporting budget (the
-  `study.long` overrides): the short grid finds the neighbourhood, the long budget the rate.
-  While a method's best at the long budget is an end of the rates run there and the grid has
-  a rate beyond it, that rate runs at the long budget too (the stage walks until its best is
-  between two rates it beat, or at the grid's end). A variant's long stage
+  rates either side of it in the grid, again on the tuning seeds, at the study's reporting
+  budget (the `study.long` overrides). While a method's best at the long budget is an end of the
+  rates run there and the grid has a rate beyond it, that rate runs too (the stage walks until
+  its best is between two rates it beat, or at the grid's end). A variant's long stage
   (`long:<experiment>@<variant>`, `study.variants`) adds the variant's overrides, and sets the
-  `study.from_baseline` keys to the baseline's tuned values under the same variant (a cosine
-  schedule moves the best rate of the weights it shares with the baseline).
-- `seeds:<experiment>`: the second half of the tuning protocol (DESIGN.md §8): for every method,
-  the configuration with the lowest final validation loss (of the long stage when the study has
-  one) runs on the reporting seeds, with the `study.reporting` overrides (measurements such as
-  Hessian condition numbers).
+  `study.from_baseline` keys to the baseline's tuned values under the same variant.
+- `seeds:<experiment>`: each method's chosen configuration (of the long stage when the study
+  has one) on the reporting seeds, with the `study.reporting` overrides.
 
-An experiment that is a stage of another study states that study's `name` (and baseline) in its
-own `study:` block, or inherits it from the experiment it extends. A study without stages, a
-stage that names no experiment, a long stage without `study.long`, or an experiment claiming a
-study that does not list it, is an error, never a silent skip. Completed runs are skipped by the
-entry point, so an interrupted `make studies` resumes where it stopped. The plan counts the runs
-of each stage (a grid's from its `hydra.sweeper.params`) and estimates the time from the per-run
-seconds of the study's completed runs (or the study's `seconds_per_run`).
+"Best" is analysis.selection's rule, the one the tables use, on the stage's runs of the tuning
+seeds (`study.tuning_seeds`). Completed runs are skipped by the entry point, so an interrupted
+`make studies` resumes where it stopped. The plan counts the runs of each stage (a grid's from
+its composed `hydra.sweeper.params`) and estimates the time from the per-run seconds of the
+study's completed runs (or the study's `seconds_per_run`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
-import json
 import math
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-import yaml
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.records import NoRunsError, load_runs
+from analysis.selection import select_sweep
 from bench.config import ConfigError, StudyConfig
+from bench.study import STAGE_KINDS, split_stage
 
 ROOT = Path(__file__).resolve().parents[1]
-TUNING_SEEDS = (0,)  # the seed every grid and long stage runs (the YAMLs' `seed: "0"`)
 CONF = ROOT / "conf" / "experiment"
-
-STAGE_KINDS = ("grid", "long", "seeds")
 # The learning-rate keys a `long` stage varies, the first one the grid sweeps over
 LR_KEYS = ("optimizer.manifold_lr", "optimizer.lr")
 
 
-@dataclasses.dataclass
-class Study:
-    """A study as its YAML declares it: stages are (kind, experiment) pairs, in order."""
-
-    name: str
-    baseline: str | None
-    stages: list[tuple[str, str]]
-    seconds_per_run: float
-    smoke: list[str]
-    reporting_seeds: list[int]
-    long: list[str] = dataclasses.field(default_factory=list)
-    reporting: list[str] = dataclasses.field(default_factory=list)
-    rows: list[str] = dataclasses.field(default_factory=list)
-    from_baseline: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    variants: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    variant_methods: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-
-    def variant_runs(self, exclude: str | None = None) -> list[list[str]]:
-        """The overrides that mark the long runs of each variant (but `exclude`): runs holding
-        one of these belong to that variant, not to the plain long stage."""
-        return [[*self.long, *o] for v, o in self.variants.items() if v != exclude]
-
-    @property
-    def seeds(self) -> str:
-        """The reporting seeds as a Hydra sweep value: "1,2,3,4,5"."""
-        return ",".join(map(str, self.reporting_seeds))
-
-
+# ------------------------------------------------------------------------- the study YAMLs
 def load_experiment(name: str) -> DictConfig:
-    """conf/experiment/<name>.yaml merged over the experiment files its defaults list includes
-    (another experiment it extends, a shared protocol), in the defaults list's order; Hydra's own
-    group overrides (`override /adapter: ...`) are left out. Hydra composes the same way; this
-    reads the files only, for the study blocks, sweeps and grids."""
+    """The config `python -m bench.run +experiment=<name>` composes (Hydra's compose, with the
+    hydra node: its `hydra.sweeper.params`), `study` included and checked by its schema."""
     path = CONF / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"experiment {name!r}: no file {path.relative_to(ROOT)}")
-    own = OmegaConf.load(path)
-    defaults = list(own.pop("defaults", None) or [])
-    if "_self_" not in defaults:
-        defaults.append("_self_")
-    merged = OmegaConf.create()
-    for entry in defaults:
-        if entry == "_self_":
-            merged = OmegaConf.merge(merged, own)
-        elif isinstance(entry, str) and (CONF / f"{entry}.yaml").is_file():
-            merged = OmegaConf.merge(merged, load_experiment(entry))
-    return merged
+    return _compose(str(CONF.parent), name, path.stat().st_mtime_ns)
 
 
-def _study_block(name: str) -> dict | None:
-    block = OmegaConf.select(load_experiment(name), "study")
-    if block is None:
-        return None
-    block = OmegaConf.to_container(block)
-    allowed = [f.name for f in dataclasses.fields(StudyConfig)]
-    unknown = sorted(set(block) - set(allowed))
+@functools.lru_cache(maxsize=128)
+def _compose(conf: str, name: str, _mtime: int) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from bench.config import register_configs
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=conf, version_base="1.3"):
+            return compose("config", overrides=[f"+experiment={name}"],
+                           return_hydra_config=True)
+    except (HydraException, ValueError) as error:
+        raise ConfigError(_composition_error(name, error)) from None
+
+
+def _composition_error(name: str, error: Exception) -> str:
+    """Hydra's composition error as one line naming the file; an unknown study key lists the
+    allowed ones (the schema's fields)."""
+    text = " ".join(str(error).split())
+    unknown = re.search(r"Key '(\w+)' not in 'StudyConfig'", text)
     if unknown:
-        raise ConfigError(f"conf/experiment/{name}.yaml: unknown key study.{unknown[0]}; "
-                          f"allowed keys of study: {', '.join(allowed)}")
-    return block
+        allowed = ", ".join(StudyConfig.__dataclass_fields__)
+        return (f"conf/experiment/{name}.yaml: unknown key study.{unknown.group(1)}; allowed "
+                f"keys of study: {allowed}")
+    return f"conf/experiment/{name}.yaml: {text}"
 
 
-def split_variant(experiment: str) -> tuple[str, str | None]:
-    """"riemannian_attention@cosine" -> ("riemannian_attention", "cosine")."""
-    name, _, variant = experiment.partition("@")
-    return name, variant or None
+def study_of(name: str) -> StudyConfig | None:
+    """The experiment's study block (None when it declares no study)."""
+    block = OmegaConf.to_object(load_experiment(name).study)
+    return block if block.name is not None else None
 
 
-def _stages(name: str, stages: list, variants: dict | None = None) -> list[tuple[str, str]]:
-    if not stages:
-        raise ConfigError(f"conf/experiment/{name}.yaml: study.stages is empty; list its stages, "
-                          f"each one of {', '.join(k + ':<experiment>' for k in STAGE_KINDS)}")
-    out = []
-    for stage in stages:
-        kind, _, experiment = str(stage).partition(":")
+def stages(study: StudyConfig) -> list[tuple[str, str]]:
+    """(kind, experiment[@variant]) of each stage, in order."""
+    return [(stage.partition(":")[0], stage.partition(":")[2]) for stage in study.stages]
+
+
+def _check_stages(name: str, study: StudyConfig) -> None:
+    allowed = ", ".join(k + ":<experiment>" for k in STAGE_KINDS)
+    if not study.stages:
+        raise ConfigError(f"conf/experiment/{name}.yaml: study.stages is empty; list its "
+                          f"stages, each one of {allowed}")
+    for stage in study.stages:
+        kind, experiment, variant = split_stage(stage)
         if kind not in STAGE_KINDS or not experiment:
             raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r}; "
-                              f"allowed: {', '.join(k + ':<experiment>' for k in STAGE_KINDS)}")
-        plain, variant = split_variant(experiment)
-        if variant is not None and (kind == "grid" or variant not in (variants or {})):
+                              f"allowed: {allowed}")
+        if variant is not None and (kind == "grid" or variant not in study.variants):
             raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r}: a "
                               "variant (@name) needs a long or seeds stage and an entry in "
-                              f"study.variants (declared: {', '.join(variants or {}) or 'none'})")
-        if not (CONF / f"{plain}.yaml").is_file():
+                              f"study.variants (declared: {', '.join(study.variants) or 'none'})")
+        if not (CONF / f"{experiment}.yaml").is_file():
             raise ConfigError(f"conf/experiment/{name}.yaml: study.stages entry {stage!r} names "
-                              f"no experiment (no conf/experiment/{plain}.yaml)")
-        out.append((kind, experiment))
-    return out
+                              f"no experiment (no conf/experiment/{experiment}.yaml)")
+    if any(split_stage(s)[0] == "long" for s in study.stages) and not study.long:
+        raise ConfigError(f"conf/experiment/{name}.yaml: a long stage needs study.long, the "
+                          "overrides of the reporting budget (trainer.max_steps=...)")
 
 
-def discover() -> tuple[dict[str, Study], list[str]]:
+def discover() -> tuple[dict[str, StudyConfig], list[str]]:
     """The studies declared in conf/experiment/*.yaml, by name, and the experiments that belong
     to no study (plain experiments, not run by `make studies`). Raises ConfigError for a study
     without stages, a stage naming no experiment, and an experiment that claims a study which
     does not exist, does not list it among its stages, or declares another baseline."""
-    blocks = {path.stem: _study_block(path.stem) for path in sorted(CONF.glob("*.yaml"))}
-    studies = {}
-    default = StudyConfig()
-    for stem, block in blocks.items():
-        if block and block.get("name") == stem:
-            variants = {str(v): [str(o) for o in overrides]
-                        for v, overrides in (block.get("variants") or {}).items()}
-            studies[stem] = Study(
-                stem, block.get("baseline"), _stages(stem, block.get("stages"), variants),
-                float(block.get("seconds_per_run", default.seconds_per_run)),
-                [str(o) for o in block.get("smoke") or []],
-                [int(s) for s in block.get("reporting_seeds", default.reporting_seeds)],
-                [str(o) for o in block.get("long") or []],
-                [str(o) for o in block.get("reporting") or []],
-                [str(k) for k in block.get("rows") or []],
-                {str(e): [str(k) for k in keys]
-                 for e, keys in (block.get("from_baseline") or {}).items()},
-                variants,
-                {str(v): [str(m) for m in methods]
-                 for v, methods in (block.get("variant_methods") or {}).items()})
-            if any(kind == "long" for kind, _ in studies[stem].stages) and not studies[stem].long:
-                raise ConfigError(f"conf/experiment/{stem}.yaml: a long stage needs study.long, "
-                                  "the overrides of the reporting budget (trainer.max_steps=...)")
+    blocks = {path.stem: study_of(path.stem) for path in sorted(CONF.glob("*.yaml"))}
+    studies = {stem: block for stem, block in blocks.items() if block and block.name == stem}
+    for stem, study in studies.items():
+        _check_stages(stem, study)
     loose = []
     for stem, block in blocks.items():
-        if not block or block.get("name") is None:
+        if block is None:
             loose.append(stem)
             continue
-        study = studies.get(block["name"])
+        study = studies.get(block.name)
         if study is None:
-            raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={block['name']!r} is not "
+            raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={block.name!r} is not "
                               f"a study; studies: {', '.join(studies)} (a study is "
                               "conf/experiment/<name>.yaml with study.name=<name>)")
-        if stem not in {split_variant(exp)[0] for _, exp in study.stages}:
+        if stem not in {split_stage(s)[1] for s in study.stages}:
             raise ConfigError(f"conf/experiment/{stem}.yaml: study.name={study.name!r} but "
                               f"{study.name}.yaml's study.stages do not list it")
-        if block.get("baseline") != study.baseline:
-            raise ConfigError(f"conf/experiment/{stem}.yaml: study.baseline="
-                              f"{block.get('baseline')!r} differs from its study's "
-                              f"({study.baseline!r} in {study.name}.yaml)")
+        if block.baseline != study.baseline:
+            raise ConfigError(f"conf/experiment/{stem}.yaml: study.baseline={block.baseline!r} "
+                              f"differs from its study's ({study.baseline!r} in "
+                              f"{study.name}.yaml)")
     for study in studies.values():
-        for _, stage in study.stages:
-            exp = split_variant(stage)[0]
-            if (blocks.get(exp) or {}).get("name") != study.name:
-                raise ConfigError(f"conf/experiment/{exp}.yaml is a stage of study {study.name} "
-                                  f"but its study.name is not {study.name!r}")
+        for stage in study.stages:
+            experiment = split_stage(stage)[1]
+            if (blocks.get(experiment) or StudyConfig()).name != study.name:
+                raise ConfigError(f"conf/experiment/{experiment}.yaml is a stage of study "
+                                  f"{study.name} but its study.name is not {study.name!r}")
     return studies, loose
 
 
 def sweep_params(experiment: str) -> dict[str, list[str]]:
-    """The experiment's sweep: key -> its values, as written."""
+    """The experiment's sweep as Hydra composes it: key -> its values, as written."""
     params = OmegaConf.select(load_experiment(experiment), "hydra.sweeper.params") or {}
     return {str(k): [v.strip() for v in str(v).split(",")] for k, v in params.items()}
 
@@ -214,78 +172,82 @@ def count_runs(experiment: str) -> int:
     return math.prod(len(values) for values in sweep_params(experiment).values())
 
 
-def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
-    """Mean wall clock of the completed runs of the study's sweep, else the static estimate."""
-    walls = []
-    for summary in (out_dir / sweep).glob("*/summary.json"):
-        wall = json.loads(summary.read_text()).get("wall_s")
-        if wall:
-            walls.append(wall)
-    return sum(walls) / len(walls) if walls else default
+def sweep_of(experiment: str) -> str:
+    """The experiment's `sweep` (its run records' folder)."""
+    return str(load_experiment(experiment).sweep)
 
 
-def seed0_runs(out_dir: Path, sweep: str) -> tuple[tuple[list[str], dict, float], ...]:
-    """(overrides, config, final validation loss) of every completed seed-0 run of the sweep.
-    Read once per state of the sweep's records (a stage that adds runs changes the state), not
-    once per stage that asks."""
-    paths = sorted((out_dir / sweep).glob("*/summary.json"))
-    return _read_seed0_runs(tuple((path, path.stat().st_mtime_ns) for path in paths))
+# ---------------------------------------------------------------------- the records so far
+def sweep_runs(out_dir: Path, sweep: str) -> pd.DataFrame:
+    """The run table of a sweep's records (analysis.records.load_runs), read once per state of
+    its folder (a stage that adds runs changes the state)."""
+    folder = Path(out_dir) / sweep
+    state = tuple(sorted((str(p), p.stat().st_mtime_ns)
+                         for p in folder.glob("*/summary.json"))) if folder.is_dir() else ()
+    return _read_runs(str(folder), state)
 
 
 @functools.lru_cache(maxsize=4)
-def _read_seed0_runs(state: tuple) -> tuple[tuple[list[str], dict, float], ...]:
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    runs = []
-    for summary_path, _ in state:
-        summary = json.loads(summary_path.read_text())
-        loss = summary.get("final_eval_loss")
-        if summary.get("status") != "completed" or loss is None:
-            continue
-        config = yaml.load((summary_path.parent / "config.yaml").read_text(), Loader=loader)
-        if config.get("seed") == 0:
-            overrides = list((config.get("meta") or {}).get("overrides") or [])
-            runs.append((overrides, config, loss))
-    return tuple(runs)
+def _read_runs(folder: str, _state: tuple) -> pd.DataFrame:
+    path = Path(folder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            runs = load_runs(path.parent, path.name)
+        except NoRunsError:
+            runs = pd.DataFrame()
+    for warning in caught:
+        print(f"note: {warning.message}", file=sys.stderr)
+    return runs
 
 
-def _dotted(tree: dict, key: str):
-    """tree["adapter"]["r"] for key "adapter.r" (None where a part is missing)."""
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
+def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
+    """Mean wall clock of the completed runs of the study's sweep, else the static estimate."""
+    runs = sweep_runs(out_dir, sweep)
+    walls = runs["wall_s"].dropna() if "wall_s" in runs else []
+    return float(walls.mean()) if len(walls) else default
 
 
-def best_runs(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
-              rows: list[str] | None = None, study_long: list[str] | None = None,
-              exclude: list[list[str]] = ()) -> dict[str, tuple[list[str], DictConfig]]:
-    """Per method (and value of each key of `rows`, study.rows: "lora/adamw r=4"), (overrides,
-    config) of the seed-0 run of `experiment` with the lowest final validation loss: among the
-    runs of its long stage when `long` is given (runs whose overrides hold every override of
-    `long`), else among those of its grid (runs that do not hold all of `study_long`, the
-    study's long overrides: a long stage's runs are seed-0 runs of the experiment too). A run
-    holding every override of one of `exclude` (another variant's) is left out."""
-    best: dict[str, tuple[float, list[str], dict]] = {}
-    marks = long or study_long  # the overrides every run of the long stage holds
-    for overrides, config, loss in seed0_runs(out_dir, sweep):
-        in_long = bool(marks) and set(marks) <= set(overrides)
-        if (f"+experiment={experiment}" not in overrides or in_long != bool(long)
-                or any(set(e) <= set(overrides) for e in exclude)):
-            continue
-        method = config["meta"]["method"] + "".join(
-            f" {k.rsplit('.', 1)[-1]}={_dotted(config, k)}" for k in rows or [])
-        if method not in best or loss < best[method][0]:
-            best[method] = (loss, overrides, config)
-    keep = lambda o: not o.startswith(("seed=", "out_dir="))  # noqa: E731
-    return {m: ([o for o in ov if keep(o)], OmegaConf.create(cfg))
-            for m, (_, ov, cfg) in sorted(best.items())}
+def _in_stage(overrides, experiment: str, long: list[str] | None, study_long: list[str],
+              exclude: list[list[str]]) -> bool:
+    """Whether a run's command-line overrides make it a run of `experiment`'s grid (`long`
+    None: it does not hold all of the study's long overrides) or of its long stage (it holds
+    every override of `long`), and not of an `exclude`d variant."""
+    overrides = set(overrides if isinstance(overrides, list) else [])
+    marks = long or study_long
+    in_long = bool(marks) and set(marks) <= overrides
+    return (f"+experiment={experiment}" in overrides and in_long == bool(long)
+            and not any(set(e) <= overrides for e in exclude))
 
 
-def best_overrides(out_dir: Path, sweep: str, experiment: str, long: list[str] | None = None,
-                   rows: list[str] | None = None, study_long: list[str] | None = None,
+def best_runs(out_dir: Path, study: StudyConfig, experiment: str, long: list[str] | None = None,
+              exclude: list[list[str]] = ()) -> dict[str, pd.Series]:
+    """Per method (and table row, `study.rows`: "lora/adamw r=4"), the first run of its chosen
+    configuration (analysis.selection on the stage's runs of the tuning seeds; a config with
+    no finite score is never chosen): among the runs of `experiment`'s long stage when `long`
+    is given, else among those of its grid."""
+    runs = sweep_runs(out_dir, sweep_of(experiment))
+    if runs.empty:
+        return {}
+    mine = runs["meta.overrides"].map(
+        lambda o: _in_stage(o, experiment, long, study.long, list(exclude)))
+    runs = runs[mine & runs["seed"].isin(study.tuning_seeds)]
+    if runs.empty:
+        return {}
+    selection = select_sweep(runs, study.tuning_seeds, rows=study.rows)
+    return {method: selection.chosen(method).sort_values("run_id").iloc[0]
+            for method, choice in sorted(selection.choices.items())
+            if math.isfinite(choice.mean)}
+
+
+def best_overrides(out_dir: Path, study: StudyConfig, experiment: str,
+                   long: list[str] | None = None,
                    exclude: list[list[str]] = ()) -> dict[str, list[str]]:
-    """Per method (and row), the overrides of its best seed-0 run (`best_runs`)."""
-    found = best_runs(out_dir, sweep, experiment, long, rows, study_long, exclude)
-    return {m: ov for m, (ov, _) in found.items()}
+    """Per method (and row), the command-line overrides of its chosen run (`best_runs`),
+    without its seed and output folder."""
+    keep = lambda o: not o.startswith(("seed=", "out_dir="))  # noqa: E731
+    return {m: [o for o in run["meta.overrides"] if keep(o)]
+            for m, run in best_runs(out_dir, study, experiment, long, exclude).items()}
 
 
 def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
@@ -307,35 +269,35 @@ def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
     return out
 
 
-def baseline_values(study: Study, keys: list[str], out_dir: Path,
+def variant_runs(study: StudyConfig, exclude: str | None = None) -> list[list[str]]:
+    """The overrides that mark the long runs of each variant (but `exclude`): runs holding one
+    of these belong to that variant, not to the plain long stage."""
+    return [[*study.long, *o] for v, o in study.variants.items() if v != exclude]
+
+
+def baseline_values(study: StudyConfig, keys: list[str], out_dir: Path,
                     variant: str | None = None) -> list[str]:
     """`key=value` for each of `keys`, from the baseline method's tuned config (its long
     stage's best when the study has one; with `variant`, its long stage under that variant:
-    a schedule moves the best rate); [] while the baseline has no result."""
-    for kind, exp in study.stages:
+    a schedule moves the best rate); [] while the baseline has no result. A key
+    "target=source" takes the baseline's `source` as `target`."""
+    for kind, exp in stages(study):
         if kind != "grid":
             continue
         if variant:
-            found = best_runs(out_dir, sweep_of(exp), exp, [*study.long,
-                                                            *study.variants[variant]])
+            found = best_runs(out_dir, study, exp, [*study.long, *study.variants[variant]])
         else:
-            found = best_runs(out_dir, sweep_of(exp), exp, study.long or None,
-                              exclude=study.variant_runs())
-            found = found or best_runs(out_dir, sweep_of(exp), exp, study_long=study.long)
+            found = best_runs(out_dir, study, exp, study.long or None,
+                              exclude=variant_runs(study))
+            found = found or best_runs(out_dir, study, exp)
         if study.baseline in found:
-            config = found[study.baseline][1]
+            run = found[study.baseline]
             pairs = [key.partition("=") for key in keys]  # target=source, or key
-            return [f"{target}={OmegaConf.select(config, source or target)}"
-                    for target, _, source in pairs]
+            return [f"{target}={run[source or target]}" for target, _, source in pairs]
     return []
 
 
-def sweep_of(experiment: str) -> str:
-    """The experiment's `sweep`, following its defaults list to the experiment it extends."""
-    return str(load_experiment(experiment).get("sweep", experiment))
-
-
-def _budget_ratio(study: Study, experiment: str, kind: str) -> float:
+def _budget_ratio(study: StudyConfig, experiment: str, kind: str) -> float:
     """How much longer a run of this stage is than a grid run: the ratio of `study.long`'s
     trainer.max_steps to the experiment's, for long and seeds stages (1 otherwise)."""
     steps = [o.partition("=")[2] for o in study.long if o.startswith("trainer.max_steps=")]
@@ -345,16 +307,15 @@ def _budget_ratio(study: Study, experiment: str, kind: str) -> float:
     return float(steps[-1]) / float(grid)
 
 
-def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
+def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2) -> float:
     total = 0.0
     print(f"{'study':<24}{'stage':<60}{'runs':>6}{'est. minutes':>14}")
     for name, study in studies.items():
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
-        for kind, stage in study.stages:
-            exp, variant = split_variant(stage)
-            found = best_overrides(out_dir, sweep_of(exp), exp, rows=study.rows,
-                                   study_long=study.long)
+        for kind, stage in stages(study):
+            exp, variant = split_stage(f"{kind}:{stage}")[1:]
+            found = best_overrides(out_dir, study, exp)
             if variant in study.variant_methods:  # its methods among this grid's
                 found = {m: o for m, o in found.items()
                          if m.split(" ")[0] in study.variant_methods[variant]}
@@ -367,7 +328,8 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
                 n = len(study.reporting_seeds) * methods
             minutes = n * per_run * _budget_ratio(study, exp, kind) / workers / 60
             runs, study_minutes = runs + n, study_minutes + minutes
-            label = f"{kind} {stage}" + (f" (seeds {study.seeds})" if kind == "seeds" else "")
+            label = f"{kind} {stage}" + (f" (seeds {_seeds(study.reporting_seeds)})"
+                                         if kind == "seeds" else "")
             print(f"{name:<24}{label:<60}{n:>6}{minutes:>14.1f}")
         print(f"{name:<24}{'all stages':<60}{runs:>6}{study_minutes:>14.1f}")
         total += study_minutes
@@ -375,34 +337,44 @@ def plan(studies: dict[str, Study], out_dir: Path, workers: int = 2) -> float:
     return total
 
 
-def _tuned(out_dir: Path, exp: str, study: Study, grid: bool = False) -> dict[str, list[str]]:
-    """Per method (and row), the overrides of its best seed-0 run: of the grid (`grid`), else of
-    the long stage, a variant's (`exp` = "<experiment>@<variant>") or the plain one; for a
+def _seeds(seeds) -> str:
+    """Seeds as a Hydra sweep value: "1,2,3,4,5"."""
+    return ",".join(map(str, seeds))
+
+
+# ------------------------------------------------------------------------------ the stages
+def _tuned(out_dir: Path, stage: str, study: StudyConfig,
+           grid: bool = False) -> dict[str, list[str]]:
+    """Per method (and row), the overrides of its chosen run: of the grid (`grid`), else of
+    the long stage, a variant's (`stage` = "<experiment>@<variant>") or the plain one; for a
     variant, its methods only."""
-    exp, variant = split_variant(exp)
-    sweep, extra = sweep_of(exp), study.variants.get(variant, []) if variant else []
+    exp, _, variant = stage.partition("@")
+    extra = study.variants.get(variant, []) if variant else []
     if grid:
-        best = best_overrides(out_dir, sweep, exp, rows=study.rows, study_long=study.long)
+        best = best_overrides(out_dir, study, exp)
     elif variant:  # the variant's long stage: long + variant overrides
-        best = best_overrides(out_dir, sweep, exp, [*study.long, *extra], study.rows)
+        best = best_overrides(out_dir, study, exp, [*study.long, *extra])
     else:
-        best = best_overrides(out_dir, sweep, exp, study.long or None, study.rows,
-                              exclude=study.variant_runs())
+        best = best_overrides(out_dir, study, exp, study.long or None,
+                              exclude=variant_runs(study))
     if variant in study.variant_methods:
         keep = set(study.variant_methods[variant])
         best = {m: ov for m, ov in best.items() if m.split(" ")[0] in keep}
     return best
 
 
-def commands(kind: str, exp: str, out_dir: Path, study: Study,
-             centres: set[frozenset[str]] | None = None) -> list[list[str]]:
+def commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
+             centres: set[frozenset[str]] | None = None,
+             extra_overrides: list[str] = ()) -> list[list[str]]:
     """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
     long or seeds stage reads the records of the stages before it). A long stage's walk
     (`centres`: the overrides, without the long ones, whose rate and neighbours it ran already;
     updated in place): one command for each method whose long-budget best is not a centre, its
-    best and the grid's rates either side of it."""
+    best and the grid's rates either side of it. `extra_overrides` (the command line's) end
+    every command."""
     base = [sys.executable, "-m", "bench.run", "-m"]
-    name, variant = split_variant(exp)
+    tail = [f"out_dir={out_dir}", *extra_overrides]
+    name, _, variant = stage.partition("@")
     extra = study.variants.get(variant, []) if variant else []
     if kind == "grid":
         keys = study.from_baseline.get(name, [])
@@ -411,39 +383,39 @@ def commands(kind: str, exp: str, out_dir: Path, study: Study,
             print(f"note: {name} takes {', '.join(keys)} from the baseline {study.baseline}, "
                   "which has no result yet; run its stages first", file=sys.stderr)
             return []
-        return [[*base, f"+experiment={name}", *inherited, f"out_dir={out_dir}"]]
+        return [[*base, f"+experiment={name}", *inherited, *tail]]
     walking = kind == "long" and centres is not None
     if kind == "long" and not walking:
-        best = _long_start(out_dir, exp, study)
+        best = _long_start(out_dir, stage, study)
         if best is None:
             return []
     else:
-        best = _tuned(out_dir, exp, study)
+        best = _tuned(out_dir, stage, study)
     if walking:
         marks = [*study.long, *extra]
         best = {m: [o for o in ov if o not in marks] for m, ov in best.items()}
         best = {m: ov for m, ov in best.items() if frozenset(ov) not in centres}
         centres.update(frozenset(ov) for ov in best.values())
     elif not best:
-        print(f"note: no completed seed-0 run of {exp} yet; run its "
+        print(f"note: no completed tuning-seed run of {stage} yet; run its "
               f"{'long stage' if kind == 'seeds' and study.long else 'grid'} first",
               file=sys.stderr)
     if kind == "long":
         return [[*base, *lr_neighbours(name, overrides), *study.long, *extra,
-                 f"seed={','.join(map(str, TUNING_SEEDS))}", f"out_dir={out_dir}"]
+                 f"seed={_seeds(study.tuning_seeds)}", *tail]
                 for overrides in best.values()]
     # a variant's runs already hold its overrides
-    return [[*base, *overrides, *study.reporting, f"seed={study.seeds}", f"out_dir={out_dir}"]
-            for overrides in best.values()]
+    return [[*base, *overrides, *study.reporting, f"seed={_seeds(study.reporting_seeds)}",
+             *tail] for overrides in best.values()]
 
 
-def _long_start(out_dir: Path, exp: str, study: Study) -> dict[str, list[str]] | None:
+def _long_start(out_dir: Path, stage: str, study: StudyConfig) -> dict[str, list[str]] | None:
     """The grid bests a long stage starts from (`_tuned(grid=True)`). For a variant's, the keys
     `study.from_baseline` lists for the experiment are set to the baseline's tuned values under
     the same variant (the grid ran at the plain baseline's); None, with a note, while that
     variant's baseline has no result."""
-    best = _tuned(out_dir, exp, study, grid=True)
-    name, variant = split_variant(exp)
+    best = _tuned(out_dir, stage, study, grid=True)
+    name, _, variant = stage.partition("@")
     keys = study.from_baseline.get(name) if variant else None
     if not keys:
         return best
@@ -462,17 +434,18 @@ def _long_start(out_dir: Path, exp: str, study: Study) -> dict[str, list[str]] |
     return {m: with_inherited(ov) for m, ov in best.items()}
 
 
-def stage_commands(kind: str, exp: str, out_dir: Path, study: Study):
+def stage_commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
+                   extra_overrides: list[str] = ()):
     """Yield the commands of one stage as it runs. A long stage walks: the grid's best rate and
     its two neighbours at the long budget; while a method's long-budget best is an end of the
     rates it ran there, the grid's next rate beyond it too (completed runs are skipped), so no
     method is reported at an edge of its long-budget rates that the grid could extend."""
-    first = commands(kind, exp, out_dir, study)
+    first = commands(kind, stage, out_dir, study, extra_overrides=extra_overrides)
     yield from first
     if kind != "long" or not first:  # nothing to walk from (its note is printed)
         return
-    centres = {frozenset(ov) for ov in _long_start(out_dir, exp, study).values()}
-    while batch := commands(kind, exp, out_dir, study, centres):
+    centres = {frozenset(ov) for ov in _long_start(out_dir, stage, study).values()}
+    while batch := commands(kind, stage, out_dir, study, centres, extra_overrides):
         yield from batch
 
 
@@ -483,25 +456,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="*", help=f"any of {', '.join(studies)} (default: all)")
+    parser.add_argument("studies", nargs="*",
+                        help=f"any of {', '.join(studies)} (default: all), then Hydra overrides "
+                             "(key=value) for every run of their stages")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
     parser.add_argument("--out-dir", default="runs")
     args = parser.parse_args(argv)
-    unknown = [s for s in args.studies if s not in studies]
+    names = [s for s in args.studies if "=" not in s]
+    overrides = [s for s in args.studies if "=" in s]
+    unknown = [s for s in names if s not in studies]
     if unknown:
         parser.error(f"unknown study {unknown[0]!r}; allowed: {', '.join(studies)}")
-    chosen = {name: studies[name] for name in (args.studies or studies)}
+    chosen = {name: studies[name] for name in (names or studies)}
     if loose:
         print(f"note: not part of a study (no study block): {', '.join(loose)}", file=sys.stderr)
     plan(chosen, Path(args.out_dir))
     if args.plan:
         return 0
     for name, study in chosen.items():
-        for kind, exp in study.stages:
-            for cmd in stage_commands(kind, exp, Path(args.out_dir), study):
+        for kind, stage in stages(study):
+            for cmd in stage_commands(kind, stage, Path(args.out_dir), study, overrides):
                 print("$", " ".join(cmd[1:]), flush=True)
                 if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-                    print(f"study {name}: {exp} failed; rerun to resume", file=sys.stderr)
+                    print(f"study {name}: {stage} failed; rerun to resume", file=sys.stderr)
                     return 1
     return 0
 

@@ -32,7 +32,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
+from analysis.records import NoRunsError, load_runs
+from analysis.selection import select_sweep
+from bench.record import METRICS_FILE, is_record, read_record, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,25 +133,28 @@ def flops_per_token(model: dict) -> tuple[float, int]:
 
 def tuned_lrs(records: Path) -> tuple[dict, str]:
     """Each compared method's tuned CPU learning rates as overrides (AdamW: optimizer.lr; R1/R2:
-    optimizer.manifold_lr and the lr of their AdamW part): the seed-0 run at the paper's constant
-    schedule with the lowest final validation loss (the study's selection; its long stage at
-    1,200 steps wins over the 300-step grid where it ran), else TUNED_FALLBACK for all."""
-    best: dict[str, tuple[float, dict]] = {}
-    for summary_path in sorted(records.glob("*/summary.json")):
-        summary = json.loads(summary_path.read_text())
-        config = yaml.safe_load((summary_path.parent / "config.yaml").read_text())
-        method, loss = config["meta"]["method"], summary.get("final_eval_loss")
-        if (config["seed"] != 0 or summary.get("status") != "completed" or loss is None
-                or config["trainer"]["lr_schedule"] != "warmup_constant"):
-            continue
-        opt = config["optimizer"]
-        lrs = ({"optimizer.lr": opt["lr"]} if opt["name"] == "adamw" else
-               {"optimizer.manifold_lr": opt["manifold_lr"], "optimizer.lr": opt["lr"]})
-        if method in TUNED_FALLBACK and (method not in best or loss < best[method][0]):
-            best[method] = (loss, lrs)
+    optimizer.manifold_lr and the lr of their AdamW part): the configuration the study reports
+    at the paper's constant schedule (analysis.selection, the tables' rule), else
+    TUNED_FALLBACK for all."""
+    try:
+        runs = load_runs(records.parent, records.name)
+    except NoRunsError:
+        runs = None
+    best: dict[str, dict] = {}
+    if runs is not None and "trainer.lr_schedule" in runs:
+        selection = select_sweep(runs[runs["trainer.lr_schedule"] == "warmup_constant"])
+        for method, choice in selection.choices.items():
+            base = selection.base(method)
+            if base not in TUNED_FALLBACK or not math.isfinite(choice.mean):
+                continue
+            run = selection.chosen(method).iloc[0]
+            best[base] = ({"optimizer.lr": run["optimizer.lr"]}
+                          if run["optimizer.name"] == "adamw" else
+                          {"optimizer.manifold_lr": run["optimizer.manifold_lr"],
+                           "optimizer.lr": run["optimizer.lr"]})
     if set(best) == set(TUNED_FALLBACK):
         where = records.relative_to(ROOT) if records.is_relative_to(ROOT) else records
-        return {m: lrs for m, (_, lrs) in best.items()}, f"seed-0 runs of {where}"
+        return {m: best[m] for m in TUNED_FALLBACK}, f"the configurations {where} reports"
     return dict(TUNED_FALLBACK), "the protocol-1 table (no tuned records found)"
 
 
@@ -221,16 +226,12 @@ class Check:
 
 
 def base_args(size: Size, out_dir: Path, sweep: str, multirun: bool = False) -> list[str]:
-    """`python -m bench.run` at this size: the study's protocol (riemannian_attention.yaml)."""
+    """`python -m bench.run` at this size: the protocol of conf/experiment/gpu_check.yaml."""
     return [
-        sys.executable, "-m", "bench.run", *(["-m"] if multirun else []), "model=knight",
-        "model.init=scratch", *size.model,
-        "adapter=full", "adapter.target_modules=[all]", "data.domain=stdlib_core",
-        f"data.eval_batches={size.eval_batches}", f"trainer.device={size.device}",
-        "trainer.dtype=bfloat16", "trainer.tf32=true", f"trainer.batch_size={size.batch_size}",
-        "trainer.lr_schedule=warmup_constant", "trainer.warmup_steps=10",
-        "trainer.progress=false", f"trainer.threads={size.threads}", "logger=none",
-        f"out_dir={out_dir}", f"sweep={sweep}",
+        sys.executable, "-m", "bench.run", *(["-m"] if multirun else []),
+        "+experiment=gpu_check", *size.model, f"data.eval_batches={size.eval_batches}",
+        f"trainer.device={size.device}", f"trainer.batch_size={size.batch_size}",
+        f"trainer.threads={size.threads}", f"out_dir={out_dir}", f"sweep={sweep}",
     ]
 
 
@@ -249,8 +250,8 @@ def estimate(size: Size, methods: list[str]) -> dict:
 def steady_tokens_per_s(run_dir: Path) -> float | None:
     """Tokens/s between logged rows after the first fifth of the steps (no compilation or cuBLAS
     warm-up, no evaluation: eval rows are left out), from metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "train/loss" in r and "eval/loss" not in r]
+    rows = [r for r in read_rows(run_dir / METRICS_FILE)[0]
+            if "train/loss" in r and "eval/loss" not in r]
     if len(rows) < 2:
         return None
     first = rows[len(rows) // 5] if len(rows) >= 5 else rows[0]
@@ -261,13 +262,9 @@ def steady_tokens_per_s(run_dir: Path) -> float | None:
 
 def read_run(out_dir: Path, sweep: str, method: str) -> list[tuple[dict, dict, Path]]:
     """(config, summary, folder) of every record of `method` in <out_dir>/<sweep>/."""
-    found = []
-    for config_path in sorted((out_dir / sweep).glob("*/config.yaml")):
-        config = yaml.safe_load(config_path.read_text())
-        summary_path = config_path.parent / "summary.json"
-        if config["meta"]["method"] == method and summary_path.is_file():
-            found.append((config, json.loads(summary_path.read_text()), config_path.parent))
-    return found
+    records = [read_record(d) for d in sorted((out_dir / sweep).glob("*")) if is_record(d)]
+    return [(r.config, r.summary, r.dir) for r in records
+            if r.method == method and r.summary is not None]
 
 
 def step_cuda_tests(check: Check, has_cuda: bool) -> None:
@@ -379,7 +376,7 @@ def step_compare(check: Check, rows: dict) -> None:
             f"trainer.eval_every={s.eval_every}",
             f"trainer.log_every={max(1, min(10, steps // 5))}",
             f"trainer.checkpoint_every={max(steps // 2, 1)}",
-            "hydra/launcher=serial", "hydra.sweeper.params=null", f"seed={seeds}"]
+            "hydra/launcher=serial", f"seed={seeds}"]
     codes = check.commands(jobs, timeout=BUDGET_S - check.elapsed() - s.est_analysis_s,
                            parallel=True)
     results = {}
@@ -395,7 +392,7 @@ def step_compare(check: Check, rows: dict) -> None:
         diffs = [b[x] - a[x] for x in a if x in b and a[x] is not None and b[x] is not None]
         results[key]["mean_paired_delta_vs_adamw"] = sum(diffs) / len(diffs) if diffs else None
     for run_dir in runs.glob("*/*/checkpoint.pt"):  # records are text only (results/ is in git)
-        if json.loads((run_dir.parent / "summary.json").read_text())["status"] != "running":
+        if read_record(run_dir.parent).status != "running":
             run_dir.unlink()
     check.save("compare", {"steps": steps, "why": why, "lr_source": lr_source,
                            "seconds": round(time.perf_counter() - t, 1), "methods": results})

@@ -57,6 +57,23 @@ def pytest_configure(config):
     torch.set_num_threads(len(share))
 
 
+def fixture_config_id(row: dict) -> str:
+    """The `meta.config_id` bench records, for a flat fixture row of a run table: the digest
+    (bench.record.config_digest) of its dotted config keys, without the seed."""
+    from bench.record import config_digest
+
+    nested: dict = {}
+    for key, value in row.items():
+        if "." not in key or key.startswith("meta."):
+            continue
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return config_digest(nested, {}, leave_out=("seed",))
+
+
 def make_variant(variant: str, n: int, m: int, r: int):
     """The manifold of a GEOMETRY_VARIANTS id for n x m matrices of rank r."""
     name, options = GEOMETRY_VARIANTS[variant]

@@ -15,11 +15,10 @@ from analysis.records import (
     IncompatibleRunsError,
     NoRunsError,
     check_compatible,
-    derive_method,
-    fill_absent_keys,
     load_curves,
     load_runs,
 )
+from bench.record import config_digest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +41,8 @@ def write_run(root, sweep, adapter="lora", optimizer="adamw", lr=1e-3, seed=0, l
         "meta": {"run_id": run_id, "method": f"{adapter}/{optimizer}", "data_hash": "abc"},
     }
     cfg.update(config)
+    cfg["meta"].setdefault("config_id", config_digest(
+        {k: v for k, v in cfg.items() if k != "meta"}, {}, leave_out=("seed",)))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = []
     for i, loss in enumerate(losses):
@@ -118,37 +119,6 @@ def test_incompatible_configs_are_refused_naming_the_key(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.d_model" in err[0]
     assert not (tmp_path / "fig").exists()
-
-
-def test_method_is_derived_when_the_record_does_not_name_it():
-    row = {"adapter.name": "full", "optimizer.name": "riemannian_adam",
-           "model.attention.geometry": "fixed_rank_embedded", "model.attention.block": True}
-    assert derive_method(row) == "full/riemannian_adam/fixed_rank_embedded+block"
-    assert derive_method({"adapter.name": "lora"}) == "lora/adamw"
-    row = {"adapter.name": "lora", "optimizer.name": "riemannian_adam",
-           "adapter.geometry": "fixed_rank_embedded"}
-    assert derive_method(row) == "lora/riemannian_adam/lora:fixed_rank_embedded"
-
-
-@pytest.mark.parametrize("overrides", [
-    [],
-    ["adapter=lora_riemannian", "optimizer=riemannian_adam"],
-    ["adapter=balora_riemannian", "optimizer=riemannian_adam"],
-    ["adapter=full_riemannian", "optimizer=riemannian_adam"],
-    ["optimizer=riemannian_normalized", "model.attention.geometry=fixed_rank_embedded",
-     "model.attention.block=true", "model.attention.retraction=orthographic"],
-    ["adapter=lora_riemannian", "optimizer=riemannian_sgd",
-     "model.attention.geometry=partial_isometry_quotient"],
-])
-def test_derived_method_is_the_name_training_gives(overrides):
-    from omegaconf import OmegaConf
-
-    from analysis.records import flatten
-    from bench.run import method_name
-    from tests.conftest import compose
-
-    cfg = compose(overrides)
-    assert derive_method(flatten(OmegaConf.to_container(cfg, resolve=True))) == method_name(cfg)
 
 
 def _declare(run_dir, **study):
@@ -376,33 +346,6 @@ def test_tuned_tables_are_logged_to_wandb_offline(tmp_path):
     assert run_file.stat().st_size > 0
 
 
-def test_a_relaunched_run_under_a_new_id_counts_once(tmp_path):
-    for name in ("old-id", "new-id"):  # the same launch, recorded twice (a changed run id)
-        run_dir = write_run(tmp_path, "s", seed=0, losses=(3, 2.5, 2.1))
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        cfg["meta"]["overrides"] = ["adapter=lora", "seed=0"]
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-        run_dir.rename(run_dir.with_name(name))
-        time.sleep(0.01)
-    write_run(tmp_path, "s", seed=1, losses=(3, 2.5, 2.2))
-    df = load_runs(tmp_path)
-    assert sorted(df["seed"]) == [0, 1]
-    assert df[df["seed"] == 0]["run_dir"].iloc[0].endswith("new-id")
-
-
-def test_a_key_added_later_does_not_split_a_configuration():
-    """Old records lack a key that newer ones state at its default: within a sweep they take
-    that value; a key whose stated values differ is left absent in the records that lack it."""
-    old = {"sweep": "s", "optimizer.lr": 0.1, "status": "completed"}
-    new = {"sweep": "s", "optimizer.lr": 0.1, "toy.draws": 1, "k": 1, "status": "completed"}
-    other = {"sweep": "s", "optimizer.lr": 0.1, "toy.draws": 1, "k": 2, "status": "completed"}
-    elsewhere = {"sweep": "t", "optimizer.lr": 0.1, "status": "completed"}
-    rows = fill_absent_keys([old, new, other, elsewhere])
-    assert rows[0]["toy.draws"] == 1 and "k" not in rows[0]
-    assert "toy.draws" not in rows[3]  # another sweep is not filled from this one
-    assert "toy.draws" not in old  # the input rows are left alone
-
-
 def test_results_state_their_study_and_config():
     """results/ (migrated once): every record states its study as the study's YAML declares it
     and a config_id that is bench's digest of its config without the seed; grouping seeds by
@@ -412,7 +355,7 @@ def test_results_state_their_study_and_config():
     from omegaconf import OmegaConf
 
     from analysis.records import lm_runs
-    from analysis.tuning import config_groups, config_keys
+    from analysis.selection import config_groups, config_keys
     from bench.tracking.identity import config_id
     from experiments.__main__ import discover
 
@@ -431,8 +374,8 @@ def test_results_state_their_study_and_config():
         measured = [c for c in method.columns if c.startswith("metrics.")
                     and method[c].astype(str).nunique(dropna=False) > 1]
         by_id = sorted(sorted(g["run_id"]) for g in config_groups(method, keys))
-        by_keys = sorted(sorted(g["run_id"]) for g in config_groups(
-            method.drop(columns="meta.config_id"), keys + measured))
+        by_keys = (sorted(sorted(g["run_id"]) for _, g in method.groupby(
+            keys + measured, dropna=False)) if keys + measured else [sorted(method["run_id"])])
         assert by_id == by_keys
 
 

@@ -11,7 +11,9 @@ import pytest
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from bench.config import AttentionConfig, Config, ConfigError, TrainerConfig, validate
+from bench.config import Config, ConfigError, validate
+from bench.models.config import AttentionConfig
+from bench.train import TrainerConfig
 from tests.conftest import ROOT, compose, config_error, run_cli
 
 
@@ -89,10 +91,10 @@ def test_cli_prints_one_line_and_exits_2_writing_nothing(tmp_path, overrides, li
     ("overrides", "key"),
     [
         (
-            ["adapter.alignment=best"],
+            ["adapter=balora", "adapter.alignment=best"],
             "adapter.alignment='best' is not allowed; allowed values: procrustes, sign, none",
         ),
-        (["adapter.moments=rotate"], "allowed values: keep, transport"),
+        (["adapter=balora", "adapter.moments=rotate"], "allowed values: keep, transport"),
         (["trainer.device=tpu"], "allowed values: auto, cpu, cuda"),
         (["trainer.lr_schedule=linear"], "allowed values: constant, warmup_constant"),
         (["model.attention.geometry=sphere"], "fixed_rank_embedded"),
@@ -105,10 +107,10 @@ def test_cli_prints_one_line_and_exits_2_writing_nothing(tmp_path, overrides, li
              "model.attention.retraction=orthographic"],
             "needs model.attention.geometry=fixed_rank_embedded",
         ),
-        (["adapter.start_step=0"], "adapter.start_step=0 must be >= 1"),
+        (["adapter=balora", "adapter.start_step=0"], "adapter.start_step=0 must be >= 1"),
         (["model.n_head=3"], "must be divisible by model.n_head=3"),
         (["model.n_kv_head=3"], "model.n_kv_head=3 must divide model.n_head=4"),
-        (["optimizer=sgd", "adapter.moments=transport"], "has none"),
+        (["adapter=balora", "optimizer=sgd", "adapter.moments=transport"], "has none"),
         (["metrics.target_loss=from_baseline"], "needs metrics.baseline"),
         (["metrics.hessian.every=10", "metrics.hessian.iters=1"], "metrics.hessian.iters=1"),
     ],
@@ -128,12 +130,17 @@ def test_the_default_sweep_measures_curvature_at_the_end_and_no_study_inherits_i
     """conf/config.yaml estimates the Hessian and Gauss-Newton spectra at each run's last step;
     every study experiment resets that to the schema's "off" (measuring only in its reporting
     runs), so its run ids, which hash the values that differ from the schema, stay the same."""
-    from bench.config import HessianConfig
+    from bench.metrics.config import HessianConfig
 
     default = compose([])
     assert default.metrics.hessian.every == default.trainer.max_steps
     assert default.metrics.hessian.gauss_newton
     off = OmegaConf.structured(HessianConfig())
+    studies = 0
     for path in sorted((ROOT / "conf" / "experiment").glob("*.yaml")):
         cfg = compose([f"+experiment={path.stem}"])
+        if cfg.study.name is None:  # the default sweep itself, gpu_check: not studies
+            continue
+        studies += 1
         assert cfg.metrics.hessian == off, path.stem
+    assert studies >= 5

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from bench.record import config_digest
 from experiments import gpu_check
 from tests.conftest import ROOT, read_jsonl
 
@@ -87,12 +88,15 @@ def _record(root, folder, method, seed, loss, schedule="warmup_constant", status
     run = root / folder
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({"status": status, "final_eval_loss": loss}))
+    config = {"trainer": {"lr_schedule": schedule}, "optimizer": optimizer}
     (run / "config.yaml").write_text(yaml.safe_dump({
-        "meta": {"method": method}, "seed": seed, "trainer": {"lr_schedule": schedule},
-        "optimizer": optimizer}))
+        **config, "seed": seed, "meta": {"method": method, "config_id": config_digest(config, {})},
+    }))
 
 
-def test_tuned_learning_rates_are_the_lowest_validation_loss_of_seed_0_at_constant_lr(tmp_path):
+def test_tuned_learning_rates_are_the_study_s_choice_at_constant_lr(tmp_path):
+    """The tables' rule (analysis.selection): the tuning seed's lowest validation loss, a
+    reporting seed's run and another schedule's left out, a diverged run never chosen."""
     adamw, r1, r2 = gpu_check.TUNED_FALLBACK
     rec = tmp_path / "riemannian_attention"
     _record(rec, "a1", adamw, 0, 2.30, name="adamw", lr=1e-3)
@@ -104,7 +108,7 @@ def test_tuned_learning_rates_are_the_lowest_validation_loss_of_seed_0_at_consta
     _record(rec, "b2", r1, 0, 2.15, name="riemannian_normalized", manifold_lr=3e-2, lr=2e-3)
     _record(rec, "c1", r2, 0, 2.18, name="riemannian_normalized", manifold_lr=3e-3, lr=2e-3)
     lrs, source = gpu_check.tuned_lrs(rec)
-    assert "seed-0 runs" in source
+    assert "the configurations" in source
     assert lrs == {adamw: {"optimizer.lr": 2e-3},
                    r1: {"optimizer.manifold_lr": 3e-2, "optimizer.lr": 2e-3},
                    r2: {"optimizer.manifold_lr": 3e-3, "optimizer.lr": 2e-3}}

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 transformers = pytest.importorskip("transformers")
 
-from bench.config import ConfigError, ModelConfig  # noqa: E402
+from bench.errors import ConfigError  # noqa: E402
+from bench.models.config import ModelConfig  # noqa: E402
 from bench.models.hf import HFCausalLM, attention_modules, load_hf  # noqa: E402
 from bench.train import model_seq_len  # noqa: E402
 from tests.conftest import config_error, run_cli, run_dirs  # noqa: E402

@@ -259,32 +259,32 @@ def test_a_baseline_may_name_an_option_method():
     ("overrides", "message"),
     [
         (["adapter=full", "adapter.init=pissa"],
-         "adapter.init='pissa' needs a LoRA adapter: allowed adapter.name: lora, balora, dora "
-         "(got 'full')"),
+         "adapter.init='pissa' is a key of adapter=lora|balora|dora, not of adapter=full: with "
+         "adapter=full, allowed values: 'default' (its default)"),
         (["adapter=full", "adapter.init=olora"],
-         "adapter.init='olora' needs a LoRA adapter: allowed adapter.name: lora, balora, dora "
-         "(got 'full')"),
+         "adapter.init='olora' is a key of adapter=lora|balora|dora, not of adapter=full: with "
+         "adapter=full, allowed values: 'default' (its default)"),
         (["adapter=full", "adapter.rslora=true"],
-         "adapter.rslora=True needs a LoRA adapter: allowed adapter.name: lora, balora, dora "
-         "(got 'full')"),
+         "adapter.rslora=True is a key of adapter=lora|balora|dora, not of adapter=full: with "
+         "adapter=full, allowed values: False (its default)"),
         (["adapter=lora", "adapter.init=loftq"],
          "adapter.init='loftq' is not allowed; allowed values: default, pissa, olora"),
         (["adapter=lora_riemannian", "adapter.init=pissa"],
          "adapter.init='pissa' with adapter.geometry='fixed_rank_embedded': allowed "
          "adapter.init=default (a Riemannian LoRA starts at its own random point)"),
         (["adapter=dora", "adapter.alignment=sign"],
-         "adapter.alignment='sign' is BaLoRA's balancing projection, which adapter=dora does "
-         "not support: allowed adapter.alignment='procrustes', or adapter=balora"),
+         "adapter.alignment='sign' is a key of adapter=balora, not of adapter=dora: with "
+         "adapter=dora, allowed values: 'procrustes' (its default)"),
         (["adapter=dora", "adapter.project_every=5"],
-         "adapter.project_every=5 is BaLoRA's balancing projection, which adapter=dora does "
-         "not support: allowed adapter.project_every=1, or adapter=balora"),
+         "adapter.project_every=5 is a key of adapter=balora, not of adapter=dora: with "
+         "adapter=dora, allowed values: 1 (its default)"),
         (["adapter=dora", "adapter.moments=transport"],
-         "adapter.moments='transport' is BaLoRA's balancing projection, which adapter=dora "
-         "does not support: allowed adapter.moments='keep', or adapter=balora"),
+         "adapter.moments='transport' is a key of adapter=balora, not of adapter=dora: with "
+         "adapter=dora, allowed values: 'keep' (its default)"),
         (["adapter=dora", "adapter.geometry=fixed_rank_quotient",
           "optimizer=riemannian_adam"],
-         "adapter.geometry='fixed_rank_quotient' with adapter=dora: allowed values: euclidean "
-         "(DoRA's magnitude and direction have no fixed-rank manifold here)"),
+         "adapter.geometry='fixed_rank_quotient' is a key of adapter=lora|balora, not of "
+         "adapter=dora: with adapter=dora, allowed values: 'euclidean' (its default)"),
         (["task=toy", "adapter=lora", "adapter.init=pissa"],
          "adapter.init='pissa' applies to task=lm only (got 'toy')"),
     ],

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 import bench.train
-from bench.adapters import build_adapter
-from bench.config import LORA_ADAPTERS, ConfigError, validate
+from bench.adapters import LORA_ADAPTERS, build_adapter
+from bench.config import ConfigError, validate
 from bench.manifolds import make
 from bench.models.gpt import GPT, GPTConfig
 from bench.optim import build_optimizer
@@ -288,25 +288,37 @@ def test_lora_optimizers_refuse_a_run_without_lora_factors(name, adapter):
     validate(compose([f"optimizer={name}", "adapter=balora"]))  # BaLoRA has the factors
 
 
-@pytest.mark.parametrize(("key", "value", "allowed"), [
-    ("optimizer.adjust_lr", "moonshot", "original, match_rms_adamw"),
-    ("optimizer.base", "lion", "adamw, sgd"),
+@pytest.mark.parametrize(("owner", "key", "value", "allowed"), [
+    (["optimizer=muon"], "optimizer.adjust_lr", "moonshot", "original, match_rms_adamw"),
+    (["optimizer=lora_preconditioned", "adapter=lora"], "optimizer.base", "lion", "adamw, sgd"),
 ])
-def test_unknown_choices_are_refused(key, value, allowed):
+def test_unknown_choices_are_refused(owner, key, value, allowed):
     with pytest.raises(ConfigError) as err:
-        validate(compose([f"{key}={value}"]))
+        validate(compose([*owner, f"{key}={value}"]))
     assert str(err.value) == f"{key}={value!r} is not allowed; allowed values: {allowed}"
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("optimizer.reg", "-1e-3", "optimizer.reg=-0.001 must be >= 0"),
-    ("optimizer.lr_ratio", "0", "optimizer.lr_ratio=0.0 must be > 0"),
-    ("optimizer.adamw_lr", "0", "optimizer.adamw_lr=0.0 must be > 0"),
+@pytest.mark.parametrize(("owner", "key", "value", "message"), [
+    (["optimizer=lora_preconditioned", "adapter=lora"], "optimizer.reg", "-1e-3",
+     "optimizer.reg=-0.001 must be >= 0"),
+    (["optimizer=loraplus", "adapter=lora"], "optimizer.lr_ratio", "0",
+     "optimizer.lr_ratio=0.0 must be > 0"),
+    (["optimizer=muon"], "optimizer.adamw_lr", "0", "optimizer.adamw_lr=0.0 must be > 0"),
 ])
-def test_bad_numbers_are_refused(key, value, message):
+def test_bad_numbers_are_refused(owner, key, value, message):
     with pytest.raises(ConfigError) as err:
-        validate(compose([key + "=" + value]))
+        validate(compose([*owner, key + "=" + value]))
     assert str(err.value) == message
+
+
+def test_a_key_of_another_optimizer_is_refused_not_ignored():
+    """optimizer=adamw optimizer.lr_ratio=4 would otherwise run AdamW and record a LoRA+ key."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["optimizer=adamw", "optimizer.lr_ratio=4"]))
+    assert str(err.value) == ("optimizer.lr_ratio=4.0 is a key of optimizer=loraplus, not of "
+                              "optimizer=adamw: with optimizer=adamw, allowed values: 16.0 (its "
+                              "default)")
+    validate(compose(["optimizer=adamw", "optimizer.lr_ratio=16"]))  # at its default: fine
 
 
 def test_muon_without_a_block_matrix_stops_before_any_run_folder(tmp_path, tiny):

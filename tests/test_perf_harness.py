@@ -9,12 +9,11 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.adapters.full import Full
-from bench.config import TrainerConfig
 from bench.data.corpus import get_batch, load_corpus
 from bench.metrics.cost import measure_matmul_peak, mfu
 from bench.models.gpt import GPT, GPTConfig
-from bench.tracking.record import RunRecord
-from bench.train import Trainer
+from bench.record import RunRecord
+from bench.train import Trainer, TrainerConfig
 
 pytestmark = pytest.mark.perf
 STEPS, BATCH = 60, 16

@@ -22,7 +22,8 @@ import torch
 from omegaconf import OmegaConf
 
 from bench.adapters import build_adapter
-from bench.config import AdapterConfig, HessianConfig
+from bench.config import AdapterConfig
+from bench.metrics.config import HessianConfig
 from bench.metrics.monitor import HessianMonitor
 from bench.models.gpt import GPT, GPTConfig
 

@@ -12,7 +12,9 @@ import json
 import pytest
 import yaml
 
-from experiments.__main__ import discover, load_experiment, sweep_of
+from bench.record import config_digest
+from experiments.__main__ import discover, load_experiment, stages, sweep_of
+from tests.conftest import ROOT as REPO
 from tests.conftest import SERIAL, run_analysis, run_cli, run_dirs
 
 # A tiny model and budget for any LM study (the toy ignores them).
@@ -72,7 +74,7 @@ def test_every_stage_finds_its_sweep_folder():
                 "riemannian_attention_adamw": "riemannian_attention",
                 "adapters_x_optimizers_riemannian": "adapters_x_optimizers"}
     for name, study in STUDIES.items():
-        for _, stage in study.stages:
+        for _, stage in stages(study):
             experiment = stage.partition("@")[0]  # riemannian_attention@cosine: a variant
             assert sweep_of(experiment) == expected.get(experiment, name), experiment
             block = load_experiment(experiment).study
@@ -98,12 +100,17 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
+    """The experiments module over a copy of conf/ whose experiments are `files` (each a global
+    package, as every experiment YAML is)."""
+    import shutil
+
     import experiments.__main__ as experiments
 
+    shutil.copytree(REPO / "conf", tmp_path / "conf", ignore=shutil.ignore_patterns("experiment"))
     conf = tmp_path / "conf" / "experiment"
     conf.mkdir(parents=True)
     for name, text in files.items():
-        (conf / f"{name}.yaml").write_text(text)
+        (conf / f"{name}.yaml").write_text("# @package _global_\n" + text)
     monkeypatch.setattr(experiments, "CONF", conf)
     monkeypatch.setattr(experiments, "ROOT", tmp_path)
     return experiments
@@ -163,7 +170,8 @@ def _record(out, sweep, name, method, overrides, loss, lr, seed=0):
     run_dir = out / sweep / name
     run_dir.mkdir(parents=True)
     config = {"seed": seed, "optimizer": {"lr": lr},
-              "meta": {"method": method, "overrides": [*overrides, f"seed={seed}"]}}
+              "meta": {"method": method, "overrides": [*overrides, f"seed={seed}"],
+                       "config_id": config_digest({"overrides": overrides}, {})}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (run_dir / "summary.json").write_text(json.dumps({"status": "completed",
                                                       "final_eval_loss": loss}))

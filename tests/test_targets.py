@@ -10,7 +10,7 @@ import yaml
 from analysis import targets as analysis_targets
 from analysis.__main__ import main as analysis_main
 from analysis.records import load_runs
-from bench.metrics.targets import time_to_target
+from bench.record import time_to_target
 from bench.run import run
 from tests.conftest import compose, read_jsonl, run_dirs
 
@@ -40,20 +40,6 @@ def test_time_to_target_is_the_first_eval_row_at_or_below():
     assert time_to_target(ROWS, None)["steps_to_target"] is None
     with pytest.raises(ValueError, match="finite"):
         time_to_target(ROWS, float("nan"))
-
-
-def test_analysis_time_to_target_agrees_with_bench():
-    """analysis/targets.py re-implements bench's rule (analysis never imports bench)."""
-    rows = [*ROWS, {"step": 60, "tokens": 3840, "wall_s": 9.0, "eval/loss": math.nan},
-            {"step": 70, "tokens": 4480, "wall_s": 10.5, "eval/loss": 1.0}]
-    for target in (None, 0.5, 1.0, 2.0, 2.5, 2.9, 3.0, 3.5, 3.9, 5.0, 9.0, 4):
-        for data in (rows, rows[:3], []):
-            assert analysis_targets.time_to_target(data, target) == time_to_target(data, target)
-    for bad in (math.nan, math.inf, True, "from_baseline"):
-        with pytest.raises(ValueError, match="finite"):
-            analysis_targets.time_to_target(ROWS, bad)
-        with pytest.raises(ValueError, match="finite"):
-            time_to_target(ROWS, bad)
 
 
 def make_run(

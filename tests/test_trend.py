@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.selection import select_sweep
+from analysis.tables import tuned_table
 from analysis.trend import row_trend, write_trend
-from analysis.tuning import tuned_table
 from tests.test_tuning import run
 
 RANKS = (4, 8, 16, 32)
@@ -42,7 +43,7 @@ def records(slope, wobble):
 
 def test_the_slope_is_the_mean_per_seed_least_squares_slope_on_log2_r():
     df = records(slope=-0.004, wobble=0.002)
-    trend = row_trend(df, tuned_table(df, baseline=BASE)).set_index("method")
+    trend = row_trend(tuned_table(df, baseline=BASE), select_sweep(df)).set_index("method")
     row = trend.loc["balora/adamw"]
     x = np.log2(RANKS)
     slopes = [np.polyfit(x, [balora(s, r, -0.004, 0.002) - lora(s, r) for r in RANKS], 1)[0]
@@ -60,10 +61,10 @@ def test_the_slope_is_the_mean_per_seed_least_squares_slope_on_log2_r():
 
 def test_an_exact_slope_is_recovered_and_a_flat_one_is_not_called():
     steep = records(slope=-0.004, wobble=0.0)
-    steep = row_trend(steep, tuned_table(steep, baseline=BASE))
+    steep = row_trend(tuned_table(steep, baseline=BASE), select_sweep(steep))
     assert steep.loc[0, "slope"] == pytest.approx(-0.004, abs=1e-12)
     flat = records(slope=0.0, wobble=0.002)
-    flat = row_trend(flat, tuned_table(flat, baseline=BASE))
+    flat = row_trend(tuned_table(flat, baseline=BASE), select_sweep(flat))
     assert flat.loc[0, "ci_low"] < 0 < flat.loc[0, "ci_high"]
     assert flat.loc[0, "conclusive"] == "no"
 
@@ -71,10 +72,10 @@ def test_an_exact_slope_is_recovered_and_a_flat_one_is_not_called():
 def test_a_table_without_numeric_rows_has_no_trend(tmp_path):
     df = records(slope=-0.004, wobble=0.002).drop(columns=["study.rows"])
     table = tuned_table(df, baseline=BASE)
-    assert row_trend(df, table).empty
-    assert write_trend(df, table, tmp_path, "s") == []
+    assert row_trend(table, select_sweep(df)).empty
+    assert write_trend(table, select_sweep(df), tmp_path, "s") == []
     df = records(slope=-0.004, wobble=0.002)
-    (path,) = write_trend(df, tuned_table(df, baseline=BASE), tmp_path, "s")
+    (path,) = write_trend(tuned_table(df, baseline=BASE), select_sweep(df), tmp_path, "s")
     assert path.name == "s_trend.md"
     assert "| balora/adamw | lora/adamw | 4, 8, 16, 32 | 5 | 0 | 0 | -0.004 |" in path.read_text()
 
@@ -88,7 +89,7 @@ def test_a_seed_lacking_a_rank_or_diverged_at_one_is_left_out_and_counted():
     df = df[~balora_at(32, 5)].copy()  # seed 5 never ran at r = 32
     df.loc[balora_at(16, 4), ["status", "final_test_loss", "final_eval_loss"]] = (
         "diverged", math.nan, math.nan)
-    row = row_trend(df, tuned_table(df, baseline=BASE)).iloc[0]
+    row = row_trend(tuned_table(df, baseline=BASE), select_sweep(df)).iloc[0]
     assert (row["n"], row["incomplete"], row["diverged"]) == (3, 1, 1)
     assert row["slope"] == pytest.approx(-0.004, abs=1e-12)  # seeds 1-3, exact
     assert row["conclusive"] == "no"  # never "yes" while a diverged seed is left out
@@ -97,5 +98,5 @@ def test_a_seed_lacking_a_rank_or_diverged_at_one_is_left_out_and_counted():
 def test_the_tuning_seed_never_enters_the_trend():
     df = records(slope=-0.004, wobble=0.002)
     df = df[df["seed"] == 0]  # the grid only: no reporting seed has run
-    row = row_trend(df, tuned_table(df, baseline=BASE)).iloc[0]
+    row = row_trend(tuned_table(df, baseline=BASE), select_sweep(df)).iloc[0]
     assert row["n"] == 0 and row["conclusive"] == "n/a"

@@ -8,19 +8,23 @@ import pandas as pd
 import pytest
 
 from analysis.records import ArgumentError, IncompatibleRunsError
-from analysis.tuning import GridEdgeWarning, best_runs, tuned_table
+from analysis.selection import select_sweep
+from analysis.tables import GridEdgeWarning, tuned_table
+from tests.conftest import fixture_config_id
 
 _ids = itertools.count()
 
 
 def run(method, lr, seed, loss, status="completed", sweep="s", **extra):
+    """A run-table row as analysis.records.load_runs gives it (with bench's meta.config_id)."""
     adapter, optimizer = method.split("/")[:2]
-    return {
+    row = {
         "sweep": sweep, "run_id": f"run{next(_ids)}", "method": method,
         "adapter.name": adapter, "optimizer.name": optimizer, "optimizer.lr": lr, "seed": seed,
         "status": status, "final_eval_loss": loss if status == "completed" else math.nan,
         "model.d_model": 32, "data.name": "builtin", **extra,
     }
+    return {**row, "meta.config_id": fixture_config_id(row)}
 
 
 def table(rows, **kwargs):
@@ -197,7 +201,7 @@ def test_sweeps_are_tabulated_separately():
 
 def test_best_runs_are_all_seeds_of_the_chosen_config():
     rows = seeds("lora/adamw", 1e-3, [2.0, 2.0]) + seeds("lora/adamw", 1e-2, [2.5, 2.5])
-    chosen = best_runs(pd.DataFrame(rows))
+    chosen = select_sweep(pd.DataFrame(rows)).chosen_runs()
     assert set(chosen["optimizer.lr"]) == {1e-3} and len(chosen) == 2
 
 
@@ -210,13 +214,6 @@ def test_two_stage_protocol_reports_the_config_run_with_more_seeds():
     assert row["optimizer.lr"] == 1e-3 and row["n_seeds"] == 2  # seeds 1, 2 report
 
 
-def test_the_non_semantic_keys_are_bench_s():
-    from analysis.tuning import NON_SEMANTIC
-    from bench.config import NON_SEMANTIC as BENCH
-
-    assert NON_SEMANTIC == BENCH
-
-
 def test_non_semantic_settings_do_not_split_a_config():
     rows = [run("lora/adamw", 1e-3, seed, 2.0 + 0.01 * seed, **{
         "trainer.threads": seed + 1, "trainer.progress": seed == 0,
@@ -225,16 +222,12 @@ def test_non_semantic_settings_do_not_split_a_config():
     assert got.loc["lora/adamw", "n_configs"] == 1 and got.loc["lora/adamw", "n_seeds"] == 3
 
 
-def test_records_stating_their_config_are_grouped_by_it():
-    """Two configs that differ only in a key the heuristic ignores (the eval cadence): one config
-    without `meta.config_id`, two with it."""
+def test_records_are_grouped_by_the_config_they_state():
+    """Two configs that differ only in a key the table does not show (the eval cadence) are two
+    configurations: the records' `meta.config_id` says so."""
     rows = [run("lora/adamw", 1e-3, seed, loss, **{"trainer.eval_every": every})
             for every, seeds, losses in ((10, (1, 2), [2.0, 2.1]), (20, (3, 4), [1.9, 2.0]))
             for seed, loss in zip(seeds, losses)]
-    heuristic = table(rows).loc["lora/adamw"]
-    assert (heuristic["n_configs"], heuristic["n_seeds"]) == (1, 4)
-    for row in rows:
-        row["meta.config_id"] = f"id{row['trainer.eval_every']}"
     stated = table(rows).loc["lora/adamw"]
     assert (stated["n_configs"], stated["n_seeds"], stated["mean"]) == (2, 2, pytest.approx(1.95))
 
@@ -281,7 +274,7 @@ def test_final_kappa_is_the_median_over_the_reported_seeds_where_it_is_defined()
 def test_hosts_name_the_processors_of_the_reported_seeds_only():
     """Where the reported runs executed (`meta.host`), per row and in the reporting sentence;
     the tuning seed's host is not reported, and a record older than `meta.host` is counted."""
-    from analysis.tuning import reporting
+    from analysis.tables import reporting
 
     def on(cpu):
         return {"meta.host.cpu": cpu, "meta.host.cpu_capability": "AVX512"}
@@ -334,10 +327,12 @@ def test_loss_vs_rank_figure_draws_each_method_at_each_rank(tmp_path):
                 **{"adapter.r": r, "study.rows": "adapter.r"})
             for m in ("lora/adamw", "balora/adamw") for r in (4, 16) for s in range(1, 4)]
     got = tuned_table(pd.DataFrame(rows), baseline="lora/adamw")
-    (path,) = [p for p in loss_vs_rows(got, tmp_path, "rank") if p.suffix == ".png"]
+    selection = select_sweep(pd.DataFrame(rows))
+    (path,) = [p for p in loss_vs_rows(got, tmp_path, "rank", selection) if p.suffix == ".png"]
     assert path.name == "rank_loss_vs_r.png" and path.stat().st_size > 0
-    assert loss_vs_rows(tuned_table(pd.DataFrame(seeds("lora/adamw", 1e-3, [2.0, 2.1]))),
-                        tmp_path, "plain") == []  # no study.rows: no figure
+    plain = pd.DataFrame(seeds("lora/adamw", 1e-3, [2.0, 2.1]))
+    assert loss_vs_rows(tuned_table(plain), tmp_path, "plain",
+                        select_sweep(plain)) == []  # no study.rows: no figure
 
 
 def test_best_runs_choose_each_table_row_apart():
@@ -349,8 +344,10 @@ def test_best_runs_choose_each_table_row_apart():
             for lr in (1e-3, 3e-3):
                 loss = 2.0 + (0 if lr == lr_best else 0.5)
                 rows += seeds(method, lr, [loss] * 3, **{"adapter.r": r, "study.rows": "adapter.r"})
-    chosen = best_runs(pd.DataFrame(rows))
+    chosen = select_sweep(pd.DataFrame(rows)).chosen_runs()
     assert len(chosen) == 12  # 2 methods x 2 ranks x 3 seeds
     assert set(map(tuple, chosen[["adapter.r", "optimizer.lr"]].to_numpy())) == {(4, 1e-3),
                                                                                (8, 3e-3)}
-    assert chosen["method"].isin(["lora/adamw", "balora/adamw"]).all()  # the records' names
+    assert chosen["base"].isin(["lora/adamw", "balora/adamw"]).all()  # the records' names
+    assert set(chosen["method"]) == {f"{m} r={r}" for m in ("lora/adamw", "balora/adamw")
+                                     for r in (4, 8)}  # chosen per table row

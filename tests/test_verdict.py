@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.tuning import GridEdgeWarning, tuned_table, write_tuned
+from analysis.tables import GridEdgeWarning, tuned_table, write_tuned
 from analysis.verdict import (
     ALPHA,
     MIN_SEEDS,
@@ -24,6 +24,7 @@ from analysis.verdict import (
     verdicts,
     welch_t,
 )
+from tests.conftest import fixture_config_id
 
 STUDIES = 2000
 SEED_SD, NOISE_SD = 0.1, 0.005
@@ -145,12 +146,13 @@ def test_mismatched_seeds_fall_back_to_welch():
 
 def record(method, lr, seed, loss, status="completed", sweep="study", **extra):
     adapter, optimizer = method.split("/")[:2]
-    return {
+    row = {
         "sweep": sweep, "run_id": f"r{next(_ids)}", "method": method, "adapter.name": adapter,
         "optimizer.name": optimizer, "optimizer.lr": lr, "seed": seed, "status": status,
         "final_eval_loss": loss if status == "completed" else math.nan,
         "model.d_model": 32, "data.name": "builtin", **extra,
     }
+    return {**row, "meta.config_id": fixture_config_id(row)}
 
 
 def study(per_seed: dict[str, list[float]], grid=(1e-3, 3e-3, 1e-2)) -> list[dict]:

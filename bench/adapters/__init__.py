@@ -1,7 +1,8 @@
 """Adapters: which parameters of a model train, and what happens after each optimizer step.
 
 `ADAPTERS` is the one list of adapter names (`adapter.name`, conf/adapter/*.yaml): each class
-states its own `name`; adding an adapter is its module, one entry below and its YAML.
+states its own `name`, its keys (`knobs`, a dataclass) and their checks (`check`); adding an
+adapter is its module, one entry below, its YAML and its test.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from bench.adapters.lora import LoRA
 from bench.errors import ConfigError
 
 ADAPTERS: dict[str, type[Adapter]] = {cls.name: cls for cls in (Full, LoRA, BaLoRA, DoRA)}
+# the adapters with LoRA factors lora_A, lora_B (what an optimizer with needs_lora steps)
+LORA_ADAPTERS = tuple(name for name, cls in ADAPTERS.items() if issubclass(cls, LoRA))
 
 
 def build_adapter(cfg) -> Adapter:
@@ -25,4 +28,5 @@ def build_adapter(cfg) -> Adapter:
     return ADAPTERS[cfg.name](cfg)
 
 
-__all__ = ["ADAPTERS", "Adapter", "build_adapter", "count_trainable", "find_targets"]
+__all__ = ["ADAPTERS", "LORA_ADAPTERS", "Adapter", "build_adapter", "count_trainable",
+           "find_targets"]

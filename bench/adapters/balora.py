@@ -6,21 +6,37 @@ the moment rotations) is in `bench.adapters.balancing`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from bench.adapters.balancing import (
+    ALIGNMENTS,
     balancing_gap,
     project_balanced_with_rotation,
     rotate_moments,
     rotate_second_moments,
 )
-from bench.adapters.lora import LoRA, LoRALinear, ManifoldLoRALinear
+from bench.adapters.lora import LoRA, LoRAKnobs, LoRALinear, ManifoldLoRALinear
+from bench.errors import ConfigError, choice, positive
 
 # What happens to Adam's moments at a projection: keep them (the paper) or rotate them into the
 # new frame (`rotate_moments`; adapter.moments): AdamW's on lora_A/lora_B, and Riemannian Adam's
 # on the packed point of a Riemannian LoRA layer on R2 (adapter=balora_riemannian).
 MOMENTS = ("keep", "transport")
+# the optimizers whose Adam moments adapter.moments=transport rotates
+WITH_MOMENTS = ("adamw", "riemannian_adam")
+
+
+@dataclass
+class BaLoRAKnobs(LoRAKnobs):
+    """LoRA's keys plus the projection's (docs/papers/balora.md §3)."""
+
+    project_every: int = 1
+    start_step: int = 1
+    alignment: str = "procrustes"  # procrustes | sign | none: the representative chosen
+    moments: str = "keep"  # keep | transport: what happens to Adam's moments
 
 
 def _adam_state(optimizer, p) -> dict | None:
@@ -40,6 +56,26 @@ class BaLoRA(LoRA):
     """
 
     name = "balora"
+    knobs = BaLoRAKnobs
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        a = cfg.adapter
+        choice("adapter.alignment", a.alignment, ALIGNMENTS)
+        choice("adapter.moments", a.moments, MOMENTS)
+        positive("adapter.project_every", a.project_every)
+        if a.start_step < 1:
+            raise ConfigError(f"adapter.start_step={a.start_step} must be >= 1: projecting before "
+                              "the first optimizer step maps B A = 0 to the saddle (0, 0)")
+        if a.moments == "transport" and cfg.optimizer.name not in WITH_MOMENTS:
+            raise ConfigError(f"adapter.moments=transport needs an optimizer with moment estimates "
+                              f"({' or '.join(WITH_MOMENTS)}); optimizer.name="
+                              f"{cfg.optimizer.name!r} has none")
+        if a.geometry not in ("euclidean", "fixed_rank_quotient"):
+            raise ConfigError(f"adapter.geometry={a.geometry!r} with adapter=balora: allowed "
+                              "values: euclidean, fixed_rank_quotient (the balanced manifold is a "
+                              "section of its quotient)")
 
     def __init__(self, cfg):
         super().__init__(cfg)

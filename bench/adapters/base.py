@@ -6,9 +6,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch.nn as nn
 
 from bench.errors import ConfigError
+
+
+@dataclass
+class AdapterKnobs:
+    """The keys every adapter has (`adapter.<key>`); an adapter with more subclasses this and
+    names it as its `knobs` (bench.config builds the group's schema from every adapter's)."""
+
+    name: str = "full"
+    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "o"])
 
 
 def find_targets(model: nn.Module, target_modules: list[str]) -> list[tuple[str, nn.Linear]]:
@@ -29,9 +40,16 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> list[tuple[str,
 
 
 class Adapter:
-    """Base class. Subclasses set up the model in `apply` and may act in `after_step`."""
+    """Base class. Subclasses set up the model in `apply` and may act in `after_step`; each
+    states its `name`, its config keys (`knobs`, a dataclass) and checks their values (`check`)."""
 
     name = "base"
+    knobs: type = AdapterKnobs
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Value checks of this adapter's keys (and of what it needs of the rest of `cfg`, the
+        whole config); raises ConfigError. Keys of other adapters are checked by bench.config."""
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -21,8 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.adapters.lora import LoRA, LoRALinear
-from bench.errors import ConfigError
+from bench.adapters.lora import FactorKnobs, LoRA, LoRALinear, check_factors
 
 
 class DoRALinear(LoRALinear):
@@ -76,14 +75,13 @@ class DoRALinear(LoRALinear):
 
 
 class DoRA(LoRA):
+    """DoRA: LoRA's factor keys; no geometry (its magnitude and direction have no fixed-rank
+    manifold here) and no balancing projection."""
+
     name = "dora"
     layer_class = DoRALinear
+    knobs = FactorKnobs
 
-    def make_layer(self, linear: nn.Linear) -> nn.Module:
-        geometry = self.cfg.get("geometry", "euclidean")
-        if geometry != "euclidean":
-            raise ConfigError(
-                f"adapter.geometry={geometry!r} with adapter=dora: allowed values: euclidean "
-                "(DoRA's magnitude and direction have no fixed-rank manifold here)"
-            )
-        return super().make_layer(linear)
+    @classmethod
+    def check(cls, cfg) -> None:
+        check_factors(cfg)

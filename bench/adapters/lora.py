@@ -17,18 +17,58 @@ plain LoRA too: under gradient flow it is conserved, so LoRA never balances itse
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import geoopt
 import torch
 import torch.nn as nn
 
 from bench.adapters.balancing import balancing_gap
-from bench.adapters.base import Adapter, find_targets, freeze_all
-from bench.errors import ConfigError
+from bench.adapters.base import Adapter, AdapterKnobs, find_targets, freeze_all
+from bench.errors import ConfigError, choice, in_unit, positive
 from bench.manifolds import FIXED_RANK, geometry_kind, make
 
 # adapter.init: how B A starts (module docstring)
 INITS = ("default", "pissa", "olora")
+
+
+@dataclass
+class FactorKnobs(AdapterKnobs):
+    """The keys of every adapter with factors B (out x r) and A (r x in): LoRA, BaLoRA, DoRA."""
+
+    r: int = 8
+    alpha: float = 16.0
+    # alpha / r itself: when set, alpha is scale * r (a rank sweep at a fixed scale s = alpha /
+    # r; with rslora s = scale * sqrt(r)); adapter.alpha must then stay at its default
+    scale: float | None = None
+    dropout: float = 0.0
+    init: str = "default"  # default | pissa | olora: PEFT's init_lora_weights
+    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r: PEFT's use_rslora
+
+
+@dataclass
+class LoRAKnobs(FactorKnobs):
+    """LoRA's keys: the factor keys plus a Riemannian geometry of the update B A."""
+
+    geometry: str = "euclidean"  # euclidean | a fixed_rank geometry of bench.manifolds
+    init_scale: float = 1e-3  # the Riemannian LoRA's random start, ||B A|| ~ init_scale
+
+
+def check_factors(cfg) -> None:
+    """The factor keys' values (FactorKnobs) of the adapter group of `cfg`."""
+    a = cfg.adapter
+    positive("adapter.r", a.r)
+    positive("adapter.alpha", a.alpha)
+    if a.get("scale") is not None:
+        positive("adapter.scale", a.scale)
+        if a.alpha != FactorKnobs.alpha:
+            raise ConfigError(f"adapter.alpha={a.alpha:g} and adapter.scale={a.scale:g} are both "
+                              "set: set one (alpha = scale * r)")
+    in_unit("adapter.dropout", a.dropout)
+    choice("adapter.init", a.init, INITS)
+    for key, value, default in (("init", a.init, "default"), ("rslora", a.rslora, False)):
+        if value != default and cfg.task != "lm":
+            raise ConfigError(f"adapter.{key}={value!r} applies to task=lm only (got {cfg.task!r})")
 
 
 def lora_scale(alpha: float, r: int, rslora: bool = False) -> float:
@@ -164,6 +204,21 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 class LoRA(Adapter):
     name = "lora"
     layer_class = LoRALinear  # the (A, B)-factored layer; DoRA's subclasses it
+    knobs = LoRAKnobs
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """The factor keys, and a geometry of B A: a fixed-rank manifold, stepped by an optimizer
+        that steps manifolds, from its own random start."""
+        check_factors(cfg)
+        a = cfg.adapter
+        choice("adapter.geometry", a.geometry, ("euclidean", *FIXED_RANK))
+        if a.geometry != "euclidean":
+            positive("adapter.init_scale", a.init_scale)
+            if a.init != "default":
+                raise ConfigError(f"adapter.init={a.init!r} with adapter.geometry={a.geometry!r}: "
+                                  "allowed adapter.init=default (a Riemannian LoRA starts at its "
+                                  "own random point)")
 
     def apply(self, model: nn.Module) -> nn.Module:
         targets = find_targets(model, self.cfg.target_modules)

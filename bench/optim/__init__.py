@@ -1,8 +1,9 @@
 """Builds the optimizer for a model whose trainable parameters an adapter has chosen.
 
 `OPTIMIZERS` is the one list of optimizer names (`optimizer.name`, conf/optimizer/*.yaml): each
-maps to an `OptimizerSpec` (its builder, and whether it needs manifold parameters or a LoRA
-adapter). Adding an optimizer is its builder module, one entry below and its YAML.
+maps to an `OptimizerSpec` that its module defines (its builder, its keys with their defaults and
+checks, and whether it needs manifold parameters or a LoRA adapter). Adding an optimizer is its
+module, one entry below, its YAML and its test: nothing else (README, Extending).
 
 Euclidean (euclidean.py): AdamW or SGD over every trainable parameter. Riemannian
 (riemannian.py): the parameters that live on a manifold (`geoopt.ManifoldParameter`) get the
@@ -21,22 +22,21 @@ import torch
 
 from bench.errors import ConfigError
 from bench.optim.base import CombinedOptimizer, OptimizerSpec
-from bench.optim.euclidean import adamw, sgd
-from bench.optim.lora_preconditioned import lora_preconditioned, method_suffix
-from bench.optim.loraplus import loraplus
-from bench.optim.muon import muon
-from bench.optim.riemannian import riemannian_adam, riemannian_normalized, riemannian_sgd
+from bench.optim.euclidean import ADAMW, SGD
+from bench.optim.lora_preconditioned import LORA_PRECONDITIONED
+from bench.optim.loraplus import LORAPLUS
+from bench.optim.muon import MUON
+from bench.optim.riemannian import RIEMANNIAN_ADAM, RIEMANNIAN_NORMALIZED, RIEMANNIAN_SGD
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "adamw": OptimizerSpec(adamw),
-    "sgd": OptimizerSpec(sgd),
-    "riemannian_adam": OptimizerSpec(riemannian_adam, needs_manifold=True),
-    "riemannian_sgd": OptimizerSpec(riemannian_sgd, needs_manifold=True),
-    "riemannian_normalized": OptimizerSpec(riemannian_normalized, needs_manifold=True),
-    "muon": OptimizerSpec(muon),
-    "lora_preconditioned": OptimizerSpec(lora_preconditioned, needs_lora=True,
-                                         method_suffix=method_suffix),
-    "loraplus": OptimizerSpec(loraplus, needs_lora=True),
+    "adamw": ADAMW,
+    "sgd": SGD,
+    "riemannian_adam": RIEMANNIAN_ADAM,
+    "riemannian_sgd": RIEMANNIAN_SGD,
+    "riemannian_normalized": RIEMANNIAN_NORMALIZED,
+    "muon": MUON,
+    "lora_preconditioned": LORA_PRECONDITIONED,
+    "loraplus": LORAPLUS,
 }
 
 

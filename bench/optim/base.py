@@ -5,9 +5,44 @@ factor pairs of a model."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from bench.errors import ConfigError, at_least, in_unit, positive
+
+
+@dataclass
+class OptimizerKnobs:
+    """The keys every optimizer has (`optimizer.<key>`); an optimizer with more subclasses this
+    and names it in its registry entry (bench.config builds the group's schema from every
+    optimizer's)."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamKnobs(OptimizerKnobs):
+    """The keys of every optimizer that steps some parameters with AdamW (or Adam's moments)."""
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+def check_common(cfg) -> None:
+    """lr > 0, weight_decay >= 0, and betas, eps, momentum where the optimizer has them."""
+    o = cfg.optimizer
+    positive("optimizer.lr", o.lr)
+    at_least("optimizer.weight_decay", o.weight_decay, 0)
+    betas = list(o.get("betas") or [])
+    if len(betas) != 2:
+        raise ConfigError(f"optimizer.betas={betas} must be two numbers in [0, 1) (beta1, beta2)")
+    for i, beta in enumerate(betas):
+        in_unit(f"optimizer.betas[{i}]", beta)
+    positive("optimizer.eps", o.eps)
+    in_unit("optimizer.momentum", o.momentum)
 
 
 @dataclass(frozen=True)
@@ -21,9 +56,13 @@ class OptimizerSpec:
     steps LoRA factor pairs (`lora_A`, `lora_B`), so a run needs a LoRA adapter.
     `method_suffix(cfg)`: appended to the optimizer's name in the method name
     (bench.tracking.identity.method_name) when an option changes what the optimizer computes.
+    `knobs`: the dataclass of its keys and their defaults; `check(cfg)`: the value checks of its
+    own keys beyond `check_common` (cfg: the whole config), raising ConfigError.
     """
 
     build: Callable[[torch.nn.Module, list[torch.nn.Parameter], object], torch.optim.Optimizer]
+    knobs: type = AdamKnobs
+    check: Callable[[object], None] | None = None
     needs_manifold: bool = False
     needs_lora: bool = False
     method_suffix: Callable[[object], str] | None = None

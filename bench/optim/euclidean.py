@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from bench.optim.base import euclidean_groups
+from bench.optim.base import OptimizerKnobs, OptimizerSpec, euclidean_groups
+
+
+@dataclass
+class SGDKnobs(OptimizerKnobs):
+    momentum: float = 0.9  # heavy ball
 
 
 def adamw_over(params, cfg, lr: float | None = None) -> torch.optim.AdamW:
@@ -31,3 +38,7 @@ def adamw(model, params, cfg) -> torch.optim.Optimizer:
 def sgd(model, params, cfg) -> torch.optim.Optimizer:
     """SGD at cfg.lr with heavy-ball cfg.momentum and coupled (L2) cfg.weight_decay."""
     return sgd_over(params, cfg)
+
+
+ADAMW = OptimizerSpec(adamw)
+SGD = OptimizerSpec(sgd, knobs=SGDKnobs)

@@ -32,14 +32,29 @@ optimizer unpreconditioned (a LoRA run has none).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
-from bench.errors import ConfigError
-from bench.optim.base import CombinedOptimizer, lora_pairs
+from bench.errors import ConfigError, at_least, choice
+from bench.optim.base import AdamKnobs, CombinedOptimizer, OptimizerSpec, lora_pairs
 from bench.optim.euclidean import adamw_over, sgd_over
 
 BASES = {"adamw": adamw_over, "sgd": sgd_over}
+
+
+@dataclass
+class PreconditionedKnobs(AdamKnobs):
+    """betas, eps: the adamw base's; momentum: the sgd base's."""
+
+    momentum: float = 0.9
+    reg: float = 1e-6  # the damping of (B^T B + reg I)^-1 (the original code's, not PEFT's 1e-2)
+    base: str = "adamw"  # adamw | sgd (ScaledGD)
+
+
+def check_preconditioned(cfg) -> None:
+    choice("optimizer.base", cfg.optimizer.base, tuple(BASES))
+    at_least("optimizer.reg", cfg.optimizer.reg, 0)
 
 
 @torch.no_grad()
@@ -97,3 +112,8 @@ def lora_preconditioned(model, params, cfg) -> LoRAPreconditioned:
 def method_suffix(cfg) -> str:
     """'' for the adamw base (the default), '+sgd' for ScaledGD: each base is its own method."""
     return "" if cfg.base == "adamw" else "+" + cfg.base
+
+
+LORA_PRECONDITIONED = OptimizerSpec(lora_preconditioned, knobs=PreconditionedKnobs,
+                                    check=check_preconditioned, needs_lora=True,
+                                    method_suffix=method_suffix)

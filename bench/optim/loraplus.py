@@ -14,11 +14,22 @@ own, so PEFT silently drops it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-from bench.errors import ConfigError
-from bench.optim.base import lora_pairs
+from bench.errors import ConfigError, positive
+from bench.optim.base import AdamKnobs, OptimizerSpec, lora_pairs
+
+
+@dataclass
+class LoraPlusKnobs(AdamKnobs):
+    lr_ratio: float = 16.0  # B's LR / A's LR
+
+
+def check_loraplus(cfg) -> None:
+    positive("optimizer.lr_ratio", cfg.optimizer.lr_ratio)
 
 NORMS = (nn.LayerNorm,)  # transformers.pytorch_utils.ALL_LAYERNORM_LAYERS
 
@@ -54,3 +65,6 @@ def loraplus(model, params, cfg) -> torch.optim.AdamW:
         )
     return torch.optim.AdamW(loraplus_groups(model, params, cfg), lr=cfg.lr,
                              betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+LORAPLUS = OptimizerSpec(loraplus, knobs=LoraPlusKnobs, check=check_loraplus, needs_lora=True)

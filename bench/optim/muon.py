@@ -21,15 +21,36 @@ points are not plain matrices: a run with a manifold geometry is refused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import geoopt
 import torch
 import torch.nn as nn
 
-from bench.errors import ConfigError
-from bench.optim.base import CombinedOptimizer
+from bench.errors import ConfigError, choice, positive
+from bench.optim.base import AdamKnobs, CombinedOptimizer, OptimizerSpec
 from bench.optim.euclidean import adamw_over
 
 ADJUST_LR = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
+
+
+@dataclass
+class MuonKnobs(AdamKnobs):
+    """Muon's keys; betas, eps and adamw_lr are its AdamW part's."""
+
+    momentum: float = 0.9  # Nesterov momentum (conf/optimizer/muon.yaml: 0.95)
+    adamw_lr: float | None = None  # None: lr
+    adjust_lr: str = "original"  # original | match_rms_adamw
+    # the modules whose matrices Muon steps, by their last name ([q, k, v, o]: attention only,
+    # the MLP to AdamW); empty: every block matrix
+    muon_modules: list[str] = field(default_factory=list)
+
+
+def check_muon(cfg) -> None:
+    o = cfg.optimizer
+    if o.adamw_lr is not None:
+        positive("optimizer.adamw_lr", o.adamw_lr)
+    choice("optimizer.adjust_lr", o.adjust_lr, ADJUST_LR)
 
 
 def embeddings_and_head(model: nn.Module) -> set[int]:
@@ -87,3 +108,6 @@ def muon(model, params, cfg) -> CombinedOptimizer:
     if rest:
         opts["adamw"] = adamw_over(rest, cfg, lr=cfg.adamw_lr or cfg.lr)
     return CombinedOptimizer(opts)
+
+
+MUON = OptimizerSpec(muon, knobs=MuonKnobs, check=check_muon)

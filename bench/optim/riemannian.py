@@ -9,11 +9,33 @@ takes its own knobs from the optimizer config and adds AdamW for the Euclidean p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import geoopt
 import torch
 
-from bench.optim.base import CombinedOptimizer
+from bench.errors import at_least, positive
+from bench.optim.base import AdamKnobs, CombinedOptimizer, OptimizerSpec
 from bench.optim.euclidean import adamw_over
+
+
+@dataclass
+class RiemannianKnobs(AdamKnobs):
+    """The Riemannian optimizers' keys: manifold points at manifold_lr, the rest AdamW at lr
+    (betas, eps: riemannian_adam's and the AdamW part's)."""
+
+    momentum: float = 0.9
+    manifold_lr: float | None = None  # None: lr
+    trust_floor: float = 1e-3  # c in T = -lr M / max(||M||, c) (docs/papers/knight.md §1)
+    repair_every: int = 100  # QR re-orthonormalisation of the points every this many steps
+
+
+def check_riemannian(cfg) -> None:
+    o = cfg.optimizer
+    if o.manifold_lr is not None:
+        positive("optimizer.manifold_lr", o.manifold_lr)
+    positive("optimizer.trust_floor", o.trust_floor)
+    at_least("optimizer.repair_every", o.repair_every, 1)
 
 
 class _EuclideanPoint:
@@ -228,3 +250,13 @@ __all__ = [
     "riemannian_normalized",
     "riemannian_sgd",
 ]
+
+
+def _spec(build) -> OptimizerSpec:
+    return OptimizerSpec(build, knobs=RiemannianKnobs, check=check_riemannian,
+                         needs_manifold=True)
+
+
+RIEMANNIAN_ADAM = _spec(riemannian_adam)
+RIEMANNIAN_SGD = _spec(riemannian_sgd)
+RIEMANNIAN_NORMALIZED = _spec(riemannian_normalized)

@@ -15,82 +15,44 @@ language-model task and the toy alike:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from bench import __version__
-from bench.config import ABSENT_IS_NOT_DEFAULT, NON_SEMANTIC, schema_defaults
+from bench.config import schema_defaults
 from bench.optim import OPTIMIZERS
-from bench.tracking.record import RunRecord
+from bench.record import RECORD_FORMAT, RunRecord, read_record
+from bench.record import config_digest as digest_of
+from bench.record import method_name as record_method_name
 
 
 def method_name(cfg) -> str:
-    """The method a run belongs to. LM: adapter[+init][+rslora]/optimizer[+variant]
-    [/geometry[+block][+retraction]][/lora:<geometry>] (init, rslora only off their defaults;
-    variant: the optimizer's method_suffix, e.g. +sgd); toy: adapter[:alignment]/<toy.method>
-    (alignment when not procrustes)."""
-    if cfg.task == "toy":
-        adapter = cfg.adapter.name
-        if adapter == "balora" and cfg.adapter.alignment != "procrustes":
-            adapter += ":" + cfg.adapter.alignment
-        return f"{adapter}/{cfg.toy.method}"
-    adapter = cfg.adapter.name  # + LoRA options off their defaults: lora+pissa, lora+rslora
-    if cfg.adapter.get("init", "default") != "default":
-        adapter += "+" + cfg.adapter.init
-    if cfg.adapter.get("rslora", False):
-        adapter += "+rslora"
-    spec = OPTIMIZERS.get(cfg.optimizer.name)
+    """The method a run belongs to (bench.record.method_name), with its optimizer's suffix (an
+    option that changes what the optimizer computes, e.g. lora_preconditioned+sgd)."""
+    spec = OPTIMIZERS.get(cfg.optimizer.name) if cfg.get("task", "lm") == "lm" else None
     suffix = spec.method_suffix(cfg.optimizer) if spec and spec.method_suffix else ""
-    parts = [adapter, cfg.optimizer.name + suffix]  # e.g. lora_preconditioned+sgd
-    attention = cfg.model.attention
-    if attention.geometry != "euclidean":
-        parts.append(attention.geometry + ("+block" if attention.block else "")
-                     + ("+" + attention.retraction if attention.retraction != "svd" else ""))
-    if cfg.adapter.geometry != "euclidean":
-        parts.append("lora:" + cfg.adapter.geometry)
-    return "/".join(parts)
+    return record_method_name(cfg, suffix)
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict:
-    """{"a.b.c": value} for every leaf of a nested dict (lists are leaves)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_leaves(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _digest(cfg, leave_out: tuple[str, ...]) -> str:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    defaults = _leaves(schema_defaults())
-    semantic = {
-        key: value
-        for key, value in _leaves(container).items()
-        if not any(key == k or key.startswith(k + ".") for k in (*NON_SEMANTIC, *leave_out))
-        and (key not in defaults or defaults[key] != value)
-    }
-    return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:8]
+def _plain(cfg) -> dict:
+    return cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
 
 
 def config_digest(cfg) -> str:
-    """8 hex digits of the sha256 of the semantic keys whose values differ from the schema's
-    defaults (bench.config.schema_defaults). Adding a key with a default to the schema, or
-    writing a default value out in a YAML file, leaves every existing run id unchanged."""
-    return _digest(cfg, ())
+    """8 hex digits of the semantic keys whose values differ from the schema's defaults
+    (bench.record.config_digest, bench.config.schema_defaults)."""
+    return digest_of(_plain(cfg), schema_defaults())
 
 
 def config_id(cfg) -> str:
     """`config_digest` without the seed: every seed of one configuration shares it (for seed 0,
     the schema default, it equals the run id's digest)."""
-    return _digest(cfg, ("seed",))
+    return digest_of(_plain(cfg), schema_defaults(), leave_out=("seed",))
 
 
 def run_id(cfg) -> str:
@@ -99,16 +61,13 @@ def run_id(cfg) -> str:
     return f"{name}-s{cfg.seed}-{config_digest(cfg)}"
 
 
-_ABSENT = object()
-
-
 def find_record(cfg, rid: str | None = None) -> RunRecord:
     """The record of this run: its own folder `<out_dir>/<sweep>/<rid>`, unless that does not
     exist and a completed record of the same method, seed and semantic config sits in the
     sweep folder under another id (one written before the id scheme last changed): a run is
     identified by what it computes, not by its folder's name. An own folder that exists is
-    always used, so an interrupted run resumes there. A record lacking a key of
-    `ABSENT_IS_NOT_DEFAULT` while its switch is on was computed differently: never taken."""
+    always used, so an interrupted run resumes there. A sibling record that cannot be read is
+    skipped with a warning: it is that run's fault, not this one's."""
     rid = rid or run_id(cfg)
     sweep_dir = Path(cfg.out_dir) / cfg.sweep
     record = RunRecord(sweep_dir / rid)
@@ -117,18 +76,20 @@ def find_record(cfg, rid: str | None = None) -> RunRecord:
     digest = config_digest(cfg)
     for other in sorted(sweep_dir.glob(rid.rsplit("-", 1)[0] + "-*")):
         stored = RunRecord(other)
-        if other.name == rid or not stored.is_complete():
+        if other.name == rid or other.is_symlink() or not stored.is_complete():
             continue
+        found = read_record(other)
+        if found.config and found.meta.get("record_format") != RECORD_FORMAT:
+            continue  # an older format may lack a key that meant something else: migrate it
+        config = {k: v for k, v in found.config.items() if k != "meta"}
         try:
-            config = OmegaConf.load(other / "config.yaml")
-        except (OSError, ValueError):
-            continue
-        config.pop("meta", None)
-        if any(OmegaConf.select(config, key, default=_ABSENT) is _ABSENT
-               and OmegaConf.select(config, switch, default=None)
-               for key, switch in ABSENT_IS_NOT_DEFAULT.items()):
-            continue
-        if config_digest(config) == digest:
+            same = bool(config) and config_digest(config) == digest
+        except (TypeError, ValueError, RecursionError) as e:
+            same = False
+            found.problems.append(f"{other / 'config.yaml'}: not a config ({type(e).__name__})")
+        for problem in found.problems:
+            print(f"[bench] warning: {problem}; that record is skipped", file=sys.stderr)
+        if same:
             return stored
     return record
 

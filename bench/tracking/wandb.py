@@ -18,11 +18,33 @@ cannot rewrite an online history): a relaunched online run continues the same W&
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+from bench.errors import choice
+from bench.record import METRICS_FILE, read_rows
+
+LOGGERS = ("wandb_offline", "wandb_online", "none")
+MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` config group (conf/logger/*.yaml)."""
+
+    name: str = "wandb_offline"
+    project: str = "lowrank-bench"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+
+
+def check_logger(cfg) -> None:
+    choice("logger.name", cfg.logger.name, LOGGERS)
+    choice("logger.mode", cfg.logger.mode, MODES)
+
 
 # W&B run-table summaries: the best (lowest) validation and test loss instead of the last.
 MIN_SUMMARIES = ("eval/loss", "test/loss")
@@ -119,15 +141,8 @@ class WandbLogger:
         run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
 
     def _record_rows(self) -> list[dict]:
-        """metrics.jsonl's rows (a torn last line, as RunRecord.read_metrics, ends them)."""
-        path = self.run_dir / "metrics.jsonl"
-        rows = []
-        for line in (path.read_text(encoding="utf-8").splitlines() if path.exists() else []):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return rows
+        """The record's metric rows (bench.record.read_rows: unreadable lines left out)."""
+        return read_rows(self.run_dir / METRICS_FILE)[0]
 
     def _segments(self) -> list[Path]:
         """Offline folders of this W&B id in <run>/wandb other than this process's run."""

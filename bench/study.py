@@ -1,0 +1,57 @@
+"""The `study` block of an experiment YAML (conf/experiment/<study>.yaml): the study's schema.
+
+A study is its YAML(s) and its README (experiments/<study>/README.md). `python -m experiments`
+runs its stages (experiments/__main__.py), the smoke test shrinks it (`smoke`), and analysis
+reads the block back from the run records (never part of a run's identity: `study` is under
+bench.record.NON_SEMANTIC).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGE_KINDS = ("grid", "long", "seeds")
+
+
+@dataclass
+class StudyConfig:
+    """What `python -m experiments`, the smoke test and analysis read of a study (its one YAML in
+    conf/experiment/); never part of a run's identity (NON_SEMANTIC)."""
+
+    name: str | None = None  # the study; None for a plain run or sweep
+    baseline: str | None = None  # the method every other method of the sweep is compared with
+    # the study's stages in order, each "grid:<experiment>" (a Hydra multirun of that YAML, the
+    # tuning seed), "long:<experiment>" (each method's best config of that grid and its two
+    # learning-rate neighbours, again on the tuning seeds, with the `long` overrides) or
+    # "seeds:<experiment>" (each method's best config, of the long stage when there is one, on
+    # the reporting seeds, with the `reporting` overrides)
+    stages: list[str] = field(default_factory=list)
+    long: list[str] = field(default_factory=list)  # the reporting budget: trainer.max_steps=...
+    reporting: list[str] = field(default_factory=list)  # measurements of reporting runs only
+    # experiment -> keys its grid stage takes from the baseline method's tuned config
+    # (riemannian_attention: {riemannian_attention: [optimizer.lr]}, the AdamW part's LR);
+    # "target=source" takes the baseline's `source` as `target` (optimizer.adamw_lr=optimizer.lr)
+    from_baseline: dict[str, list[str]] = field(default_factory=dict)
+    # named variants of long and seeds stages ("long:<experiment>@cosine"): overrides added to
+    # their runs ({cosine: [trainer.lr_schedule=warmup_cosine]}); a variant's long stage starts
+    # from the grid's best like the plain one, its from_baseline keys set to the baseline's
+    # tuned values under the same variant
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    # variant -> the methods it runs (a variant not listed runs every method)
+    variant_methods: dict[str, list[str]] = field(default_factory=dict)
+    seconds_per_run: float = 30.0  # estimate on 2 cores with 2 workers, until runs exist
+    # the verdict protocol (docs/design.md §8): grids tune on the tuning seeds; each method's best
+    # configuration then runs on the reporting seeds, which alone are reported
+    tuning_seeds: list[int] = field(default_factory=lambda: [0])
+    reporting_seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    smoke: list[str] = field(default_factory=list)  # overrides that shrink it for the smoke test
+    # config keys that split each method into table rows, each tuned and reported on its own
+    # (balora_rank: [adapter.r], one row per method and rank)
+    rows: list[str] = field(default_factory=list)
+
+
+def split_stage(stage: str) -> tuple[str, str, str | None]:
+    """"long:riemannian_attention@cosine" -> ("long", "riemannian_attention", "cosine")."""
+    kind, _, experiment = str(stage).partition(":")
+    name, _, variant = experiment.partition("@")
+    return kind, name, variant or None
