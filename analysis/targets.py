@@ -1,4 +1,4 @@
-"""Time to a target loss (AlgoPerf's time-to-result, DESIGN.md §7) computed from the records.
+"""Time to a target loss (AlgoPerf's time-to-result, docs/design.md §7) computed from the records.
 
 A run reaches a target at the first logged row whose `eval/loss` is <= the target; its
 `steps_to_target`, `tokens_to_target` and `seconds_to_target` are that row's `step`, `tokens`

@@ -1,6 +1,6 @@
 """Rebuild the run table and curves from a W&B project, for users who only have the dashboard.
 
-The training logger mirrors the run record into W&B (DESIGN.md §3): the resolved config as the
+The training logger mirrors the run record into W&B (docs/design.md §3): the resolved config as the
 run's config, the metrics.jsonl keys as history, the summary.json keys in the run summary, the
 sweep as the run's group. The run record stays the source of truth; this is a fallback.
 """

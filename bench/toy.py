@@ -3,7 +3,7 @@
 A one-layer "model" W = W0 + s B A (PEFT notation: B = lora_B (n x r), A = lora_A (r x m),
 s = alpha / r) fitted to a target T by the loss
 
-    L(A, B) = 1/2 ||W0 + s B A - T||_F^2,   T, W0 ~ N(0, 1)^{n x m}      (papers/balora.md §5)
+    L(A, B) = 1/2 ||W0 + s B A - T||_F^2,   T, W0 ~ N(0, 1)^{n x m}      (docs/papers/balora.md §5)
 
 from LoRA's init (B = 0, A ~ N(0, 1)). One run is one (adapter, optimizer) pair on `toy.draws`
 problems (T, W0), problem d being the one that seed + d draws; per problem it evaluates every
@@ -13,7 +13,7 @@ Per init, the LR with the lowest final loss is kept (trajectories whose loss wen
 `toy.drop_above` or non-finite are dropped), and the run records the excess loss over the
 problem's optimal rank-r loss 1/2 sum_{i>r} sigma_i(T - W0)^2 at those LRs, plus the exact
 (closed-form) Hessian condition number, sharpness and balancing gap at each init's end point
-(balora.md §4).
+(docs/papers/balora.md §4).
 The experiment sets adapter.alpha = adapter.r, so s = 1 as in the paper.
 
 Update rules (`toy.method`; the run's method name is adapter/rule), all with a constant LR:
@@ -194,7 +194,7 @@ def toy_hessian(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> Tensor
 
 
 def end_point_spectra(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> dict:
-    """Exact Hessian spectra at a batch of end points A (k, r, m), B (k, n, r) (balora.md §4):
+    """Exact Hessian spectra at a batch of end points A (k, r, m), B (k, n, r) (docs/papers/balora.md §4):
     per point kappa = lambda_max / lambda_(r^2 + 1), the r^2 GL(r) zero modes skipped."""
     eigs = torch.linalg.eigvalsh(toy_hessian(A, B, W0, T, s))  # (k, rm + nr), ascending
     r2 = A.shape[-2] ** 2

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ----------------------------------------------------------------------------------- constants
 # NVIDIA H200 SXM datasheet: BF16 tensor core 1,979 TFLOP/s *with sparsity*, i.e. 989 TFLOP/s
 # dense (the same as the H100 SXM). Measured here on an H200: an 8192^3 bf16 matmul ran at
-# ~790 TFLOP/s (/work/.library/device/KINDS.md), so 80% MFU is the practical ceiling.
+# ~790 TFLOP/s (docs/design.md §9), so 80% MFU is the practical ceiling.
 PEAK_BF16_FLOPS = 989e12
 BUDGET_S = 480  # 8 minutes on one H200, process start-ups included
 TUNED_RECORDS = ROOT / "results" / "riemannian_attention"

@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from bench.tracking.identity import run_id
 from tests.conftest import ROOT, TINY, compose, read_jsonl, run_dirs
 
 SEEDS = (0, 1, 2)
@@ -75,7 +76,7 @@ def test_a_run_finished_by_another_process_while_this_one_prepared_is_not_rerun(
     counted = bench_run.Task(original.prepare, execute, original.describe)
     racing = bench_run.Task(prepare_while_the_other_runs, execute, original.describe)
     monkeypatch.setitem(bench_run.TASKS, "lm", racing)
-    record_dir = tmp_path / "runs" / cfg.sweep / bench_run.run_id(cfg)
+    record_dir = tmp_path / "runs" / cfg.sweep / run_id(cfg)
 
     summary = bench_run.run(cfg)
     assert summary["status"] == "completed"

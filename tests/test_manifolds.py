@@ -3,7 +3,7 @@
 Each test runs on every geometry (and every non-default option of a geometry, conftest's
 GEOMETRY_VARIANTS) and on two shapes: one attention head (n = m = 12, r = 3) and one
 grouped-query KV group whose three query heads are stacked on the shared factor
-(n = 3 * 12, m = 12, r = 3; papers/knight.md §4).
+(n = 3 * 12, m = 12, r = 3; docs/papers/knight.md §4).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def test_rgrad_matches_directional_derivative(manifold, x, gen):
 
 
 def test_quotient_rgrad_is_gram_preconditioned_factor_gradient(shape, gen):
-    """R2 (knight.md §3): grad = (G R (R^T R)^{-1}, G^T L (L^T L)^{-1}), G = dL/dW."""
+    """R2 (docs/papers/knight.md §3): grad = (G R (R^T R)^{-1}, G^T L (L^T L)^{-1}), G = dL/dW."""
     manifold = make("fixed_rank_quotient", *shape)
     x = manifold.random_point(generator=gen)
     target = randn_like(manifold.to_dense(x), gen)

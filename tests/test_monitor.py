@@ -1,4 +1,4 @@
-"""The Hessian monitor against independent numbers (issue 6, DESIGN.md §7 (b)).
+"""The Hessian monitor against independent numbers (issue 6, docs/design.md §7 (b)).
 
 Reference values never go through the monitor's machinery (double backward + Lanczos + Sylvester
 projector): exact Hessians come from torch.func.hessian of closed-form losses or of the model,
@@ -45,7 +45,7 @@ def math_sdpa():
 
 # ------------------------------------------------------------------ the balora toy, exactly
 class ToyModel(nn.Module):
-    """With x = I, lin(x) = W^T, so model(I, T^T) has loss 1/2 ||W - T||^2 (balora.md §4)."""
+    """With x = I, lin(x) = W^T, so model(I, T^T) has loss 1/2 ||W - T||^2 (docs/papers/balora.md §4)."""
 
     def __init__(self, n):
         super().__init__()

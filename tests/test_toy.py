@@ -265,7 +265,7 @@ def test_full_study_completes_in_time_and_balora_wins_with_gd(full_study):
 
 @pytest.mark.slow
 def test_full_study_gd_gap_is_at_least_10x(full_study):
-    """The expected result (papers/balora.md §5): with GD, the figure's median excess loss at
+    """The expected result (docs/papers/balora.md §5): with GD, the figure's median excess loss at
     step 100 is at least 10x lower for BaLoRA. Over the study's 100 problems it is 16.3x pooled;
     per problem the median ratio is 16.5x and 55 of 100 problems reach 10x (README)."""
     sweep_dir, _ = full_study

@@ -1,4 +1,4 @@
-"""The tuning protocol (DESIGN.md §8) on run tables with known answers."""
+"""The tuning protocol (docs/design.md §8) on run tables with known answers."""
 
 import itertools
 import math

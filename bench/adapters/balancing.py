@@ -1,4 +1,4 @@
-"""The balanced manifold A A^T = B^T B of LoRA factors (papers/balora.md §2-§3): torch only.
+"""The balanced manifold A A^T = B^T B of LoRA factors (docs/papers/balora.md §2-§3): torch only.
 
 PEFT notation: W = W0 + s * B @ A with A = `lora_A` (r x in) and B = `lora_B` (out x r).
 Every function below also takes leading batch dimensions, A: (..., r, in), B: (..., out, r),
@@ -38,7 +38,7 @@ def _polar(M: Tensor) -> Tensor:
 
 
 def _balanced_core(A: Tensor, B: Tensor):
-    """Thin QR factors and r x r cores of the SVD-balanced factors (balora.md §3).
+    """Thin QR factors and r x r cores of the SVD-balanced factors (docs/papers/balora.md §3).
 
     B = Q_B R_B, A^T = Q_A R_A (thin QR); R_B R_A^T = U S V^T (r x r core), so that
     B* = Q_B (U S^1/2) and A* = (S^1/2 V^T) Q_A^T. Returns Q_A (..., in, kA), Q_B (..., out, kB),
@@ -63,7 +63,7 @@ def _balanced_core(A: Tensor, B: Tensor):
 
 
 def svd_balanced(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The raw SVD-balanced factors of B A (the paper's representative, balora.md §3).
+    """The raw SVD-balanced factors of B A (the paper's representative, docs/papers/balora.md §3).
 
     B = Q_B R_B, A^T = Q_A R_A (thin QR); R_B R_A^T = U S V^T (r x r);
     B* = Q_B U S^1/2, A* = S^1/2 V^T Q_A^T, so B* A* = B A and A* A*^T = B*^T B* = diag(S).
@@ -99,7 +99,7 @@ def project_balanced_with_rotation(
     balanced point with no rotation from the old frame, so transport is a no-op there; it
     matters for "none" (R = O^T undoes the SVD's sign and order jumps) and "sign".
 
-    Computed in `compute_dtype` (float64 by default; keep at least float32, balora.md §6.4),
+    Computed in `compute_dtype` (float64 by default; keep at least float32, docs/papers/balora.md §6.4),
     results cast back to the dtypes of A and B; R stays in `compute_dtype` (cast it to the
     moments' dtype, as `rotate_moments` does). Runs without autograd.
     """

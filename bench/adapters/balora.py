@@ -1,4 +1,4 @@
-"""BaLoRA: LoRA kept on the balanced manifold A A^T = B^T B (papers/balora.md §2-§3).
+"""BaLoRA: LoRA kept on the balanced manifold A A^T = B^T B (docs/papers/balora.md §2-§3).
 
 The adapter: LoRA plus a projection after optimizer steps; the math (the projection, the gap,
 the moment rotations) is in `bench.adapters.balancing`.

@@ -11,7 +11,7 @@ starts B A from W0 and rewrites the base to W0 - s B A, so the function is still
            adapter starts at s Q_r R_r (maximally unbalanced)
  `balora/gap = ||B^T B - A A^T||_F` is logged for
 plain LoRA too: under gradient flow it is conserved, so LoRA never balances itself
-(papers/balora.md §2).
+(docs/papers/balora.md §2).
 """
 
 from __future__ import annotations
@@ -261,7 +261,7 @@ class LoRA(Adapter):
         return [layer for _, layer in self.targets if isinstance(layer, LoRALinear)]
 
     def metrics(self) -> dict:
-        """Mean ||B^T B - A A^T||_F over layers (papers/balora.md §2)."""
+        """Mean ||B^T B - A A^T||_F over layers (docs/papers/balora.md §2)."""
         gaps = [balancing_gap(layer.lora_A, layer.lora_B) for layer in self.layers()]
         return {"balora/gap": sum(gaps) / len(gaps)} if gaps else {}
 

@@ -4,7 +4,7 @@ Nothing is downloaded: the built-in corpus is the source of the standard library
 the pinned Python, in disjoint *domains* so that a fine-tuning study can pretrain on one and
 adapt to another. Files are split deterministically by a hash of their name into train,
 validation ("eval": selects learning rates and is the curve of every run) and, with
-`test_fraction` > 0, test (reported once, at the end of a run; DESIGN.md §8): a document with
+`test_fraction` > 0, test (reported once, at the end of a run; docs/design.md §8): a document with
 hash u in [0, 1) is validation for u < eval_fraction, test for u < eval_fraction + test_fraction,
 train otherwise, so adding a test split leaves the validation set unchanged. The content hash of
 the token streams goes into the run record.

@@ -1,4 +1,4 @@
-"""The five low-rank geometries of arXiv 2606.02328 as geoopt manifolds (papers/knight.md §3).
+"""The five low-rank geometries of arXiv 2606.02328 as geoopt manifolds (docs/papers/knight.md §3).
 
     make("fixed_rank_embedded", n, m, r)   # R1: U S V^T, embedded, truncated-SVD retraction
     make("fixed_rank_embedded", n, m, r, retraction="orthographic")  # R1, SVD-free retraction

@@ -6,7 +6,7 @@ Tangent vectors and Riemannian gradients are packed the same way, so a point, it
 an optimizer's moments are single tensors of one shape. `factors(x) -> (L, R)` gives the dense
 matrix W = L @ R.T; a model computes with L and R (never with W), and autograd's gradient of the
 packed tensor is then the factor gradients, from which `egrad2rgrad` builds the Riemannian
-gradient in O((n + m) r^2 + r^3). Geometries and references: papers/knight.md §3.
+gradient in O((n + m) r^2 + r^3). Geometries and references: docs/papers/knight.md §3.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ class LowRankManifold(geoopt.Manifold):
         return self.proju(x, g)
 
     def repair(self, x: torch.Tensor) -> torch.Tensor:
-        """Undo numerical drift (knight.md §5: re-orthonormalise by QR, floor S)."""
+        """Undo numerical drift (docs/papers/knight.md §5: re-orthonormalise by QR, floor S)."""
         raise NotImplementedError
 
     def check_point(self, x: torch.Tensor, *, explain=False, atol: float | None = None):

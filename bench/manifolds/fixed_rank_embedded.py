@@ -1,4 +1,4 @@
-"""R1: rank-r matrices as an embedded submanifold of R^{n x m} (knight.md §3, R1)."""
+"""R1: rank-r matrices as an embedded submanifold of R^{n x m} (docs/papers/knight.md §3, R1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""R2: rank-r matrices as the quotient of factor pairs by GL(r) (knight.md §3, R2)."""
+"""R2: rank-r matrices as the quotient of factor pairs by GL(r) (docs/papers/knight.md §3, R2)."""
 
 from __future__ import annotations
 

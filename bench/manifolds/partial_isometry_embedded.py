@@ -1,4 +1,4 @@
-"""P1: rank-r partial isometries embedded in R^{n x m} (knight.md §3, P1)."""
+"""P1: rank-r partial isometries embedded in R^{n x m} (docs/papers/knight.md §3, P1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hessian spectra and condition numbers (papers/balora.md §4, DESIGN.md §7).
+"""Hessian spectra and condition numbers (docs/papers/balora.md §4, docs/design.md §7).
 
 Two measurements of kappa = lambda_max / (smallest non-invariant eigenvalue):
   (a) exact: the full Hessian of the loss in all factor entries (small problems), eigenvalues
@@ -51,7 +51,7 @@ def exact_eigenvalues(loss_fn: Callable[..., Tensor], params: Sequence[Tensor]) 
 
 
 def condition_number(eigenvalues: Tensor, n_zero: int) -> float:
-    """kappa = lambda_max / lambda_(n_zero + 1), eigenvalues ascending (balora.md §4).
+    """kappa = lambda_max / lambda_(n_zero + 1), eigenvalues ascending (docs/papers/balora.md §4).
 
     The n_zero smallest eigenvalues (r^2 per adapted layer: the GL(r) zero modes) are skipped.
     Returns inf when the denominator is <= 0 (not a local minimum off the invariance).
@@ -169,7 +169,7 @@ def power_iteration(hvp: HVP, dim_or_like: int | Tensor, iters: int = 200, tol: 
 
 # --------------------------------------------------------------------- horizontal space
 class _VerticalSolver:
-    """For one factor pair, L = argmin_L ||dA + L A||^2 + ||dB - B L||^2 (balora.md §2).
+    """For one factor pair, L = argmin_L ||dA + L A||^2 + ||dB - B L||^2 (docs/papers/balora.md §2).
 
     Vertical directions (the tangent of (B(I + tL), (I - tL)A)) are (dA, dB) = (-L A, B L),
     L in R^{r x r}. Setting the derivative in L to zero gives the Sylvester equation
@@ -227,7 +227,7 @@ def flat_horizontal_projector(
 def horizontal_spectrum(loss_fn: Callable[..., Tensor],
                         factor_pairs: Sequence[tuple[Tensor, Tensor]], iters: int = 50,
                         generator: torch.Generator | None = None) -> dict[str, float | None]:
-    """Lanczos on P H P over the horizontal space of LoRA factor pairs (DESIGN.md §7 (b)).
+    """Lanczos on P H P over the horizontal space of LoRA factor pairs (docs/design.md §7 (b)).
 
     loss_fn takes the factors flat in pair order: loss_fn(A_1, B_1, A_2, B_2, ...).
     Returns {"lambda_max", "lambda_min_h", "kappa"}: the largest and smallest Ritz values (the

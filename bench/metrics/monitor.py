@@ -1,4 +1,4 @@
-"""Hessian spectra logged during training: condition numbers and sharpness (DESIGN.md §7 (b)).
+"""Hessian spectra logged during training: condition numbers and sharpness (docs/design.md §7 (b)).
 
 `HessianMonitor` is a trainer hook, `hook(step, model) -> dict`. At the steps it fires it runs
 Lanczos (`bench.metrics.hessian.lanczos`) on Hessian-vector products of the model's loss on one

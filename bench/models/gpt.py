@@ -24,7 +24,7 @@ class GPTConfig:
     n_head: int = 4
     n_kv_head: int | None = None  # None: = n_head (standard multihead attention)
     d_mlp: int | None = None  # None: 4 * d_model
-    norm: str = "layernorm"  # layernorm | rmsnorm (parameter-free, as in knight.md §1)
+    norm: str = "layernorm"  # layernorm | rmsnorm (parameter-free, as in docs/papers/knight.md §1)
     mlp: str = "gelu"  # gelu | relu2
     pos_emb: bool = True
     tie_embeddings: bool = True
@@ -50,7 +50,7 @@ class CausalSelfAttention(nn.Module):
     """Multihead causal self-attention with separate q, k, v, o projections.
 
     Per head h the logits are X W_Q,h^T W_K,h X^T and the value path X W_V,h^T W_O,h^T: two
-    rank-D products of factor pairs (knight.md §2), which is where the geometries attach.
+    rank-D products of factor pairs (docs/papers/knight.md §2), which is where the geometries attach.
     """
 
     def __init__(self, cfg: GPTConfig):

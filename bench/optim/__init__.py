@@ -10,7 +10,7 @@ Euclidean (euclidean.py): AdamW or SGD over every trainable parameter. Riemannia
 Riemannian optimizer at `manifold_lr` (default `lr`), every other trainable parameter gets AdamW
 at `lr`; both are stepped together. Weight decay applies to the Euclidean matrices only
 (decoupled, AdamW's); manifold points get none, because geoopt's coupled L2 decay would not be
-comparable (papers/knight.md §5). Muon (muon.py): torch.optim.Muon on the block matrices,
+comparable (docs/papers/knight.md §5). Muon (muon.py): torch.optim.Muon on the block matrices,
 AdamW on embeddings, head, norms and biases. LoRA-only: lora_preconditioned.py (the factor
 gradients preconditioned by the other factor's r x r Gram, then AdamW or SGD) and loraplus.py
 (B at lr_ratio x A's LR).

@@ -1,4 +1,4 @@
-"""Riemannian optimizers for the low-rank geometries (papers/knight.md §1, §5).
+"""Riemannian optimizers for the low-rank geometries (docs/papers/knight.md §1, §5).
 
 `RiemannianNormalized` is the paper's step template: transported momentum with a trust-region
 normalisation. geoopt's `RiemannianSGD` (momentum) and `RiemannianAdam` are the extra points of
@@ -55,7 +55,7 @@ class _EuclideanPoint:
 
 
 class RiemannianNormalized(torch.optim.Optimizer):
-    r"""Transported momentum with a trust-region normalisation (knight.md §1, the template).
+    r"""Transported momentum with a trust-region normalisation (docs/papers/knight.md §1, the template).
 
     For every point x (each packed point of a `geoopt.ManifoldParameter`; a leading batch of
     points is stepped point by point, each with its own norm):
@@ -177,7 +177,7 @@ def build_riemannian(name: str, params, lr: float, **options) -> torch.optim.Opt
     riemannian_normalized: `RiemannianNormalized` (momentum, c, repair_every);
     riemannian_sgd: geoopt `RiemannianSGD` (momentum, default 0.9; dampening, nesterov);
     riemannian_adam: geoopt `RiemannianAdam` (betas, eps, amsgrad; its weight decay is coupled
-    L2, papers/knight.md §5).
+    L2, docs/papers/knight.md §5).
     Options of the other optimizers are ignored, unknown ones rejected. For the geoopt
     optimizers `repair_every` (default 100) becomes geoopt's `stabilize`: every that many steps
     the points are re-projected (`projx`: QR re-orthonormalisation) and so are the momenta.
