@@ -194,7 +194,8 @@ def toy_hessian(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> Tensor
 
 
 def end_point_spectra(A: Tensor, B: Tensor, W0: Tensor, T: Tensor, s: float) -> dict:
-    """Exact Hessian spectra at a batch of end points A (k, r, m), B (k, n, r) (docs/papers/balora.md §4):
+    """Exact Hessian spectra at a batch of end points A (k, r, m), B (k, n, r)
+    (docs/papers/balora.md §4):
     per point kappa = lambda_max / lambda_(r^2 + 1), the r^2 GL(r) zero modes skipped."""
     eigs = torch.linalg.eigvalsh(toy_hessian(A, B, W0, T, s))  # (k, rm + nr), ascending
     r2 = A.shape[-2] ** 2

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_run(root, sweep, adapter="lora", optimizer="adamw", lr=1e-3, seed=0, losses=(3, 2.5, 2),
               status="completed", summary=True, truncate=False, extra_metrics=None, **config):
-    """A run record as training writes it (docs/design.md §3); evals every 10 steps, 1 s per step."""
+    """A run record as training writes it (docs/design.md §3); evals every 10 steps, 1 s a step."""
     run_id = f"{adapter}-{optimizer}-lr{lr}-s{seed}"
     run_dir = Path(root) / sweep / run_id
     run_dir.mkdir(parents=True)

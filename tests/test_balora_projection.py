@@ -1,4 +1,5 @@
-"""Balanced projection of LoRA factors (docs/papers/balora.md §2-§3), checked against dense numpy."""
+"""Balanced projection of LoRA factors (docs/papers/balora.md §2-§3), checked against dense
+numpy."""
 
 import numpy as np
 import pytest
@@ -181,7 +182,8 @@ def test_rotated_moments_are_the_new_gradients():
 
 
 def test_plain_lora_gradient_descent_conserves_gap():
-    """B^T B - A A^T is conserved by gradient flow (docs/papers/balora.md §2); GD changes it by O(lr^2)."""
+    """B^T B - A A^T is conserved by gradient flow (docs/papers/balora.md §2); GD changes it by
+    O(lr^2)."""
     g = torch.Generator().manual_seed(6)
     W0, T = (torch.randn(20, 30, generator=g, dtype=torch.float64) for _ in range(2))
     A0 = torch.randn(4, 30, generator=g, dtype=torch.float64)

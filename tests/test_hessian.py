@@ -68,7 +68,8 @@ def test_exact_spectrum_matches_gram_formula():
 
 
 def lora_toy(exact_fit, seed=0, n=20, r=4):
-    """1/2 ||W0 + B A - T||^2 at an unbalanced minimiser (B* R, R^-1 A*), docs/papers/balora.md §5."""
+    """1/2 ||W0 + B A - T||^2 at an unbalanced minimiser (B* R, R^-1 A*), docs/papers/balora.md
+    §5."""
     g = torch.Generator().manual_seed(seed)
     W0 = torch.randn(n, n, generator=g, dtype=F64)
     if exact_fit:  # T - W0 of rank r: the minimum is 0

@@ -45,7 +45,8 @@ def math_sdpa():
 
 # ------------------------------------------------------------------ the balora toy, exactly
 class ToyModel(nn.Module):
-    """With x = I, lin(x) = W^T, so model(I, T^T) has loss 1/2 ||W - T||^2 (docs/papers/balora.md §4)."""
+    """With x = I, lin(x) = W^T, so model(I, T^T) has loss 1/2 ||W - T||^2
+    (docs/papers/balora.md §4)."""
 
     def __init__(self, n):
         super().__init__()

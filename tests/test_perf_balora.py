@@ -1,4 +1,5 @@
-"""Cost of the balanced projection: linear in in + out, no in x out matrix (docs/papers/balora.md §3).
+"""Cost of the balanced projection: linear in in + out, no in x out matrix
+(docs/papers/balora.md §3).
 
 Run with `pytest -m perf tests/test_perf_balora.py -s` to see the printed numbers; the memory
 test's size is `BALORA_MEMORY_N` (default 16384: a 1 GiB dense product).

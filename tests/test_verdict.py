@@ -1,4 +1,5 @@
-"""The verdict (analysis/verdict.py, docs/design.md §8) on synthetic per-seed losses and run records.
+"""The verdict (analysis/verdict.py, docs/design.md §8) on synthetic per-seed losses and run
+records.
 
 The simulations draw many studies at once: loss[study, seed] = 2 + seed effect (sd SEED_SD, shared
 by every method of a study: the same batches) + the method's own noise (sd NOISE_SD).

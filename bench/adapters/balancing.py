@@ -99,7 +99,8 @@ def project_balanced_with_rotation(
     balanced point with no rotation from the old frame, so transport is a no-op there; it
     matters for "none" (R = O^T undoes the SVD's sign and order jumps) and "sign".
 
-    Computed in `compute_dtype` (float64 by default; keep at least float32, docs/papers/balora.md §6.4),
+    Computed in `compute_dtype` (float64 by default; keep at least float32,
+    docs/papers/balora.md §6.4),
     results cast back to the dtypes of A and B; R stays in `compute_dtype` (cast it to the
     moments' dtype, as `rotate_moments` does). Runs without autograd.
     """

@@ -15,7 +15,8 @@ the first: at B A = 0 the projection gives the saddle (0, 0)).
 Each LoRA pair (A = `lora_A[name].weight`, r x in; B = `lora_B[name].weight`, out x r) of every
 active adapter is replaced in place by its Frobenius-closest balanced factorisation
 (`project_balanced`): B A is kept (to rounding), A A^T = B^T B afterwards. The scale
-alpha / r stays outside and does not change the balanced point (docs/papers/balora.md §2). Optimizer moments
+alpha / r stays outside and does not change the balanced point (docs/papers/balora.md §2).
+Optimizer moments
 are kept as they are (the paper's default); with the Procrustes alignment the new factors are the
 balanced ones closest to the old, so there is no frame jump for them to fight.
 

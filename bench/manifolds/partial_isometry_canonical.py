@@ -1,4 +1,5 @@
-"""P3: the quotient of P2 with the canonical Stiefel metric and Cayley retraction (docs/papers/knight.md §3)."""
+"""P3: the quotient of P2 with the canonical Stiefel metric and Cayley retraction
+(docs/papers/knight.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""P2: partial isometries as St(n, r) x St(m, r) / O(r), Euclidean metric (docs/papers/knight.md §3, P2)."""
+"""P2: partial isometries as St(n, r) x St(m, r) / O(r), Euclidean metric
+(docs/papers/knight.md §3, P2)."""
 
 from __future__ import annotations
 

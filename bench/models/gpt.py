@@ -50,7 +50,8 @@ class CausalSelfAttention(nn.Module):
     """Multihead causal self-attention with separate q, k, v, o projections.
 
     Per head h the logits are X W_Q,h^T W_K,h X^T and the value path X W_V,h^T W_O,h^T: two
-    rank-D products of factor pairs (docs/papers/knight.md §2), which is where the geometries attach.
+    rank-D products of factor pairs (docs/papers/knight.md §2), which is where the geometries
+    attach.
     """
 
     def __init__(self, cfg: GPTConfig):

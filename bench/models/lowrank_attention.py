@@ -1,4 +1,5 @@
-"""Attention whose per-head products are points of a low-rank manifold (docs/papers/knight.md §2-§4).
+"""Attention whose per-head products are points of a low-rank manifold
+(docs/papers/knight.md §2-§4).
 
 Per head h (width D, model width C) the logits are X A_h X^T with A_h = W_Q,h^T W_K,h and the
 value path P_h X B_h with B_h = W_V,h^T W_O,h^T: two C x C matrices of rank D, stored here as
@@ -8,7 +9,8 @@ still computes in factored form, q = X L, k = X R (never C x C):
   QK point of head h:  L = W_Q,h^T (C x D),  R = W_K,g(h)^T (C x D)
   VO point of head h:  L = W_V,g(h)^T (C x D), R = W_O,h (C x D), the head's columns of W_O
 
-`block=true` (docs/papers/knight.md §4): with grouped-query attention the k = H / G query heads of KV group g
+`block=true` (docs/papers/knight.md §4): with grouped-query attention the k = H / G query heads of
+KV group g
 (`heads_per_group`) share W_K,g and W_V,g, so [A_h1; ...; A_hk] (k C x C) = [L_h1; ...; L_hk] R_g^T
 is ONE rank-D point per group (and [B_h1 ... B_hk] = L_g [R_h1; ...; R_hk]^T likewise); one
 retraction per group. Without `block`, every head is its own point, so a GQA group's shared K and

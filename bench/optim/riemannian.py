@@ -55,7 +55,8 @@ class _EuclideanPoint:
 
 
 class RiemannianNormalized(torch.optim.Optimizer):
-    r"""Transported momentum with a trust-region normalisation (docs/papers/knight.md §1, the template).
+    r"""Transported momentum with a trust-region normalisation (docs/papers/knight.md §1, the
+    template).
 
     For every point x (each packed point of a `geoopt.ManifoldParameter`; a leading batch of
     points is stepped point by point, each with its own norm):
