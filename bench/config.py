@@ -22,6 +22,7 @@ from bench.adapters.balancing import ALIGNMENTS
 from bench.adapters.balora import MOMENTS
 from bench.adapters.lora import INITS as LORA_INITS
 from bench.adapters.lora import LoRA
+from bench.data.tokenizers import BPE_MIN_VOCAB, TOKENIZERS, has_own_tokenizer
 from bench.errors import ConfigError
 from bench.manifolds import MANIFOLDS
 from bench.models.gpt import GPTConfig
@@ -61,6 +62,8 @@ NON_SEMANTIC = (
     "trainer.checkpoint_every",
     "trainer.log_every",
     "model.pretrain.cache_dir",  # where the base is cached, not what it is (its key is)
+    "data.cache_dir",  # where tokenizers and token ids are cached (keyed by their content)
+    "data.allow_download",  # whether data.path may be fetched, not what it holds
 )
 
 
@@ -99,6 +102,9 @@ class ModelConfig(GPTConfig):
     kind: str = "gpt"  # gpt | hf
     init: str = "scratch"  # scratch | pretrained
     path: str | None = None  # local Hugging Face model directory (kind: hf)
+    # a GGUF file model.path is converted from once (bench/models/convert_gguf.py): a path, or
+    # <package>:<file name> (model=smollm2)
+    gguf: str | None = None
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -115,6 +121,16 @@ class DataConfig:
     # 0.1 and 16 batches (>= 128 windows; DESIGN.md §8)
     test_fraction: float = 0.0
     test_batches: int = 16
+    # Tokenizers and datasets (issue 27; bench/data/tokenized.py). tokenizer: bytes | bpe | model;
+    # None: model for a model=hf folder with its own tokenizer, bytes otherwise
+    tokenizer: str | None = None
+    vocab_size: int = 4096  # data.tokenizer=bpe: the vocabulary it trains (GPT-2: 50257)
+    path: str | None = None  # data=hf: a file, a folder, or a dataset of the local HF cache
+    text_field: str = "text"  # data=hf: plain text
+    prompt_field: str | None = None  # data=hf instruction data: the prompt, not scored
+    response_field: str | None = None  # ... and the response, scored
+    allow_download: bool = False  # data=hf: may a dataset name be downloaded
+    cache_dir: str = ".cache/data"  # trained tokenizers and token ids, keyed by content
 
 
 @dataclass
@@ -366,6 +382,46 @@ def _check_lora_options(cfg: Any) -> None:
             )
 
 
+DATA_SOURCES = ("builtin", "text", "hf")
+
+
+def _check_data(cfg: Any) -> None:
+    """data.name, data.tokenizer against the model, the data=hf fields (issue 27)."""
+    d, m = cfg.data, cfg.model
+    _choice("data.name", d.name, DATA_SOURCES)
+    if d.tokenizer is not None:
+        _choice("data.tokenizer", d.tokenizer, TOKENIZERS)
+    if d.tokenizer == "bpe" and d.vocab_size < BPE_MIN_VOCAB:
+        raise ConfigError(f"data.vocab_size={d.vocab_size} must be >= {BPE_MIN_VOCAB} (the 256 "
+                          "byte symbols of a byte-level BPE and its end-of-document token)")
+    if d.tokenizer == "model" and m.kind != "hf":
+        raise ConfigError("data.tokenizer=model needs model=hf (a model folder with its own "
+                          "tokenizer); allowed for the built-in models: bytes, bpe")
+    if d.tokenizer in ("bytes", "bpe") and m.kind == "hf" and (m.gguf or has_own_tokenizer(m.path)):
+        raise ConfigError(f"data.tokenizer={d.tokenizer} with model.path={m.path!r}: a pretrained "
+                          "model with its own tokenizer, whose embeddings mean nothing for other "
+                          "token ids; allowed: data.tokenizer=model")
+    if d.tokenizer == "bpe" and m.kind == "gpt" and m.init == "pretrained":
+        raise ConfigError("data.tokenizer=bpe with model.init=pretrained: the built-in base is "
+                          "pretrained on bytes; allowed: data.tokenizer=bytes, or "
+                          "model.init=scratch")
+    if (d.prompt_field is None) != (d.response_field is None):
+        raise ConfigError(f"data.prompt_field={d.prompt_field!r}, data.response_field="
+                          f"{d.response_field!r}: set both (instruction data: the prompt is not "
+                          "scored) or neither (plain text from data.text_field)")
+    if m.kind == "hf" and m.attention.geometry != "euclidean":
+        raise ConfigError(f"model.attention.geometry={m.attention.geometry!r} applies to the "
+                          "built-in model only; for model=hf put the adapter's update on a "
+                          "manifold: adapter.geometry")
+    if d.name == "hf" and not d.path:
+        raise ConfigError("data.path is not set: data=hf needs data.path=<a .jsonl, .json, "
+                          ".parquet, .csv or .txt file, a folder of them, or a dataset name of "
+                          "the local Hugging Face cache>")
+    if d.name != "hf" and (d.path or d.prompt_field):
+        key = "data.path" if d.path else "data.prompt_field"
+        raise ConfigError(f"{key} applies to data=hf only (got data.name={d.name!r})")
+
+
 def _check_new_optimizers(cfg: Any) -> None:
     """muon, lora_preconditioned, loraplus: their keys, and the LoRA adapter two of them need."""
     o = cfg.optimizer
@@ -414,7 +470,7 @@ def validate(cfg: Any) -> None:
     _choice("adapter.alignment", cfg.adapter.alignment, ALIGNMENTS)
     _choice("adapter.moments", cfg.adapter.moments, MOMENTS)
     _check_lora_options(cfg)
-    _choice("data.name", cfg.data.name, ("builtin", "text"))
+    _check_data(cfg)
     _positive("optimizer.lr", cfg.optimizer.lr)
     if cfg.optimizer.manifold_lr is not None:
         _positive("optimizer.manifold_lr", cfg.optimizer.manifold_lr)
