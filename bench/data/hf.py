@@ -118,6 +118,8 @@ def _columns(file: Path, fields: list[str]) -> dict[str, list]:
             _check_fields(file, fields, reader.fieldnames or [])
     else:
         rows = _rows_json(file)
+        if not rows:  # an empty file adds no records (a dataset of none is refused later)
+            return {f: [] for f in fields}
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise ConfigError(f"data.path: record {i} of {file} is a "
