@@ -112,6 +112,9 @@ def load_hf(model_cfg) -> HFCausalLM:
         raise ConfigError(
             "model.kind=hf needs the `hf` extra (transformers): pip install -e '.[hf]'"
         ) from e
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load of hundreds of tensors: noise in run logs
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, trust_remote_code=False, dtype=torch.float32
