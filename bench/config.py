@@ -62,8 +62,6 @@ NON_SEMANTIC = (
     "trainer.checkpoint_every",
     "trainer.log_every",
     "model.pretrain.cache_dir",  # where the base is cached, not what it is (its key is)
-    "data.cache_dir",  # where tokenizers and token ids are cached (keyed by their content)
-    "data.allow_download",  # whether data.path may be fetched, not what it holds
 )
 
 
