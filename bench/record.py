@@ -82,6 +82,8 @@ NON_SEMANTIC = (
     "trainer.checkpoint_every",
     "trainer.log_every",
     "model.pretrain.cache_dir",  # where the base is cached, not what it is (its key is)
+    "data.cache_dir",  # where tokenizers and token ids are cached (keyed by their content)
+    "data.allow_download",  # whether a dataset may be fetched, not which (data.path is)
 )
 UNKNOWN_METHOD = "unknown"  # the method of a record whose config.yaml cannot be read
 

@@ -25,10 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.adapters import build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
-from bench.data.corpus import check_context, eval_batches, load_corpus
+from bench.data.corpus import check_context, eval_batches
+from bench.data.tokenized import load_data
 from bench.metrics.cost import usable_cpus
 from bench.metrics.monitor import HessianMonitor
 from bench.models import build_model
+from bench.models.convert_gguf import ensure_converted
+from bench.models.hf import check_vocab, context_length
 from bench.optim import build_optimizer
 from bench.pretrain import load_pretrained
 from bench.record import RECORD_FORMAT, RunRecord
@@ -111,15 +114,21 @@ def prepare(cfg) -> Prepared:
     pretrained base is loaded, or pretrained once, first); raises ConfigError. Writes no run
     record."""
     device = resolve_device(cfg.trainer.device)
-    d = cfg.data
-    corpus = load_corpus(d.name, d.domain, list(d.paths), d.eval_fraction, d.max_bytes,
-                         d.test_fraction)
+    # issue 27: a GGUF model converted once; the data tokenized (cached) with data.tokenizer
+    converted = ensure_converted(cfg.model)
+    corpus = load_data(cfg.data, cfg.model, context_length(cfg.model))
     check_context(corpus, cfg.model.seq_len)
+    model_cfg = cfg.model
+    if cfg.model.kind == "gpt" and corpus.vocab_size > cfg.model.vocab_size:
+        # the built-in model's vocabulary is the tokenizer's (model.vocab_size: a floor)
+        model_cfg = OmegaConf.merge(cfg.model, {"vocab_size": corpus.vocab_size})
     state, source = None, None
     if cfg.model.kind == "gpt" and cfg.model.init == "pretrained":
         state, source = load_pretrained(cfg)  # leaves torch's RNG as it was
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, state)
+    model = build_model(model_cfg, state)
+    if cfg.model.kind == "hf":
+        check_vocab(model, corpus.vocab_size, corpus.meta["tokenizer"]["kind"])
     adapter = build_adapter(cfg.adapter)
     model = adapter.apply(model).to(device)
     optimizer = build_optimizer(model, cfg.optimizer)
@@ -139,7 +148,9 @@ def prepare(cfg) -> Prepared:
     parts = {"device": device, "corpus": corpus, "model": model, "adapter": adapter,
              "optimizer": optimizer, "eval_sets": eval_sets, "hooks": hooks}
     meta = {"data_hash": corpus.content_hash, "trainable_params": trainable,
-            "device": str(device)}
+            "device": str(device), **corpus.meta}  # + tokenizer, loss_tokens (issue 27)
+    if converted is not None:
+        meta["converted_from"] = {k: converted[k] for k in ("gguf", "sha256", "versions")}
     return Prepared(parts, meta, {"trainable_params": trainable})
 
 

@@ -45,7 +45,7 @@ def _n_runs(overrides: list[str]) -> int:
 
 def test_every_study_declares_a_smoke_run():
     assert set(STUDIES) == {"balora_toy", "balora_finetune", "riemannian_attention",
-                            "adapters_x_optimizers", "balora_rank"}
+                            "adapters_x_optimizers", "balora_rank", "smollm2_finetune"}
     for study in STUDIES.values():
         assert study.smoke, f"{study.name}: study.smoke is empty"
 
@@ -96,7 +96,10 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75 + 6 * 3 + 6 * 5,
                       # 5 ranks x 6 LRs x 7 scales (8 scales for PiSSA, 7 LRs for the
                       # preconditioned); 5 seeds per seeds stage
-                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5}
+                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5,
+                      # the grids: full 4, LoRA/BaLoRA 2 x 4, DoRA 4, preconditioned 4,
+                      # Riemannian LoRA 4 rates; 5 long stages x 3, 5 seeds stages x 5
+                      "smollm2_finetune": 4 + 8 + 4 + 4 + 4 + 5 * 3 + 5 * 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):

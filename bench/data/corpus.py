@@ -1,20 +1,27 @@
-"""Byte-level corpora: the built-in one from the Python standard library, or the user's files.
+"""Corpora: the built-in domains, the user's files, split by document, and the batches.
 
-Nothing is downloaded: the built-in corpus is the source of the standard library that ships with
-the pinned Python, in disjoint *domains* so that a fine-tuning study can pretrain on one and
-adapt to another. Files are split deterministically by a hash of their name into train,
+Nothing is downloaded: the built-in domains are the source of the standard library that ships
+with the pinned Python, and the King James Bible from an installed package (`kjv`,
+bench/data/kjv.py), disjoint, so that a fine-tuning study can pretrain on one and adapt to
+another. Files are split deterministically by a hash of their name into train,
 validation ("eval": selects learning rates and is the curve of every run) and, with
 `test_fraction` > 0, test (reported once, at the end of a run; docs/design.md §8): a document with
 hash u in [0, 1) is validation for u < eval_fraction, test for u < eval_fraction + test_fraction,
 train otherwise, so adding a test split leaves the validation set unchanged. The content hash of
 the token streams goes into the run record.
+
+`load_corpus` gives byte streams (uint8, vocabulary 256); other tokenizers and data=hf go
+through bench/data/tokenized.py, whose streams are int32 and may mark tokens that are not scored
+(an instruction's prompt): such a token is stored as ~id = -id - 1. The batches below decode it:
+the input keeps the id, the target becomes IGNORE_INDEX, which `F.cross_entropy` skips, so the
+loss counts the scored tokens only and neither the training loop nor the models need a mask.
 """
 
 from __future__ import annotations
 
 import hashlib
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,27 +35,35 @@ PACKAGES = (
     "json", "logging", "multiprocessing", "sqlite3", "tomllib", "unittest", "urllib", "wsgiref",
     "xml", "xmlrpc", "zoneinfo",
 )  # fmt: skip
-DOMAINS = ("stdlib_core", "stdlib_pkgs", "stdlib_docs")
+DOMAINS = ("stdlib_core", "stdlib_pkgs", "stdlib_docs", "kjv")
 SEPARATOR = 0  # byte between documents
+IGNORE_INDEX = -100  # a target the loss skips (F.cross_entropy's default ignore_index)
 
 
 @dataclass
 class Corpus:
-    train: torch.Tensor  # (N_train,) uint8 byte tokens
-    eval: torch.Tensor  # (N_eval,) uint8: validation
-    content_hash: str  # sha256 of train + eval (+ test, when there is one) bytes
+    train: torch.Tensor  # (N_train,) uint8 byte tokens, or int32 token ids (~id: not scored)
+    eval: torch.Tensor  # (N_eval,): validation
+    content_hash: str  # sha256 of train + eval (+ test, when there is one) streams
     name: str
-    test: torch.Tensor | None = None  # (N_test,) uint8; None without a test split
+    test: torch.Tensor | None = None  # (N_test,); None without a test split
+    vocab_size: int = 256  # the tokenizer's vocabulary (bytes: 256)
+    meta: dict = field(default_factory=dict)  # the tokenizer and the loss, for the run record
 
     def __repr__(self) -> str:
         test = f", {self.test.numel()} test" if self.test is not None else ""
+        unit = "bytes" if self.train.dtype == torch.uint8 else "tokens"
         return (f"Corpus({self.name}: {self.train.numel()} train, {self.eval.numel()} eval"
-                f"{test} bytes)")
+                f"{test} {unit})")
 
 
 def _stdlib_documents(domain: str) -> list[tuple[str, bytes]]:
     """(name, bytes) of each document of a built-in domain, in a fixed order."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    if domain == "kjv":
+        from bench.data.kjv import kjv_documents
+
+        return kjv_documents()
     if domain == "stdlib_core":
         files = sorted(root.glob("*.py"))
     elif domain == "stdlib_pkgs":
@@ -86,6 +101,19 @@ def _split_of(name: str, eval_fraction: float, test_fraction: float) -> str:
     return "eval" if u < eval_fraction else "test" if u < eval_fraction + test_fraction else "train"
 
 
+def split_labels(names: list[str], eval_fraction: float, test_fraction: float) -> list[str]:
+    """The split ('train', 'eval' or 'test') of each of several documents, by the hash of its
+    name; a corpus too small for every split to get one falls back to an order-based split
+    (test before eval, at the end)."""
+    labels = [_split_of(n, eval_fraction, test_fraction) for n in names]
+    if "eval" not in labels or "train" not in labels or (test_fraction > 0
+                                                         and "test" not in labels):
+        k = max(1, int(len(names) * eval_fraction))
+        j = max(1, int(len(names) * test_fraction)) if test_fraction > 0 else 0
+        labels = ["train"] * (len(names) - k - j) + ["test"] * j + ["eval"] * k
+    return labels
+
+
 def _join(docs: list[bytes]) -> torch.Tensor:
     data = bytes([SEPARATOR]).join(docs)
     return (
@@ -119,15 +147,9 @@ def load_corpus(
         test_cut = int(len(data) * (1 - eval_fraction - test_fraction))
         train, evals, tests = [data[:test_cut]], [data[cut:]], [data[test_cut:cut]]
     else:
-        splits = [_split_of(n, eval_fraction, test_fraction) for n, _ in kept]
+        splits = split_labels([n for n, _ in kept], eval_fraction, test_fraction)
         train, evals, tests = ([d for (_, d), s in zip(kept, splits, strict=True) if s == part]
                                for part in ("train", "eval", "test"))
-        if not evals or not train or (test_fraction > 0 and not tests):
-            # tiny corpora: fall back to an order-based split (test before eval, at the end)
-            k = max(1, int(len(kept) * eval_fraction))
-            j = max(1, int(len(kept) * test_fraction)) if test_fraction > 0 else 0
-            docs = [d for _, d in kept]
-            train, tests, evals = docs[: -k - j], docs[-k - j: -k], docs[-k:]
     train_t, eval_t = _join(train), _join(evals)
     h = hashlib.sha256(train_t.numpy().tobytes())
     h.update(eval_t.numpy().tobytes())
@@ -167,4 +189,8 @@ def eval_batches(data: torch.Tensor, batch_size: int, seq_len: int, n_batches: i
 def _windows(data: torch.Tensor, starts: torch.Tensor, seq_len: int):
     idx = starts[:, None] + torch.arange(seq_len + 1)  # (B, T + 1)
     chunk = data[idx].long()
-    return chunk[:, :-1], chunk[:, 1:]
+    x, y = chunk[:, :-1], chunk[:, 1:]
+    if data.dtype != torch.uint8:  # a stream that may hold unscored tokens (~id)
+        x = torch.where(x < 0, ~x, x)
+        y = torch.where(y < 0, IGNORE_INDEX, y)
+    return x, y

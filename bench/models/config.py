@@ -48,6 +48,9 @@ class ModelConfig(GPTConfig):
     kind: str = "gpt"  # gpt | hf
     init: str = "scratch"  # scratch | pretrained
     path: str | None = None  # local Hugging Face model directory (kind: hf)
+    # a GGUF file model.path is converted from once (bench/models/convert_gguf.py): a path, or
+    # <package>:<file name> (model=smollm2)
+    gguf: str | None = None
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
@@ -67,6 +70,10 @@ def check_model(cfg) -> None:
             f"model.attention.retraction={retraction!r} needs model.attention.geometry="
             f"{' or '.join(offering)} (got {geometry!r}); the other geometries have one retraction"
         )
+    if m.kind == "hf" and geometry != "euclidean":
+        raise ConfigError(f"model.attention.geometry={geometry!r} applies to the built-in model "
+                          "only; for model=hf put the adapter's update on a manifold: "
+                          "adapter.geometry")
     for key in ("d_model", "n_layer", "n_head", "seq_len", "vocab_size"):
         positive(f"model.{key}", m[key])
     in_unit("model.dropout", m.dropout)

@@ -11,9 +11,13 @@ the harness's contract:
     model.cfg.seq_len            # min(config.max_position_embeddings, model.seq_len)
 
 The loss is the plain cross-entropy of the logits against y (the data loader already shifted the
-targets; the model's own shifted loss is not used). Data is byte-level (vocabulary 256), so the
-model's vocabulary (its input embedding) must have at least 256 entries; the first 256 token ids
-are used as bytes, whatever the model's tokenizer called them.
+targets; the model's own shifted loss is not used; targets IGNORE_INDEX, an instruction's
+prompt, are skipped). The token ids are the model's own tokenizer's when its folder ships one
+(`data.tokenizer=model`, the default there; bench/data/tokenizers.py): a pretrained model is
+never fed byte ids its embeddings do not mean. A folder without a tokenizer (a model built from
+a config) gets bytes or a trained BPE, and its embedding must have a row for every id
+(`check_vocab`). `model.gguf` names a GGUF file the folder is converted from once
+(bench/models/convert_gguf.py; model=smollm2).
 
 Which modules an adapter wraps (`adapter.target_modules`): our `lora`/`balora` adapters wrap
 `nn.Linear` modules whose name equals an entry or ends with `.<entry>` (bench/adapters/base.py;
@@ -108,6 +112,9 @@ def load_hf(model_cfg) -> HFCausalLM:
         raise ConfigError(
             "model.kind=hf needs the `hf` extra (transformers): pip install -e '.[hf]'"
         ) from e
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a bar per load of hundreds of tensors: noise in run logs
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, trust_remote_code=False, dtype=torch.float32
@@ -123,12 +130,42 @@ def load_hf(model_cfg) -> HFCausalLM:
             f"model.path={str(path)!r}: the model's vocabulary has {vocab} entries, but the data "
             f"is byte-level and needs at least {BYTE_VOCAB}"
         )
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    seq_len = int(model_cfg.seq_len) if max_pos is None else min(int(max_pos), model_cfg.seq_len)
+    seq_len = _seq_len(model.config, model_cfg)
     info = HFModelInfo(
         name=str(model_cfg.name), path=str(directory), seq_len=seq_len, vocab_size=vocab
     )
     return HFCausalLM(model, info)
+
+
+def _seq_len(config, model_cfg) -> int:
+    max_pos = getattr(config, "max_position_embeddings", None)
+    return int(model_cfg.seq_len) if max_pos is None else min(int(max_pos), model_cfg.seq_len)
+
+
+def context_length(model_cfg) -> int:
+    """The window a model of this config trains on (its model_seq_len), before loading it:
+    model.seq_len, capped for model=hf by the folder's max_position_embeddings."""
+    if model_cfg.kind != "hf" or not model_cfg.path:
+        return int(model_cfg.seq_len)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(Path(str(model_cfg.path)).expanduser()),
+                                            local_files_only=True, trust_remote_code=False)
+    except (ImportError, OSError, ValueError, KeyError):
+        return int(model_cfg.seq_len)  # load_hf says what is wrong with the folder
+    return _seq_len(config, model_cfg)
+
+
+def check_vocab(model: HFCausalLM, vocab_size: int, tokenizer: str) -> None:
+    """The model's embedding has a row for every id of the data's tokenizer."""
+    rows = model.cfg.vocab_size
+    if vocab_size > rows:
+        raise ConfigError(
+            f"data.tokenizer={tokenizer}: its vocabulary has {vocab_size} tokens but the "
+            f"embedding of model.path={model.cfg.path!r} has {rows} rows; allowed: a tokenizer "
+            f"of at most {rows} tokens (data.vocab_size for bpe)"
+        )
 
 
 def attention_modules(model: nn.Module) -> dict[str, list[str]]:
