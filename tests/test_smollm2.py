@@ -15,8 +15,8 @@ import torch
 
 from bench.data.corpus import eval_batches
 from bench.models import convert_gguf
-from bench.run import prepare, train
 from bench.record import RunRecord
+from bench.run import prepare, train
 from bench.train import evaluate
 from tests.conftest import compose, config_error
 
