@@ -198,7 +198,7 @@ def test_dense_lambda_max_matches_exact_and_power_iteration():
     assert set(out) == {"sharpness/lambda_max", "cond/lanczos_min", "cost/hessian_s"}
     assert out["sharpness/lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
     assert out["cond/lanczos_min"] == pytest.approx(ev[0], rel=1e-6)
-    # power iteration on an independent HVP (hvp_fn): the dominant eigenvalue is lambda_max
+    # power iteration (not Lanczos) on hvp_fn: the dominant eigenvalue is lambda_max
     assert ev[-1] > 1.2 * abs(ev[0])
     p = model.get_parameter(names[0])
     model.eval()

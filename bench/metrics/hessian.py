@@ -63,25 +63,49 @@ def condition_number(eigenvalues: Tensor, n_zero: int) -> float:
 
 
 # ------------------------------------------------------------------ Hessian-vector products
+def block(leaves: list[Tensor], derived: list[Tensor | None], idx: Sequence[int]):
+    """The leaves and derived tensors (gradients, J^T u) of block `idx`, and the positions in
+    it whose derived tensor depends on the leaves (None: constant)."""
+    mine = [derived[i] for i in idx]
+    return [leaves[i] for i in idx], mine, [k for k, d in enumerate(mine) if d is not None]
+
+
+class GradientGraph:
+    """The gradient g = dL/dtheta of `loss_of(leaves)` at detached copies of `params`, built
+    once with its graph; Hessian-vector products H_II v of any block I of the tensors reuse it
+    (double backward: d/dtheta_I <g_I, v>)."""
+
+    def __init__(self, loss_of: Callable[[list[Tensor]], Tensor], params: Sequence[Tensor]):
+        self.leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            loss = loss_of(self.leaves)
+            grads = torch.autograd.grad(loss, self.leaves, create_graph=True, allow_unused=True)
+        self.loss = loss.detach()
+        self.grads = [g if g is not None and g.requires_grad else None for g in grads]
+
+    def hvp(self, idx: Sequence[int] | None = None, dtype: torch.dtype | None = None) -> HVP:
+        """v -> H_II v on flat vectors (layout of flatten(leaves[i] for i in idx); every
+        tensor by default), returned in `dtype` (default the leaves')."""
+        idx = range(len(self.leaves)) if idx is None else idx
+        leaves, grads, live = block(self.leaves, self.grads, idx)
+        dtype = dtype or leaves[0].dtype
+
+        def hvp(v: Tensor) -> Tensor:
+            if not live:  # the loss is at most linear in these tensors
+                return torch.zeros_like(v, dtype=dtype)
+            parts = unflatten(v, leaves)
+            hv = torch.autograd.grad([grads[k] for k in live], leaves,
+                                     grad_outputs=[parts[k].to(grads[k].dtype) for k in live],
+                                     retain_graph=True, allow_unused=True, materialize_grads=True)
+            return flatten(hv).to(dtype)
+
+        return hvp
+
+
 def hvp_fn(loss_fn: Callable[..., Tensor], params: Sequence[Tensor]) -> HVP:
-    """v -> H v on flat vectors (layout of `flatten(params)`), H the Hessian of loss_fn(*params).
-
-    Double backward: the gradient graph g(x) is built once, each call differentiates <g, v>.
-    Keeps the params' dtype and device; the point is a detached copy of `params`.
-    """
-    like = [p.detach() for p in params]
-    x = flatten(like).requires_grad_(True)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(loss_fn(*unflatten(x, like)), x, create_graph=True)
-
-    def hvp(v: Tensor) -> Tensor:
-        if not g.requires_grad:  # loss at most linear in the params
-            return torch.zeros_like(x)
-        (hv,) = torch.autograd.grad(g, x, grad_outputs=v.to(g.dtype), retain_graph=True,
-                                    allow_unused=True, materialize_grads=True)
-        return hv.detach()
-
-    return hvp
+    """v -> H v on flat vectors (layout of `flatten(params)`), H the Hessian of loss_fn(*params)
+    at a detached copy of `params` (`GradientGraph` over all of them)."""
+    return GradientGraph(lambda leaves: loss_fn(*leaves), params).hvp()
 
 
 def _start_vector(dim_or_like: int | Tensor, generator: torch.Generator | None) -> Tensor:

@@ -1,67 +1,26 @@
-"""Hessian spectra logged during training: condition numbers and sharpness (docs/design.md §7 (b)).
+"""Hessian spectra logged during training: condition numbers and sharpness (docs/design.md §7).
 
 `HessianMonitor` is a trainer hook, `hook(step, model) -> dict`. At the steps it fires it runs
-Lanczos (`bench.metrics.hessian.lanczos`) on Hessian-vector products of the model's loss on one
-fixed batch, with respect to the trainable tensors of the adapted layers:
+Lanczos (bench.metrics.hessian) on Hessian-vector products of the loss on one fixed batch, in
+the trainable tensors of the adapted layers (`layers` patterns select them by name: equal,
+ending with `.<pattern>` as in PEFT, or a glob; empty: every adapted layer):
 
-* LoRA-type adapters (every matched target has `lora_A` (r x in) and `lora_B` (out x r)): the
-  Hessian in the factor entries, restricted to the horizontal space of each layer (orthogonal
-  to the GL(r) invariance directions (-L A, B L), `flat_horizontal_projector`), so the r^2 zero
-  modes per layer never enter. Logged:
-      cond/lambda_max, cond/lambda_min_h, cond/kappa      all matched layers jointly
-      sharpness/lambda_max                                 = cond/lambda_max
-      cond/<layer>/lambda_max, cond/<layer>/kappa          each matched layer alone (per_layer)
-  kappa = lambda_max / lambda_min_h, None when lambda_min_h <= 0 (not a minimum across the
-  invariance orbits, as early in training at B ~ 0; lambda_min_h is still logged).
-  The per-layer estimate of layer l is Lanczos on the diagonal block H_ll (the other layers held
-  fixed); each costs about one more Lanczos run, so they are computed only when asked for
-  (`per_layer`, by default when `layers` names layers explicitly).
-* Everything else (`full`, dense weights of the targeted modules or, with target_modules=[all],
-  every trainable parameter; Riemannian adapters without A, B factors): Lanczos over those
-  tensors without projection; the dense Hessian is indefinite, so no kappa. Logged:
-      sharpness/lambda_max, cond/lanczos_min               the largest and smallest Ritz values
-* With `gauss_newton`, also the generalised Gauss-Newton matrix G = J^T H_z J of the same
-  loss (J = dz/dtheta the Jacobian of the logits z, H_z = d^2 loss / dz^2, positive semidefinite
-  for cross-entropy), by Lanczos on G-vector products over the same tensors. G is positive
-  semidefinite everywhere, so its condition number exists where the Hessian's does not: the LM
-  Hessians are indefinite all through training (lambda_min_h < 0), G never is. Along an
-  invariance direction of LoRA the logits do not move (J v = 0 at every point, not only at a
-  critical point), so G maps the horizontal space to itself and its horizontal spectrum is G's
-  nonzero spectrum plus the horizontal flat directions. Logged, factored adapters:
-      cond/gn/lambda_max, cond/gn/lambda_min_h, cond/gn/kappa
-  kappa None where G is singular on the horizontal space: a factor that lost rank (as LoRA's
-  B = 0 start, where the logits do not depend on A; `_flat_horizontal_directions`) or
-  lambda_min_h <= 1e-12 lambda_max (an exact zero only: float32 round-off is far above
-  that). Other symmetries of the architecture can make it singular too: with LayerNorm at
-  gain 1 and no bias, say, the normalised inputs have mean 0 and dA = w 1^T is flat (r such
-  directions per layer reading them). No few-step estimate sees that; compare such kappas
-  only as the lower bounds below.
-  Dense tensors: cond/gn/lambda_max, cond/gn/lanczos_min (no kappa: an attention block's own
-  invariances, W_q -> W_q M, W_k -> W_k M^-T, make the dense G singular, which a few Lanczos
-  steps do not see).
-* Every kappa here is a ratio of Ritz values after `iters` Lanczos steps. Ritz values interlace
-  (lambda_min <= theta_min <= theta_max <= lambda_max on the Krylov space, at any step count),
-  so in exact arithmetic the estimate is a lower bound of the true ratio, and a loose one: on
-  the tiny test model of tests/test_monitor.py the true kappa is 7e8, the estimate 3e4 after
-  16 steps and 2e8 after 100. It measures how much of the small end of the spectrum a k-step
-  Krylov space (the one k steps of CG would see) reaches: compare methods at one `iters`, never
-  with exact values such as the toy's.
-* Always, when it fires: cost/hessian_s, the seconds the estimate took (both matrices).
+* LoRA-type adapters (factors lora_A (r x in), lora_B (out x r)): restricted to each layer's
+  horizontal space, so the r^2 zero modes of the GL(r) invariance never enter:
+  cond/lambda_max, cond/lambda_min_h, cond/kappa (None where lambda_min_h <= 0),
+  sharpness/lambda_max, and per layer on request (cond/<layer>/...).
+* Dense tensors (full fine-tuning, Riemannian adapters): no invariance to remove and an
+  indefinite Hessian, so no kappa: sharpness/lambda_max and cond/lanczos_min.
+* With `gauss_newton`, the same for G = J^T H_z J (cond/gn/...): positive semidefinite, so its
+  kappa exists where the Hessian's does not; None where it is singular on the horizontal space
+  (a factor that lost rank, as LoRA's B = 0 start: `_flat_horizontal_directions`).
+* cost/hessian_s: the seconds the estimate took (kept off the run's wall clock by the trainer).
 
-`layers` patterns select layers by name (module names as in `adapter.targets`, e.g.
-`blocks.0.attn.q`): a layer matches a pattern when its name equals the pattern, ends with
-`.<pattern>` (PEFT's rule: `q` matches every `...attn.q`) or matches it as a glob on the whole
-name (`blocks.0.*`, `*.attn.[qk]`). An empty list means every adapted layer.
-
-Measuring never changes training: the Hessian is taken at detached copies of the parameters
-through `torch.func.functional_call` and `torch.autograd.grad`, so no `.grad` is written and no
-`requires_grad` flag is touched; the model is put in eval mode (dropout off: the Hessian of a
-deterministic loss) and every module's mode is restored; the Lanczos start vector comes from a
-private generator seeded with `seed`, never from the global RNG. Attention runs on PyTorch's math
-SDPA kernel during the estimate (the fused kernels have no double backward).
-
-A non-finite estimate (NaN/inf in the weights or the loss) logs None for its values, warns, and
-the run goes on.
+Every kappa is a ratio of Ritz values after `iters` steps: a lower bound of the true ratio,
+comparable between methods measured at one `iters` (docs/design.md §7). Measuring never changes
+training: detached copies through `torch.func.functional_call` (no .grad written), eval mode
+restored module by module, a private generator for the start vector, and the math attention
+kernel (the fused ones have no double backward). A non-finite estimate logs None and warns.
 """
 
 from __future__ import annotations
@@ -77,7 +36,14 @@ import torch.nn as nn
 from torch import Tensor
 
 from bench.errors import ConfigError
-from bench.metrics.hessian import flat_horizontal_projector, flatten, lanczos, unflatten
+from bench.metrics.hessian import (
+    GradientGraph,
+    block,
+    flat_horizontal_projector,
+    flatten,
+    lanczos,
+    unflatten,
+)
 
 # Krylov bases up to this many entries (dim x iters) are kept in float64 (cheap at adapter sizes);
 # larger ones (dense full fine-tuning of big models) in the parameters' own dtype.
@@ -154,13 +120,6 @@ def _logits_and_loss(model: nn.Module, names: list[str], leaves: list[Tensor], b
     return (out[0], out[1]) if isinstance(out, (tuple, list)) else (out.logits, out.loss)
 
 
-def _block(leaves: list[Tensor], derived: list[Tensor | None], idx: Sequence[int]):
-    """The leaves and derived tensors (gradients, J^T u) of block `idx`, and the positions in
-    it whose derived tensor depends on the leaves (None: constant)."""
-    mine = [derived[i] for i in idx]
-    return [leaves[i] for i in idx], mine, [k for k, d in enumerate(mine) if d is not None]
-
-
 class _GaussNewtonGraph:
     """The logits z and the loss l(z) at detached copies of `params`, built once, for products
     with the generalised Gauss-Newton matrix G = J^T H_z J (Schraudolph 2002):
@@ -182,7 +141,7 @@ class _GaussNewtonGraph:
 
     def gvp(self, idx: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
         """v -> G_II v on flat vectors (layout of flatten(leaves[i] for i in idx)), in `dtype`."""
-        leaves, jtu, live = _block(self.leaves, self.jtu, idx)
+        leaves, jtu, live = block(self.leaves, self.jtu, idx)
 
         def gvp(v: Tensor) -> Tensor:
             if not live:  # the logits do not depend on these tensors
@@ -200,39 +159,6 @@ class _GaussNewtonGraph:
             return flatten(gv).to(dtype)
 
         return gvp
-
-
-class _GradientGraph:
-    """The loss's gradient graph at detached copies of `params`, built once; block
-    Hessian-vector products of any subset of the tensors reuse it (double backward)."""
-
-    def __init__(self, model: nn.Module, names: list[str], params: list[Tensor], batch):
-        self.leaves = [p.detach().requires_grad_(True) for p in params]
-        with torch.enable_grad():
-            _, loss = _logits_and_loss(model, names, self.leaves, batch)
-            grads = torch.autograd.grad(loss, self.leaves, create_graph=True, allow_unused=True)
-        self.loss = loss.detach()
-        self.grads = [g if g is not None and g.requires_grad else None for g in grads]
-
-    def hvp(self, idx: Sequence[int], dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
-        """v -> H_II v on flat vectors (layout of flatten(leaves[i] for i in idx)), in `dtype`."""
-        leaves, grads, live = _block(self.leaves, self.grads, idx)
-
-        def hvp(v: Tensor) -> Tensor:
-            if not live:  # the loss is at most linear in these tensors
-                return torch.zeros_like(v)
-            parts = unflatten(v, leaves)
-            hv = torch.autograd.grad(
-                [grads[k] for k in live],
-                leaves,
-                grad_outputs=[parts[k].to(grads[k].dtype) for k in live],
-                retain_graph=True,
-                allow_unused=True,
-                materialize_grads=True,
-            )
-            return flatten(hv).to(dtype)
-
-        return hvp
 
 
 def _flat_horizontal_directions(factors: Sequence[Tensor]) -> int:
@@ -412,7 +338,8 @@ class HessianMonitor:
             self._warn(step, "non-finite trainable weights, no Hessian estimate")
             return out
         batch = tuple(t.to(device) if isinstance(t, Tensor) else t for t in self.batch)
-        graph = _GradientGraph(model, names, flat, batch)
+        graph = GradientGraph(lambda leaves: _logits_and_loss(model, names, leaves, batch)[1],
+                              flat)
         if not torch.isfinite(graph.loss):
             self._warn(step, f"non-finite loss {graph.loss.item()} on the Hessian batch")
             return out
