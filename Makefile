@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 export WANDB_SILENT := true
 
-.PHONY: setup run test plots perf studies lint clean
+.PHONY: setup run test check-results plots perf studies lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ run: setup                    ## the default sweep (conf/config.yaml), then ever
 
 test: setup                   ## the test suite (slow and perf tests excluded), a worker per core
 	WANDB_MODE=disabled $(PY) -m pytest -q -n auto --dist worksteal
+
+check-results: setup          ## the committed study records in results/: data checks, not code
+	WANDB_MODE=disabled $(PY) -m pytest -q -m results tests/results
 
 plots: setup                  ## every figure and table, from the run records in runs/
 	$(PY) -m analysis

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
@@ -65,31 +65,38 @@ def union_schema(name: str, knob_classes: Sequence[type]) -> type:
     return schema
 
 
-AdapterConfig = union_schema("AdapterConfig", [cls.knobs for cls in ADAPTERS.values()])
-OptimizerConfig = union_schema("OptimizerConfig", [s.knobs for s in OPTIMIZERS.values()])
+def _schema_of_registries() -> tuple[type, type, type]:
+    """(AdapterConfig, OptimizerConfig, Config) from the registries as they are now."""
+    adapter = union_schema("AdapterConfig", [cls.knobs for cls in ADAPTERS.values()])
+    optimizer = union_schema("OptimizerConfig", [s.knobs for s in OPTIMIZERS.values()])
+    groups = [("model", ModelConfig), ("data", DataConfig), ("adapter", adapter),
+              ("optimizer", optimizer), ("trainer", TrainerConfig), ("logger", LoggerConfig)]
+    fields = [(name, kind, field(default=MISSING)) for name, kind in groups] + [
+        ("metrics", MetricsConfig, field(default_factory=MetricsConfig)),
+        ("toy", ToyConfig, field(default_factory=ToyConfig)),
+        ("study", StudyConfig, field(default_factory=StudyConfig)),
+        ("task", str, field(default="lm")),  # the kind of run: a key of bench.run.TASKS
+        ("seed", int, field(default=0)),
+        ("sweep", str, field(default="default")),  # the sweep's name and folder under out_dir
+        ("out_dir", str, field(default="runs")),
+    ]
+    config = dataclasses.make_dataclass("Config", fields)
+    config.__module__ = __name__
+    return adapter, optimizer, config
 
 
-@dataclass
-class Config:
-    model: ModelConfig = MISSING
-    data: DataConfig = MISSING
-    adapter: AdapterConfig = MISSING
-    optimizer: OptimizerConfig = MISSING
-    trainer: TrainerConfig = MISSING
-    logger: LoggerConfig = MISSING
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    toy: ToyConfig = field(default_factory=ToyConfig)
-    study: StudyConfig = field(default_factory=StudyConfig)
-    task: str = "lm"  # the kind of run: a key of bench.run.TASKS (lm, toy)
-    seed: int = 0
-    sweep: str = "default"
-    out_dir: str = "runs"
+# The schema: every group's dataclass; adapter and optimizer the unions of their choices' keys.
+AdapterConfig, OptimizerConfig, Config = _schema_of_registries()
 
 
 def register_configs() -> None:
-    """Register the schema so that each YAML group file is validated against its dataclass."""
+    """(Re)build the schema from the registries as they are now (an adapter or optimizer
+    registered at run time brings its keys) and register it, so that each YAML group file is
+    validated against its dataclass."""
     from hydra.core.config_store import ConfigStore
 
+    global AdapterConfig, OptimizerConfig, Config
+    AdapterConfig, OptimizerConfig, Config = _schema_of_registries()
     # Each group's YAML is merged into the typed field of `Config`, so one schema covers all.
     ConfigStore.instance().store(name="base_config", node=Config)
 
@@ -100,18 +107,18 @@ def _schema(node: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(node)}
 
 
-def schema_defaults(node: type = Config) -> dict:
+def schema_defaults(node: type | None = None) -> dict:
     """Every key of `Config` with its schema default, groups included (a group's default is its
     dataclass's defaults): what the run id compares a config against (bench.record)."""
     return {name: schema_defaults(kind) if dataclasses.is_dataclass(kind) else _default(f)
-            for name, (f, kind) in _schema(node).items()}
+            for name, (f, kind) in _schema(node or Config).items()}
 
 
-def _finite_floats(cfg: Any, node: type = Config, prefix: str = "") -> None:
+def _finite_floats(cfg: Any, node: type | None = None, prefix: str = "") -> None:
     """Every float of the config (a float-typed key, a float in a list such as optimizer.betas,
     or a float given to an untyped key such as metrics.target_loss) must be finite: nan and inf
     pass `> 0` checks silently (nan compares false)."""
-    for name, (_, kind) in _schema(node).items():
+    for name, (_, kind) in _schema(node or Config).items():
         try:
             value = cfg.get(name)
         except OmegaConfBaseException:  # a missing or broken key: not a float to check here

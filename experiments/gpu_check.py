@@ -6,7 +6,7 @@
 
 Four steps, each written to the output folder as it finishes (gpu_check.log: everything printed
 and every command's output; gpu_check.json: the numbers; gpu_check.md: the summary):
-  1. cuda_tests   `pytest -m cuda tests/test_cuda.py` (skipped without CUDA, with a note)
+  1. cuda_tests   `pytest -m cuda tests/bench/test_cuda.py` (skipped without CUDA, with a note)
   2. throughput   tokens/s and model FLOPs utilisation at the paper's size (model=knight with two
                   KV groups, 8 x 512 = 4,096 tokens per step, bf16 autocast + TF32) for AdamW, R1
                   and R2 per KV group, and Muon if `optimizer=muon` exists; step-time ratios
@@ -276,7 +276,7 @@ def step_cuda_tests(check: Check, has_cuda: bool) -> None:
     check.say("[gpu_check] 1/4 cuda_tests")
     t = time.perf_counter()
     rc = check.commands({"cuda_tests": [sys.executable, "-m", "pytest", "-m", "cuda", "-q",
-                                        "-rs", "tests/test_cuda.py"]},
+                                        "-rs", "tests/bench/test_cuda.py"]},
                         timeout=BUDGET_S / 2, parallel=False)["cuda_tests"]
     tail = (check.out / "cuda_tests.log").read_text().strip().splitlines()[-1:]
     check.save("cuda_tests", {"status": "passed" if rc == 0 else "failed", "exit": rc,

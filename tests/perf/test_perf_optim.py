@@ -23,7 +23,7 @@ from bench.data.corpus import load_corpus
 from bench.models.gpt import GPT
 from bench.optim import build_optimizer
 from tests.conftest import compose
-from tests.test_perf_riemannian import SMALL, STEPS, WARMUP, _timed_steps
+from tests.perf.test_perf_riemannian import SMALL, STEPS, WARMUP, _timed_steps
 
 pytestmark = pytest.mark.perf
 ROUNDS = 3

@@ -10,7 +10,7 @@ Why the ratio is what it is: an exact Hessian-vector product by double backward 
 forward+backward passes (Pearlmutter), a LoRA training step about one (frozen weights get no
 gradient), so a k-iteration Lanczos estimate costs about 2k training steps.
 
-Run with `pytest -m perf tests/test_perf_hessian.py -s` to see the printed numbers.
+Run with `pytest -m perf tests/perf/test_perf_hessian.py -s` to see the printed numbers.
 """
 
 import math

@@ -11,7 +11,7 @@ from scipy import stats
 from analysis.selection import select_sweep
 from analysis.tables import tuned_table
 from analysis.trend import row_trend, write_trend
-from tests.test_tuning import run
+from tests.analysis.test_selection import run
 
 RANKS = (4, 8, 16, 32)
 SEEDS = (1, 2, 3, 4, 5)

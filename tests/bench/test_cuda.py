@@ -1,6 +1,6 @@
 """The CUDA paths (marker `cuda`; skipped where torch.cuda.is_available() is false).
 
-Run with `pytest -m cuda tests/test_cuda.py`; `make gpu-check` runs them first. Training goes
+Run with `pytest -m cuda tests/bench/test_cuda.py`; `make gpu-check` runs them first. Training goes
 through the CLI (`python -m bench.run ... trainer.device=cuda`), the geometries and optimizers
 in process. Tolerance of the geometry checks: ||out_cuda_f32 - ref_cpu_f64|| / ||ref|| <= 1e-4
 (float32 arithmetic lands near 1e-6 on these ops; the SVD/QR-based ones lose up to two digits to
@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, build_riemannian
+from tests.bench.test_riemannian_optim import LR, approximation_problem, loss_fn
 from tests.conftest import (
     GEOMETRY_VARIANTS,
     kill_at_first_checkpoint,
@@ -25,7 +26,6 @@ from tests.conftest import (
     run_cli,
     run_dirs,
 )
-from tests.test_riemannian_optim import LR, approximation_problem, loss_fn
 
 pytestmark = [
     pytest.mark.cuda,
@@ -33,7 +33,7 @@ pytestmark = [
 ]
 
 TOL = 1e-4  # relative Frobenius error of float32 on CUDA against float64 on the CPU
-# one head, one GQA group of 3 heads (tests/test_manifolds.py), and one KV group of model=knight
+# one head, one GQA group of 3 heads (tests/bench/test_manifolds.py), and one KV group of model=knight
 # with 2 KV groups (4 query heads of width 64 stacked on a 512-wide factor)
 SHAPES = {"per_head": (12, 12, 3), "per_kv_group": (36, 12, 3), "knight_kv_group": (2048, 512, 64)}
 
@@ -151,7 +151,7 @@ def test_manifold_operations_on_cuda_float32_match_cpu_float64(variant, shape):
 @pytest.mark.parametrize("opt_name", RIEMANNIAN_OPTIMIZERS)
 @pytest.mark.parametrize("variant", list(GEOMETRY_VARIANTS))
 def test_riemannian_optimizers_step_on_cuda(variant, opt_name):
-    # tests/test_riemannian_optim.py's rank-3 approximation, in float32 on the GPU
+    # tests/bench/test_riemannian_optim.py's rank-3 approximation, in float32 on the GPU
     manifold, target, x0, scale = approximation_problem(variant, dtype=torch.float32)
     target = target.cuda()
     p = geoopt.ManifoldParameter(x0.cuda(), manifold=manifold)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from bench.config import Config, ConfigError, validate
 from bench.models.config import AttentionConfig
 from bench.train import TrainerConfig
-from tests.conftest import ROOT, compose, config_error, run_cli
+from tests.conftest import ROOT, compose, config_error
 
 
 def keys(schema) -> str:
@@ -69,22 +69,6 @@ def test_empty_text_file_and_short_corpus_are_rejected(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize(
-    ("overrides", "line"),
-    [
-        (["trainer.nope=1"],
-         f"error: unknown key trainer.nope; allowed keys of trainer: {keys(TrainerConfig)}"),
-        (["optimizer.lr=-1"], "error: optimizer.lr=-1.0 must be > 0"),
-    ],
-    ids=["unknown_key", "bad_value"],
-)
-def test_cli_prints_one_line_and_exits_2_writing_nothing(tmp_path, overrides, line):
-    out = tmp_path / "runs"
-    proc = run_cli([*overrides, f"out_dir={out}", "logger=none"])
-    assert proc.returncode == 2
-    assert proc.stderr.splitlines() == [line] and proc.stdout == ""
-    assert not out.exists()
 
 
 @pytest.mark.parametrize(

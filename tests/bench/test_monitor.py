@@ -19,7 +19,7 @@ from bench.config import AdapterConfig, ConfigError
 from bench.metrics.hessian import condition_number, exact_eigenvalues, hvp_fn, power_iteration
 from bench.metrics.monitor import HessianMonitor, check_layers
 from bench.models.gpt import GPT, GPTConfig
-from tests.test_hessian import vertical_basis
+from tests.bench.test_hessian import vertical_basis
 
 F64 = torch.float64
 

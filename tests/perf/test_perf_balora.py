@@ -1,7 +1,7 @@
 """Cost of the balanced projection: linear in in + out, no in x out matrix
 (docs/papers/balora.md §3).
 
-Run with `pytest -m perf tests/test_perf_balora.py -s` to see the printed numbers; the memory
+Run with `pytest -m perf tests/perf/test_perf_balora.py -s` to see the printed numbers; the memory
 test's size is `BALORA_MEMORY_N` (default 16384: a 1 GiB dense product).
 """
 
@@ -96,7 +96,7 @@ _RSS_PROBE = textwrap.dedent("""
 def peak_growth(n, mode):
     out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(n), str(RANK), mode],
                          capture_output=True, text=True, check=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     return int(out.stdout.split()[-1])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from bench.config import schema_defaults
@@ -13,10 +12,8 @@ from bench.tracking.identity import run_id
 from bench.train import lr_factor
 from tests.conftest import (
     compose,
-    kill_at_first_checkpoint,
     read_jsonl,
     run_analysis,
-    run_cli,
     run_dirs,
 )
 
@@ -136,7 +133,7 @@ def test_a_record_under_an_older_id_of_the_same_config_is_found_and_skipped(tmp_
 
 def test_an_own_folder_is_resumed_before_an_older_record_of_the_same_config(tmp_path, tiny):
     """An interrupted run's own folder wins over an older completed record of the same config
-    (the run resumes there); tests/test_migrate.py: a record of an older format is never taken."""
+    (the run resumes there); tests/bench/test_migrate.py: a record of an older format is never taken."""
     hessian = [*tiny, "metrics.hessian.every=10", "metrics.hessian.iters=2"]
     run(compose(hessian))
     (d,) = run_dirs(tmp_path / "runs")
@@ -147,42 +144,6 @@ def test_an_own_folder_is_resumed_before_an_older_record_of_the_same_config(tmp_
     assert (d / "summary.json").is_file()  # trained in its own folder, not skipped
 
 
-@pytest.mark.e2e
-def test_kill_9_then_rerun_resumes_to_the_bitwise_same_loss(tmp_path):
-    args = [
-        "model.init=scratch",
-        "model.d_model=32",
-        "model.n_layer=1",
-        "model.n_head=2",
-        "model.seq_len=32",
-        "trainer.max_steps=200",
-        "trainer.batch_size=4",
-        "trainer.eval_every=50",
-        "trainer.log_every=20",
-        "trainer.checkpoint_every=40",
-        "trainer.progress=false",
-        "data.eval_batches=2",
-        "logger=none",
-        "trainer.threads=1",
-    ]
-    # the uninterrupted reference runs in this process, the killed and resumed one in two others
-    assert run(compose([*args, f"out_dir={tmp_path / 'clean'}"]))["status"] == "completed"
-    out = tmp_path / "killed"
-    checkpoint = kill_at_first_checkpoint(args, out)
-    (killed_dir,) = run_dirs(out)
-    assert json.loads((killed_dir / "summary.json").read_text())["status"] == "running"
-    state = torch.load(checkpoint, weights_only=False)
-    assert 0 < state["step"] < 200
-    resumed = run_cli([*args, f"out_dir={out}"])
-    assert resumed.returncode == 0, resumed.stderr
-    (clean_dir,) = run_dirs(tmp_path / "clean")
-    a = json.loads((clean_dir / "summary.json").read_text())
-    b = json.loads((killed_dir / "summary.json").read_text())
-    assert b["status"] == "completed"
-    assert a["final_eval_loss"] == b["final_eval_loss"]  # bitwise: same float
-    assert [r.get("train/loss") for r in read_jsonl(clean_dir / "metrics.jsonl")] == [
-        r.get("train/loss") for r in read_jsonl(killed_dir / "metrics.jsonl")
-    ]
 
 
 def test_nan_in_one_run_of_a_sweep_marks_it_diverged_and_the_sweep_goes_on(

@@ -1,5 +1,5 @@
 """Measurements through the whole harness: Hessian spectra logged by a run and drawn by
-`make plots` (time to a baseline's loss: tests/test_targets.py)."""
+`make plots` (time to a baseline's loss: tests/analysis/test_targets.py)."""
 
 from __future__ import annotations
 

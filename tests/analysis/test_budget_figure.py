@@ -10,7 +10,7 @@ from analysis import plots
 from analysis.__main__ import main
 from analysis.records import load_curves, load_runs
 from analysis.tables import tuned_table
-from tests.test_analysis import write_run
+from tests.analysis.test_analysis import write_run
 
 STEPS = (0, 10, 20)  # write_run evaluates every 10 steps
 
