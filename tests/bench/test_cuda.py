@@ -33,7 +33,8 @@ pytestmark = [
 ]
 
 TOL = 1e-4  # relative Frobenius error of float32 on CUDA against float64 on the CPU
-# one head, one GQA group of 3 heads (tests/bench/test_manifolds.py), and one KV group of model=knight
+# one head, one GQA group of 3 heads (tests/bench/test_manifolds.py), and one KV group of
+# model=knight
 # with 2 KV groups (4 query heads of width 64 stacked on a 512-wide factor)
 SHAPES = {"per_head": (12, 12, 3), "per_kv_group": (36, 12, 3), "knight_kv_group": (2048, 512, 64)}
 

@@ -133,7 +133,8 @@ def test_a_record_under_an_older_id_of_the_same_config_is_found_and_skipped(tmp_
 
 def test_an_own_folder_is_resumed_before_an_older_record_of_the_same_config(tmp_path, tiny):
     """An interrupted run's own folder wins over an older completed record of the same config
-    (the run resumes there); tests/bench/test_migrate.py: a record of an older format is never taken."""
+    (the run resumes there); tests/bench/test_migrate.py: a record of an older format is never
+    taken."""
     hessian = [*tiny, "metrics.hessian.every=10", "metrics.hessian.iters=2"]
     run(compose(hessian))
     (d,) = run_dirs(tmp_path / "runs")

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from tests.bench.test_hf_model import OFFLINE, llama_dir  # noqa: F401 - a fixture
+from tests.bench.test_hf_model import OFFLINE, tiny_llama
 from tests.conftest import run_cli, run_dirs
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "tiny_llama")
+    return tmp_path / "tiny_llama"
 
 
 @pytest.mark.e2e
