@@ -21,7 +21,6 @@ Entry point: ``toy_figures``.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Iterable
@@ -33,10 +32,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
 from analysis.markdown import markdown_table  # noqa: E402
 from analysis.plots import save  # noqa: E402
+from bench.record import TOY_FILE, RecordError, read_record, read_toy  # noqa: E402
 
 OPTIMIZERS = {"gd": "GD", "sign_gd": "sign-GD (the paper's \"Adam\")", "adam": "Adam"}
 VARIANTS = {  # (adapter, alignment) -> label, colour, line style; the order of legends and rows
@@ -57,22 +56,22 @@ def _variant(adapter: str, alignment: str | None) -> str:
 
 def is_toy_run(run_dir: Path) -> bool:
     """A run record of the toy task that has finished writing its toy.json."""
-    run_dir = Path(run_dir)
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    return config.get("task") == "toy" and (run_dir / "toy.json").is_file()
+    record = read_record(run_dir)
+    return record.config.get("task") == "toy" and (Path(run_dir) / TOY_FILE).is_file()
 
 
 def load_toy(run_dirs: Iterable[Path]) -> pd.DataFrame:
     """One row per (run, init): variant, optimizer, seed, problem (the seed that drew its (T, W0)),
     lr, the excess-loss curve (an array of steps + 1 values), kappa, lambda_max, gap. Inits
-    without a kept LR have a NaN curve."""
+    without a kept LR have a NaN curve. A toy.json that cannot be read is skipped, warned."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        toy = json.loads((run_dir / "toy.json").read_text())
+        config = read_record(run_dir).config
+        try:
+            toy = read_toy(run_dir)
+        except RecordError as e:
+            warnings.warn(f"skipped {run_dir}: {e}", stacklevel=2)
+            continue
         label = _variant(toy["adapter"], toy.get("alignment"))
         # a record of one problem (no `problem` list) is the problem its seed draws
         problems = toy.get("problem") or [config.get("seed")] * len(toy["excess"])

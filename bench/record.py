@@ -323,6 +323,25 @@ def read_record(run_dir: str | Path) -> Record:
     return record
 
 
+MAX_TOY_BYTES = 1 << 28  # a toy run's per-init arrays: ~10 MB for 100 problems x 8 inits
+TOY_KEYS = ("adapter", "optimizer", "method", "excess", "lr", "kappa", "lambda_max", "gap")
+
+
+def read_toy(run_dir: str | Path) -> dict:
+    """A toy run's toy.json (bench/toy.py), checked to hold its per-init arrays; RecordError
+    naming the file otherwise."""
+    path = Path(run_dir) / TOY_FILE
+    toy = load_json(path, MAX_TOY_BYTES)
+    missing = [k for k in TOY_KEYS if not isinstance(toy, dict) or k not in toy]
+    if missing:
+        raise RecordError(f"{path}: lacks {', '.join(missing)}")
+    n = len(toy["excess"]) if isinstance(toy["excess"], list) else -1
+    if any(not isinstance(toy[k], list) or len(toy[k]) != n
+           for k in ("excess", "lr", "kappa", "lambda_max", "gap")):
+        raise RecordError(f"{path}: its per-init arrays differ in length or are not lists")
+    return toy
+
+
 def is_record(path: Path) -> bool:
     """A visible folder holding any record file (hidden folders are W&B's, submitit's, ...)."""
     return (path.is_dir() and not path.name.startswith(".")
