@@ -105,7 +105,7 @@ def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, swee
     row["status"] = row["status"] or INCOMPLETE
     row["run_dir"] = run_dir
     row["run_id"] = row.get("meta.run_id") or run_id
-    row["sweep"] = row.get("sweep") or sweep
+    row["sweep"] = sweep  # the folder's name, never a path a record's config could claim
     row["task"] = row.get("task") or "lm"
     row["method"] = method or row.get("meta.method")
     return row

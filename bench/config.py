@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
@@ -150,9 +152,31 @@ def check_owned(group: str, cfg, owners: dict[str, type], union: type) -> None:
                               f"{chosen}, allowed values: {_default(f)!r} (its default)")
 
 
+# `sweep` is one folder name under out_dir, and part of every output file's name
+SWEEP_NAME = re.compile(r"[A-Za-z0-9_.=+,-]{1,100}")
+MAX_SEED = 2**32  # numpy's seeds: [0, 2^32)
+
+
+def _check_run_keys(cfg: Any) -> None:
+    """sweep, out_dir and seed: where the record goes and which batches it sees."""
+    sweep = cfg.sweep
+    if not isinstance(sweep, str) or not SWEEP_NAME.fullmatch(sweep) or sweep in (".", ".."):
+        raise ConfigError(f"sweep={sweep!r} is not allowed; allowed values: one folder name of "
+                          "1-100 letters, digits and - _ . = + , (not . or ..)")
+    out = str(cfg.out_dir)
+    if not out.strip() or len(out) > 1024 or any(len(part) > 255 for part in Path(out).parts):
+        raise ConfigError(f"out_dir={out[:80]!r} is not allowed; allowed values: a folder path of "
+                          "at most 1024 characters, 255 per name")
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
+        raise ConfigError(f"seed={seed!r} is not allowed; allowed values: integers in "
+                          f"[0, {MAX_SEED})")
+
+
 def validate(cfg: Any) -> None:
     """Every check a config must pass before anything is written. Raises ConfigError."""
     _finite_floats(cfg)
+    _check_run_keys(cfg)
     choice("task", cfg.task, TASKS)
     choice("adapter.name", cfg.adapter.name, ADAPTERS)
     choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)

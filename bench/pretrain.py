@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 
 from bench.adapters.full import Full
 from bench.data.corpus import Corpus, load_corpus
+from bench.errors import ConfigError
 from bench.metrics.cost import usable_cpus
 from bench.models import GPT_KEYS, gpt_config
 from bench.models.gpt import GPT
@@ -39,9 +41,10 @@ def cache_key(cfg) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_pretrained(cfg) -> tuple[dict, Corpus]:
-    """(state_dict of the pretrained GPT, the pretraining corpus); torch's RNG is left as it
-    was."""
+def load_pretrained(cfg) -> tuple[dict, Corpus, str]:
+    """(state_dict of the pretrained GPT, the pretraining corpus, the weights' sha256); torch's
+    RNG is left as it was. The weights are checked against their pretraining record before use
+    (`checked_sha256`) and must be finite: ConfigError in one line otherwise."""
     p = cfg.model.pretrain
     source = load_corpus("builtin", p.domain, None, cfg.data.eval_fraction, cfg.data.max_bytes)
     folder = Path(p.cache_dir) / cache_key(cfg)
@@ -50,7 +53,44 @@ def load_pretrained(cfg) -> tuple[dict, Corpus]:
     with FileLock(str(folder) + ".lock"):
         if not weights.exists():
             _pretrain(cfg, gpt_config(cfg.model), source, folder, weights)
-    return torch.load(weights, map_location="cpu", weights_only=True), source
+        sha = checked_sha256(folder, weights)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a torn or crafted file: one line, never executed
+        raise ConfigError(f"{weights}: the pretrained base does not load ({type(e).__name__}); "
+                          f"delete {folder} to pretrain it again") from None
+    bad = [k for k, v in state.items() if not torch.is_tensor(v) or not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{weights}: the pretrained base holds non-finite or non-tensor "
+                          f"weights ({', '.join(bad[:3])}); delete {folder} to pretrain it again")
+    return state, source, sha
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checked_sha256(folder: Path, weights: Path) -> str:
+    """The weights' sha256, which their pretraining record (summary.json's weights_sha256)
+    must state: a base changed after pretraining (scaled, torn, replaced) is refused. A record
+    written before bench stated it gets it now, once (warned)."""
+    sha, record = sha256_of(weights), RunRecord(folder)
+    summary = record.read_summary() or {}
+    stated = summary.get("weights_sha256")
+    if stated is None:
+        print(f"[bench] warning: {folder}'s record states no weights_sha256; it is recorded now "
+              f"({sha[:12]})", file=sys.stderr)
+        record.write_summary({**summary, "status": summary.get("status", "completed"),
+                              "weights_sha256": sha})
+    elif stated != sha:
+        raise ConfigError(f"{weights}: its sha256 {sha[:12]} is not the {stated[:12]} its "
+                          f"pretraining record states (the file changed after pretraining); "
+                          f"delete {folder} to pretrain it again")
+    return sha
 
 
 def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None:
@@ -98,11 +138,12 @@ def _pretrain(cfg, gpt_cfg, source: Corpus, folder: Path, weights: Path) -> None
         device=device,
         n_eval_batches=cfg.data.eval_batches,
     ).run()
-    record.write_summary(summary)
     record.close()
     if summary["status"] != "completed":
+        record.write_summary(summary)
         raise RuntimeError(f"pretraining {summary['status']}: {summary.get('error')}")
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda f: torch.save(state, f))
+    record.write_summary({**summary, "weights_sha256": sha256_of(weights)})
     torch.set_rng_state(rng)
     torch.set_num_threads(threads)

@@ -293,7 +293,9 @@ class Record:
 
     @property
     def sweep(self) -> str:
-        return str(self.config.get("sweep") or self.dir.parent.name)
+        """The sweep folder the record lies in (what its config says is not trusted: a sweep
+        name becomes part of output paths)."""
+        return self.dir.parent.name
 
     @property
     def status(self) -> str | None:

@@ -12,11 +12,15 @@ created. A run that diverges or fails is recorded as such and the sweep goes on.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import hydra
 import torch
@@ -122,9 +126,9 @@ def prepare(cfg) -> Prepared:
     if cfg.model.kind == "gpt" and corpus.vocab_size > cfg.model.vocab_size:
         # the built-in model's vocabulary is the tokenizer's (model.vocab_size: a floor)
         model_cfg = OmegaConf.merge(cfg.model, {"vocab_size": corpus.vocab_size})
-    state, source = None, None
+    state, source, base_sha = None, None, None
     if cfg.model.kind == "gpt" and cfg.model.init == "pretrained":
-        state, source = load_pretrained(cfg)  # leaves torch's RNG as it was
+        state, source, base_sha = load_pretrained(cfg)  # leaves torch's RNG as it was
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, state)
     if cfg.model.kind == "hf":
@@ -151,6 +155,8 @@ def prepare(cfg) -> Prepared:
             "device": str(device), **corpus.meta}  # + tokenizer, loss_tokens (issue 27)
     if converted is not None:
         meta["converted_from"] = {k: converted[k] for k in ("gguf", "sha256", "versions")}
+    if base_sha is not None:  # the pretrained base this run starts from (checked before use)
+        meta["base_sha256"] = base_sha
     return Prepared(parts, meta, {"trainable_params": trainable})
 
 
@@ -198,20 +204,44 @@ TASKS: dict[str, Task] = {
 
 
 # ----------------------------------------------------------------------------- the skeleton
+def output_folder(cfg) -> Path:
+    """`<out_dir>/<sweep>`, out_dir resolved once and created if absent; ConfigError when it
+    cannot be a writable folder (a file, a read-only place, a path too long)."""
+    out = Path(str(cfg.out_dir)).expanduser()
+    try:
+        out = out.resolve()
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"out_dir={cfg.out_dir!r} is a file; allowed values: a folder "
+                              "(created if absent)")
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(f"no write permission on {out}")
+    except OSError as e:
+        raise ConfigError(f"out_dir={cfg.out_dir!r} cannot be used ({type(e).__name__}: "
+                          f"{e.strerror or e}); allowed values: a folder you can write") from None
+    return out / str(cfg.sweep)
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files of an atomic write that a kill interrupted (`.<name>.<random>.tmp`): never
+    read, so removed at the next start of the run."""
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def run(cfg: DictConfig) -> dict | None:
     """One run of any task: returns its summary (or None when another process is running it).
 
     validate -> run id -> skip a completed record -> prepare (nothing written yet) -> lock the
-    run folder -> config.yaml with meta -> execute -> summary.json; a failed execution is
-    recorded as such and the sweep goes on."""
+    run folder -> config.yaml with meta -> execute -> mirrors finished -> summary.json. A fault
+    in this run's own files (a torn or crafted checkpoint) or in its execution is recorded as
+    `failed` with its reason and the sweep goes on."""
     validate(cfg)
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task!r} is not allowed; allowed values: {', '.join(TASKS)}")
     _setup_threads(cfg)
     torch.manual_seed(cfg.seed)
     task = TASKS[cfg.task]
     rid = run_id(cfg)
-    record = find_record(cfg, rid)
+    record = find_record(cfg, rid, output_folder(cfg))
     if record.is_complete():
         print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped")
         return record.read_summary()
@@ -229,7 +259,7 @@ def run(cfg: DictConfig) -> dict | None:
         if record.is_complete():  # the other process finished it between our check and the lock
             print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
             return record.read_summary()
-        load_checkpoint(record.checkpoint_path)  # one that cannot resume stops here, unwritten
+        _remove_stale_temp_files(record.dir)
         return _run_locked(cfg, task, rid, record, prepared)
     finally:
         lock.release()
@@ -260,29 +290,83 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         run_id=rid,
     )
     try:
+        load_checkpoint(record.checkpoint_path)  # this run's own file: a fault fails this run
         summary = task.execute(cfg, record, prepared.parts, logger)
-    except CheckpointError:  # another version's checkpoint: stop, leave the record as it is
-        raise
+    except CheckpointError as e:  # torn, crafted or another version's: one line, no traceback
+        summary = {"status": "failed", "error": str(e)}
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
     summary = {**prepared.summary, **summary}
+    # The mirrors first, the summary last: a kill between them leaves the run unfinished, and
+    # its relaunch (from the last checkpoint, nothing to retrain) repairs the W&B copy.
+    record.close()
+    logger.finish(summary)
     # Only this run writes its record: a from_baseline target is resolved by analysis, from the
     # records of the whole sweep (analysis/targets.py).
     record.write_summary(summary)
-    record.close()
-    logger.finish(summary)
-    print(f"[bench] {rid}: {summary['status']}" + task.describe(summary))
+    print(f"[bench] {rid}: {summary['status']}" + task.describe(summary)
+          + (f" ({summary['error']})" if summary["status"] == "failed" else ""))
+    _note_launch(rid, summary["status"])
     return summary
+
+
+# The launch log: each run of one `python -m bench.run` launch appends its outcome here (its
+# workers are other processes), and the launch's last line and exit status count them.
+LAUNCH_LOG = "BENCH_LAUNCH_LOG"
+
+
+def _note_launch(rid: str, status: str, error: str | None = None) -> None:
+    path = os.environ.get(LAUNCH_LOG)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"run": rid, "status": status, "error": error}) + "\n")
+
+
+def launch_outcome(path: Path) -> tuple[str, int]:
+    """(the launch's last line, its exit status) from its launch log: 0 when every run ended
+    completed or diverged (a diverged run is a result), 1 when some run failed or some cell of
+    the sweep was invalid (skipped), 2 when no cell was valid."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return "", 0
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    invalid = counts.pop("invalid", 0)
+    ran = sum(counts.values())
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    line = f"[bench] {ran} run{'s' * (ran != 1)}" + (f": {parts}" if parts else "")
+    if invalid:
+        line += f"; {invalid} invalid cell{'s' * (invalid != 1)} skipped"
+    code = 2 if invalid and not ran else 1 if invalid or counts.get("failed") else 0
+    return line, code
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """One run; in a multirun, one cell of the sweep: an invalid cell is one line and the
+    sweep goes on (a single run exits 2)."""
     try:
         run(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not _in_multirun():
+            sys.exit(2)
+        _note_launch(_cell_name(), "invalid", str(e))
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().mode.name == "MULTIRUN"
+    except ValueError:
+        return False
+
+
+def _cell_name() -> str:
+    return " ".join(cli_overrides()) or "(defaults)"
 
 
 DEFAULT_SWEEP = "+experiment=default"  # conf/experiment/default.yaml
@@ -317,4 +401,12 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *with_default_sweep(sys.argv[1:])]
-    main()
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "launch.jsonl"
+        log.touch()
+        os.environ[LAUNCH_LOG] = str(log)
+        main()
+        last, status = launch_outcome(log)
+    if last:
+        print(last, flush=True)
+    sys.exit(status)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.data.corpus import eval_batches, get_batch
-from bench.errors import ConfigError, choice, positive
+from bench.errors import ConfigError, at_least, choice, positive
 from bench.record import TARGET_KEYS, RunRecord, time_to_target
 from bench.tracking.checkpoint import (
     CheckpointError,
@@ -49,7 +49,14 @@ class TrainerConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     grad_clip: float = 1.0
-    divergence_factor: float = 10.0  # loss > factor * initial loss counts as diverged
+    # Divergence (`Trainer.check_blow_up`): the training loss non-finite or above
+    # divergence_factor x its first value; at an evaluation after the warmup, the eval loss
+    # within uniform_tolerance nats of the uniform prediction's ln(V) when it started below
+    # (a LayerNorm model that blew up predicts uniformly, below any factor of its start); a
+    # trainable tensor's RMS above weight_growth x max(its first RMS, 0.02). 0 turns a rule off.
+    divergence_factor: float = 10.0
+    uniform_tolerance: float = 0.1
+    weight_growth: float = 1000.0
     threads: int | None = None  # torch threads; default cores // parallel workers
     progress: bool = True
 
@@ -62,8 +69,12 @@ def check_trainer(cfg) -> None:
     for key in ("max_steps", "batch_size", "eval_every", "log_every", "checkpoint_every",
                 "divergence_factor"):
         positive(f"trainer.{key}", t[key])
+    for key in ("uniform_tolerance", "weight_growth"):
+        at_least(f"trainer.{key}", t[key], 0)
     if t.warmup_steps < 0:
         raise ConfigError(f"trainer.warmup_steps={t.warmup_steps} must be >= 0")
+    if t.threads is not None:
+        positive("trainer.threads", t.threads)
 
 
 def lr_factor(step: int, schedule: str, warmup: int, max_steps: int) -> float:
@@ -99,6 +110,9 @@ def peak_memory_mb(device: torch.device) -> float:
 # cond/kappa is None where the horizontal Hessian is not positive definite)
 FINAL_MEASUREMENTS = ("cond/kappa", "cond/lambda_min_h", "sharpness/lambda_max",
                       "cond/gn/kappa", "cond/gn/lambda_min_h", "cond/gn/lambda_max")
+# The RMS a weight-growth check measures a small or zero start against (GPT-2's init std): a
+# LoRA factor that starts at 0 grows by design, not by a blow-up
+RMS_FLOOR = 0.02
 
 
 class Diverged(Exception):
@@ -156,6 +170,7 @@ class Trainer:
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
         self.clock = 0.0  # perf_counter() at the run's start, measurements excluded
+        self.vocab_size = model_vocab_size(model)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
@@ -254,7 +269,7 @@ class Trainer:
 
     def log_row(self, step: int, row: dict, stats: dict, evaluating: bool = True) -> None:
         """Evaluate (when due; the test split at the last step) and measure into `row`, then
-        write it to the record and W&B."""
+        write it to the record and W&B; after an evaluation, `check_blow_up`."""
         if evaluating:
             row.update(self.evaluate(stats))
         if step == self.cfg.max_steps and self.test_set is not None:
@@ -262,6 +277,38 @@ class Trainer:
                                                         self.autocast)
         self.clock += self.measure(step, row, stats)
         self._log(row, stats)
+        if evaluating:
+            self.check_blow_up(step, row["eval/loss"], stats)
+
+    def check_blow_up(self, step: int, eval_loss: float, stats: dict) -> None:
+        """The divergence rules read at an evaluation (TrainerConfig): the eval loss back at
+        the uniform prediction's ln(V) after starting below it, or a trainable tensor grown past
+        weight_growth x its start. Raises Diverged naming the rule."""
+        t, rms = self.cfg, self._weight_rms()
+        if step == 0 or "first_eval" not in stats:
+            stats["first_eval"], stats["first_rms"] = eval_loss, rms
+            return
+        uniform = math.log(self.vocab_size)
+        tol = t.uniform_tolerance
+        if (tol > 0 and step > t.warmup_steps and stats["first_eval"] < uniform - tol
+                and abs(eval_loss - uniform) <= tol):
+            raise Diverged(step, f"eval loss {eval_loss:.4f} at step {step} is the uniform "
+                                 f"prediction's ln({self.vocab_size}) = {uniform:.4f} "
+                                 f"(trainer.uniform_tolerance={tol:g}), having started at "
+                                 f"{stats['first_eval']:.4f}")
+        if t.weight_growth > 0:
+            for name, now in rms.items():
+                start = max(stats["first_rms"].get(name, RMS_FLOOR), RMS_FLOOR)
+                if not math.isfinite(now) or now > t.weight_growth * start:
+                    raise Diverged(step, f"{name} has RMS {now:.3g} at step {step}, "
+                                         f"{now / start:.3g} x its start {start:.3g} "
+                                         f"(trainer.weight_growth={t.weight_growth:g})")
+
+    @torch.no_grad()
+    def _weight_rms(self) -> dict[str, float]:
+        """The RMS of every trainable tensor, by name (one reduction each: cheap)."""
+        return {name: float(p.detach().float().pow(2).mean().sqrt())
+                for name, p in self.model.named_parameters() if p.requires_grad and p.numel()}
 
     def _log(self, row: dict, stats: dict) -> None:
         self.record.log(row)
@@ -353,6 +400,11 @@ class Trainer:
         if not isinstance(target, (int, float)) or isinstance(target, bool):
             return dict.fromkeys(TARGET_KEYS)
         return time_to_target(self.record.read_metrics(), target)
+
+
+def model_vocab_size(model) -> int:
+    cfg = getattr(model, "cfg", None)
+    return cfg.vocab_size if cfg is not None else model.config.vocab_size
 
 
 def model_seq_len(model) -> int:

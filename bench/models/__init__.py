@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from bench.errors import ConfigError
 from bench.models.gpt import GPT, GPTConfig
 
 # The architecture keys of the model config group: the fields of GPTConfig, which the schema's
@@ -31,7 +32,12 @@ def build_model(model_cfg, state: dict | None = None):
         return load_hf(model_cfg)
     model = GPT(gpt_config(model_cfg))
     if state is not None:
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:  # another architecture's weights
+            first = " ".join(str(e).split())[:200]
+            raise ConfigError(f"the pretrained base does not fit model={model_cfg.name} "
+                              f"({first}); delete its cache folder to pretrain it again") from None
     attention = model_cfg.attention
     if attention.geometry != "euclidean":
         from bench.models.lowrank_attention import to_manifold_attention

@@ -36,6 +36,7 @@ an unmatched list is an error that prints the model's Linear names).
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,11 +120,17 @@ def load_hf(model_cfg) -> HFCausalLM:
         model = AutoModelForCausalLM.from_pretrained(
             str(directory), local_files_only=True, trust_remote_code=False, dtype=torch.float32
         )
-    except (OSError, ValueError, KeyError) as e:
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never here
+        raise ConfigError(
+            f"model.path={str(path)!r}: its weights file holds objects other than tensors "
+            "(a pickle that would run code), refused; allowed: safetensors or a weights-only "
+            "torch file") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        first = " ".join(str(e).split())[:200]
         raise ConfigError(
             f"model.path={str(path)!r}: transformers cannot load a causal LM from this local "
-            f"directory ({type(e).__name__}: {e})"
-        ) from e
+            f"directory ({type(e).__name__}: {first})"
+        ) from None
     vocab = _vocab_size(model)
     if vocab < BYTE_VOCAB:
         raise ConfigError(

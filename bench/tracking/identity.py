@@ -61,15 +61,16 @@ def run_id(cfg) -> str:
     return f"{name}-s{cfg.seed}-{config_digest(cfg)}"
 
 
-def find_record(cfg, rid: str | None = None) -> RunRecord:
+def find_record(cfg, rid: str | None = None, sweep_dir: Path | None = None) -> RunRecord:
     """The record of this run: its own folder `<out_dir>/<sweep>/<rid>`, unless that does not
     exist and a completed record of the same method, seed and semantic config sits in the
     sweep folder under another id (one written before the id scheme last changed): a run is
     identified by what it computes, not by its folder's name. An own folder that exists is
     always used, so an interrupted run resumes there. A sibling record that cannot be read is
-    skipped with a warning: it is that run's fault, not this one's."""
+    skipped with a warning: it is that run's fault, not this one's. `sweep_dir`: the sweep's
+    folder when the caller resolved it (bench.run.output_folder)."""
     rid = rid or run_id(cfg)
-    sweep_dir = Path(cfg.out_dir) / cfg.sweep
+    sweep_dir = sweep_dir if sweep_dir is not None else Path(cfg.out_dir) / cfg.sweep
     record = RunRecord(sweep_dir / rid)
     if record.dir.exists() or not sweep_dir.is_dir():
         return record

@@ -15,7 +15,6 @@ from analysis.records import INCOMPLETE, load_runs
 from bench.config import ConfigError, validate
 from bench.run import run
 from bench.tracking.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     rng_states,
     set_rng_states,
@@ -82,6 +81,9 @@ def test_python_and_numpy_rng_states_round_trip_through_a_weights_only_file(tmp_
 
 
 def test_a_relaunch_over_a_crafted_checkpoint_does_not_run_its_code(finished, tmp_path, tiny):
+    """The crafted file is this run's fault: the run is `failed` with one line naming the file,
+    its code never runs, the file and the rows stay, and the launch says so in its last line and
+    exit status (the sweep would go on)."""
     marker = tmp_path / "pwned"
     torch.save({"step": 6, "model": _Payload(marker)}, tmp_path / "control.pt")
     torch.load(tmp_path / "control.pt", weights_only=False)  # the payload is live
@@ -92,17 +94,21 @@ def test_a_relaunch_over_a_crafted_checkpoint_does_not_run_its_code(finished, tm
     (finished / "checkpoint.pt").write_bytes((tmp_path / "control.pt").read_bytes())
     before = _files(finished)
     proc = run_cli(tiny)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert not marker.exists()
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"error: {finished / 'checkpoint.pt'}: holds objects other than")
-    assert "Delete it to restart the run from step 0" in lines[0]
-    assert _files(finished) == before
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"].startswith(f"{finished / 'checkpoint.pt'}: holds objects other than")
+    assert "Delete it to restart the run from step 0" in summary["error"]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2].endswith(f": failed ({summary['error']})") and "Traceback" not in proc.stderr
+    assert lines[-1] == "[bench] 1 run: 1 failed"
+    assert {k: v for k, v in _files(finished).items() if k != "summary.json"} == {
+        k: v for k, v in before.items() if k != "summary.json"}
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "missing_keys", "another_model"])
-def test_a_checkpoint_that_does_not_load_stops_the_run_and_changes_nothing(
+def test_a_checkpoint_that_does_not_load_fails_its_run_and_keeps_its_files(
         finished, tiny, damage):
     path = finished / "checkpoint.pt"
     data = path.read_bytes()
@@ -119,14 +125,16 @@ def test_a_checkpoint_that_does_not_load_stops_the_run_and_changes_nothing(
         torch.save(state, path)
     _killed(finished)
     before = _files(finished)
-    with pytest.raises(CheckpointError) as info:
-        run(compose(tiny))
-    message = str(info.value)
+    summary = run(compose(tiny))
+    message = summary["error"]
+    assert summary["status"] == "failed"
     assert message.startswith(str(path)) and "\n" not in message
     assert "Delete it to restart the run from step 0" in message
     if damage == "missing_keys":
         assert "lacks optimizer, rng_cpu" in message
-    assert _files(finished) == before
+    after = _files(finished)
+    assert after["checkpoint.pt"] == before["checkpoint.pt"]
+    assert after["metrics.jsonl"] == before["metrics.jsonl"]
     path.unlink()  # what the message says to do: the run starts over and completes
     assert run(compose(tiny))["status"] == "completed"
 

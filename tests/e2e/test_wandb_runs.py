@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -110,3 +111,43 @@ def test_killed_and_relaunched_run_is_one_complete_wandb_run(tmp_path):
     resumed, _ = wandb_history(next(p for p in partial if p.name != killed[0].name), tmp_path)
     assert 0 < len(resumed) < len(rows) and resumed[0]["step"] > 0
 
+
+
+@pytest.mark.e2e
+def test_a_kill_between_the_mirror_and_the_summary_repairs_the_mirror_without_training(
+        tmp_path, monkeypatch):
+    """`completed` is the last word: a run killed after its W&B finish but before its summary
+    says completed is unfinished; its relaunch trains nothing (the checkpoint is at the last
+    step) and leaves one complete offline W&B run holding every row."""
+    from bench.record import RunRecord
+    from bench.run import run
+    from bench.train import Trainer
+    from tests.conftest import compose
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    for key, value in wandb_env(tmp_path, WANDB_MODE="offline").items():
+        if key.startswith("WANDB_"):
+            monkeypatch.setenv(key, value)
+    args = [*FAST, "logger=wandb_offline", "trainer.threads=1", f"out_dir={tmp_path / 'runs'}"]
+    write = RunRecord.write_summary
+
+    def killed_after_the_mirror(self, summary):
+        if summary["status"] != "running":
+            raise KeyboardInterrupt  # SIGINT, between logger.finish and the final summary
+        write(self, summary)
+
+    monkeypatch.setattr(RunRecord, "write_summary", killed_after_the_mirror)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(args))
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").glob("*/*/config.yaml")]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+
+    monkeypatch.setattr(RunRecord, "write_summary", write)
+    monkeypatch.setattr(Trainer, "train_step", lambda *_: pytest.fail("the relaunch retrained"))
+    assert run(compose(args))["status"] == "completed"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (published,) = run_dir.glob("wandb/offline-run-*")  # what `wandb sync` publishes
+    history, final = wandb_history(published, tmp_path)
+    assert [h["step"] for h in history] == [r["step"] for r in rows]
+    assert final["status"] == "completed"
