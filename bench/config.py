@@ -81,6 +81,7 @@ def _schema_of_registries() -> tuple[type, type, type]:
         ("seed", int, field(default=0)),
         ("sweep", str, field(default="default")),  # the sweep's name and folder under out_dir
         ("out_dir", str, field(default="runs")),
+        ("force", bool, field(default=False)),  # rerun a completed run (its record moved aside)
     ]
     config = dataclasses.make_dataclass("Config", fields)
     config.__module__ = __name__

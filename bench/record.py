@@ -73,6 +73,7 @@ CURVE_INDEX = ("step", "tokens", "wall_s")  # every metrics row's x axes
 # seeds are grouped by (bench.tracking.identity, analysis.selection).
 NON_SEMANTIC = (
     "out_dir",
+    "force",
     "sweep",
     "study",
     "logger",

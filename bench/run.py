@@ -103,32 +103,54 @@ class Prepared:
     summary: dict = field(default_factory=dict)
 
 
+@dataclass
+class Inputs:
+    """What a run computes from besides its config, found before anything is written: the
+    `content` hashes (its data's, its pretrained base's) are part of its identity (the run id),
+    so changed data is a new run; `parts`: what was loaded, for `prepare`."""
+
+    content: dict = field(default_factory=dict)
+    parts: dict = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Task:
-    """One kind of run (`task=`): how it is prepared (raises ConfigError, writes nothing), how
-    it executes into its created record (returns the summary), and its final line's detail."""
+    """One kind of run (`task=`): its inputs (`identify`), how it is prepared (raises
+    ConfigError, writes nothing), how it executes into its created record (returns the
+    summary), and its final line's detail."""
 
-    prepare: Callable[[DictConfig], Prepared]
+    identify: Callable[[DictConfig], Inputs]
+    prepare: Callable[[DictConfig, Inputs], Prepared]
     execute: Callable[[DictConfig, RunRecord, dict, WandbLogger], dict]
     describe: Callable[[dict], str]
 
 
-def prepare(cfg) -> Prepared:
-    """The language-model task: build and check everything a validated config needs (the
-    pretrained base is loaded, or pretrained once, first); raises ConfigError. Writes no run
-    record."""
-    device = resolve_device(cfg.trainer.device)
-    # issue 27: a GGUF model converted once; the data tokenized (cached) with data.tokenizer
+def identify(cfg) -> Inputs:
+    """The language-model task's inputs: the data (tokenized once, cached), and the pretrained
+    base (pretrained once, cached, checked against its record) or a converted GGUF model."""
     converted = ensure_converted(cfg.model)
     corpus = load_data(cfg.data, cfg.model, context_length(cfg.model))
     check_context(corpus, cfg.model.seq_len)
+    base = None
+    if cfg.model.kind == "gpt" and cfg.model.init == "pretrained":
+        base = load_pretrained(cfg)  # (state, source corpus, sha256); torch's RNG left alone
+    content = {"data": corpus.content_hash, "base": base[2] if base else
+               (converted["sha256"] if converted else None)}
+    return Inputs(content, {"corpus": corpus, "base": base, "converted": converted})
+
+
+def prepare(cfg, inputs: Inputs | None = None) -> Prepared:
+    """The language-model task: build and check everything a validated config needs from its
+    inputs (`identify`'s, found first when not given); raises ConfigError. Writes no run
+    record."""
+    inputs = inputs if inputs is not None else identify(cfg)
+    device = resolve_device(cfg.trainer.device)
+    corpus, converted = inputs.parts["corpus"], inputs.parts["converted"]
     model_cfg = cfg.model
     if cfg.model.kind == "gpt" and corpus.vocab_size > cfg.model.vocab_size:
         # the built-in model's vocabulary is the tokenizer's (model.vocab_size: a floor)
         model_cfg = OmegaConf.merge(cfg.model, {"vocab_size": corpus.vocab_size})
-    state, source, base_sha = None, None, None
-    if cfg.model.kind == "gpt" and cfg.model.init == "pretrained":
-        state, source, base_sha = load_pretrained(cfg)  # leaves torch's RNG as it was
+    state, source, base_sha = inputs.parts["base"] or (None, None, None)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg, state)
     if cfg.model.kind == "hf":
@@ -191,15 +213,19 @@ def _toy_line(summary: dict) -> str:
     return f", median excess loss {final:.3g}" if final is not None else ""
 
 
-def _prepare_toy(cfg) -> Prepared:
+def _identify_toy(cfg) -> Inputs:
     check_toy(cfg)
+    return Inputs()  # its problems are drawn from its seed: no input but the config
+
+
+def _prepare_toy(cfg, inputs: Inputs) -> Prepared:
     return Prepared(meta={"device": "cpu"}, summary={"steps": cfg.toy.steps})
 
 
 TASKS: dict[str, Task] = {
-    "lm": Task(prepare, train, _eval_line),
-    "toy": Task(_prepare_toy, lambda cfg, record, parts, logger: run_toy(cfg, record),
-                _toy_line),
+    "lm": Task(identify, prepare, train, _eval_line),
+    "toy": Task(_identify_toy, _prepare_toy,
+                lambda cfg, record, parts, logger: run_toy(cfg, record), _toy_line),
 }
 
 
@@ -222,6 +248,20 @@ def output_folder(cfg) -> Path:
     return out / str(cfg.sweep)
 
 
+def supersede(run_dir: Path, rid: str) -> Path:
+    """force=true: a completed record moves to <sweep>/.superseded/<its name>-<n> (nothing
+    written is lost; no reader visits it) and the run starts over in <sweep>/<rid>."""
+    aside = run_dir.parent / ".superseded"
+    aside.mkdir(exist_ok=True)
+    n = 1
+    while (aside / f"{run_dir.name}-{n}").exists():
+        n += 1
+    run_dir.rename(aside / f"{run_dir.name}-{n}")
+    print(f"[bench] {run_dir.name}: force=true, the completed record moved to "
+          f"{aside / f'{run_dir.name}-{n}'}; running it again")
+    return run_dir.parent / rid
+
+
 def _remove_stale_temp_files(run_dir: Path) -> None:
     """Temp files of an atomic write that a kill interrupted (`.<name>.<random>.tmp`): never
     read, so removed at the next start of the run."""
@@ -240,12 +280,16 @@ def run(cfg: DictConfig) -> dict | None:
     _setup_threads(cfg)
     torch.manual_seed(cfg.seed)
     task = TASKS[cfg.task]
-    rid = run_id(cfg)
-    record = find_record(cfg, rid, output_folder(cfg))
+    inputs = task.identify(cfg)
+    rid = run_id(cfg, inputs.content)
+    record = find_record(cfg, rid, output_folder(cfg), inputs.content)
+    if record.is_complete() and cfg.force:
+        record = RunRecord(supersede(record.dir, rid))
     if record.is_complete():
-        print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped")
+        print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped "
+              "(force=true reruns it)")
         return record.read_summary()
-    prepared = task.prepare(cfg)
+    prepared = task.prepare(cfg, inputs)
     # One process per run: a second launch of the same run (two sweeps, a resubmitted array task)
     # leaves it to the first instead of writing the same files.
     record.dir.mkdir(parents=True, exist_ok=True)

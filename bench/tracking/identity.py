@@ -55,20 +55,28 @@ def config_id(cfg) -> str:
     return digest_of(_plain(cfg), schema_defaults(), leave_out=("seed",))
 
 
-def run_id(cfg) -> str:
-    """Readable and stable: method, seed and `config_digest` of the config."""
+def run_id(cfg, content: dict | None = None) -> str:
+    """Readable and stable: method, seed and a digest of the config and of the content hashes
+    of the run's inputs (`content`: {"data": ..., "base": ...}, bench.run.identify): changed
+    data or another pretrained base is another run."""
     name = method_name(cfg).replace("/", "-").replace(":", "_").replace("+", "_")
-    return f"{name}-s{cfg.seed}-{config_digest(cfg)}"
+    known = {k: v for k, v in (content or {}).items() if v is not None}
+    digest = (digest_of({**_plain(cfg), "inputs": known}, schema_defaults()) if known
+              else config_digest(cfg))
+    return f"{name}-s{cfg.seed}-{digest}"
 
 
-def find_record(cfg, rid: str | None = None, sweep_dir: Path | None = None) -> RunRecord:
+def find_record(cfg, rid: str | None = None, sweep_dir: Path | None = None,
+                content: dict | None = None) -> RunRecord:
     """The record of this run: its own folder `<out_dir>/<sweep>/<rid>`, unless that does not
     exist and a completed record of the same method, seed and semantic config sits in the
     sweep folder under another id (one written before the id scheme last changed): a run is
     identified by what it computes, not by its folder's name. An own folder that exists is
     always used, so an interrupted run resumes there. A sibling record that cannot be read is
     skipped with a warning: it is that run's fault, not this one's. `sweep_dir`: the sweep's
-    folder when the caller resolved it (bench.run.output_folder)."""
+    folder when the caller resolved it (bench.run.output_folder). `content`: the inputs' hashes
+    (bench.run.identify); a sibling record of other data (meta.data_hash) or another base
+    (meta.base_sha256, where it states one) is never taken."""
     rid = rid or run_id(cfg)
     sweep_dir = sweep_dir if sweep_dir is not None else Path(cfg.out_dir) / cfg.sweep
     record = RunRecord(sweep_dir / rid)
@@ -80,8 +88,6 @@ def find_record(cfg, rid: str | None = None, sweep_dir: Path | None = None) -> R
         if other.name == rid or other.is_symlink() or not stored.is_complete():
             continue
         found = read_record(other)
-        if found.config and found.meta.get("record_format") != RECORD_FORMAT:
-            continue  # an older format may lack a key that meant something else: migrate it
         config = {k: v for k, v in found.config.items() if k != "meta"}
         try:
             same = bool(config) and config_digest(config) == digest
@@ -90,9 +96,21 @@ def find_record(cfg, rid: str | None = None, sweep_dir: Path | None = None) -> R
             found.problems.append(f"{other / 'config.yaml'}: not a config ({type(e).__name__})")
         for problem in found.problems:
             print(f"[bench] warning: {problem}; that record is skipped", file=sys.stderr)
-        if same:
+        # an older format may lack a key that meant something else (migrate it); other inputs
+        # are another computation
+        if (same and found.meta.get("record_format") == RECORD_FORMAT
+                and _same_inputs(found.meta, content or {})):
             return stored
     return record
+
+
+def _same_inputs(meta: dict, content: dict) -> bool:
+    """Whether a record computed from the inputs `content` names: its data hash, and its base's
+    where both state one."""
+    if content.get("data") is not None and meta.get("data_hash") != content["data"]:
+        return False
+    stated = meta.get("base_sha256")
+    return stated is None or content.get("base") is None or stated == content["base"]
 
 
 def git_commit() -> str | None:

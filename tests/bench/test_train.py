@@ -203,8 +203,10 @@ def test_a_failed_factorisation_in_the_step_counts_as_divergence(tmp_path, tiny,
 def test_a_run_held_by_another_process_is_skipped(tmp_path, tiny):
     from filelock import FileLock
 
+    from bench.run import identify
+
     cfg = compose(tiny)
-    run_dir = tmp_path / "runs" / "default" / run_id(cfg)
+    run_dir = tmp_path / "runs" / "default" / run_id(cfg, identify(cfg).content)
     run_dir.mkdir(parents=True)
     with FileLock(str(run_dir / ".lock")):  # as a concurrent worker would hold it
         assert run(cfg) is None

@@ -68,15 +68,16 @@ def test_a_run_finished_by_another_process_while_this_one_prepared_is_not_rerun(
         executions.append(1)
         return original.execute(*args)
 
-    def prepare_while_the_other_runs(c):
+    def prepare_while_the_other_runs(c, inputs):
         monkeypatch.setitem(bench_run.TASKS, "lm", counted)  # the other launch: no recursion
         assert bench_run.run(c)["status"] == "completed"  # takes the lock, runs, releases it
-        return original.prepare(c)
+        return original.prepare(c, inputs)
 
-    counted = bench_run.Task(original.prepare, execute, original.describe)
-    racing = bench_run.Task(prepare_while_the_other_runs, execute, original.describe)
+    counted = bench_run.Task(original.identify, original.prepare, execute, original.describe)
+    racing = bench_run.Task(original.identify, prepare_while_the_other_runs, execute,
+                            original.describe)
     monkeypatch.setitem(bench_run.TASKS, "lm", racing)
-    record_dir = tmp_path / "runs" / cfg.sweep / run_id(cfg)
+    record_dir = tmp_path / "runs" / cfg.sweep / run_id(cfg, bench_run.identify(cfg).content)
 
     summary = bench_run.run(cfg)
     assert summary["status"] == "completed"
