@@ -31,7 +31,7 @@ from bench.adapters import build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.data.corpus import check_context, eval_batches
 from bench.data.tokenized import load_data
-from bench.metrics.cost import usable_cpus
+from bench.metrics.cost import free_cpus
 from bench.metrics.monitor import HessianMonitor
 from bench.models import build_model
 from bench.models.convert_gguf import ensure_converted
@@ -54,10 +54,10 @@ from bench.train import Trainer
 
 
 def _setup_threads(cfg) -> None:
-    """Parallel workers divide the machine's cores instead of oversubscribing them.
-
-    joblib (hydra/launcher=local): cores // n_jobs; submitit (slurm): the task's cpus_per_task.
-    """
+    """torch's intra-op threads (the training step and the Hessian estimate alike):
+    trainer.threads when set, else the machine's free cores (`free_cpus`) divided among the
+    launch's parallel workers (joblib's n_jobs), or a SLURM task's cpus_per_task. The count is
+    recorded (meta.host.threads): a run reproduces bitwise with the same count."""
     threads = cfg.trainer.threads
     if not threads:
         workers, cpus = 1, None
@@ -70,7 +70,7 @@ def _setup_threads(cfg) -> None:
                 cpus = hc.launcher.get("cpus_per_task")
         except (ValueError, AttributeError):
             pass
-        threads = cpus or max(1, usable_cpus() // workers)
+        threads = cpus or max(1, free_cpus() // workers)
     torch.set_num_threads(threads)
 
 

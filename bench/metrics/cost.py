@@ -26,6 +26,17 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def free_cpus() -> int:
+    """The usable cores no other process is busy on: `usable_cpus` minus the machine's load
+    (its 1-minute average, rounded), at least 1. A busy 2-core machine gives 1: two intra-op
+    threads there share a core with the other load and run several times slower than one."""
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:  # no load average on this system
+        busy = 0
+    return max(1, usable_cpus() - busy)
+
+
 def measure_matmul_peak(n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
     """FLOP/s of the best of `repeats` n x n x n matmuls (2 n^3 FLOPs each)."""
     a = torch.randn(n, n, device=device)
