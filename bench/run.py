@@ -12,6 +12,7 @@ created. A run that diverges or fails is recorded as such and the sweep goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from bench.adapters import build_adapter, count_trainable
+from bench.adapters import ADAPTERS, build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.data.corpus import check_context, eval_batches
 from bench.data.tokenized import load_data
@@ -36,9 +37,9 @@ from bench.metrics.monitor import HessianMonitor
 from bench.models import build_model
 from bench.models.convert_gguf import ensure_converted
 from bench.models.hf import check_vocab, context_length
-from bench.optim import build_optimizer
+from bench.optim import OPTIMIZERS, build_optimizer
 from bench.pretrain import load_pretrained
-from bench.record import RECORD_FORMAT, RunRecord
+from bench.record import RECORD_FORMAT, RunRecord, dotted
 from bench.toy import check_toy, run_toy
 from bench.tracking.checkpoint import CheckpointError, load_checkpoint
 from bench.tracking.identity import (
@@ -49,7 +50,7 @@ from bench.tracking.identity import (
     provenance,
     run_id,
 )
-from bench.tracking.wandb import WandbLogger
+from bench.tracking.wandb import WandbLogger, dashboard_config
 from bench.train import Trainer
 
 
@@ -322,16 +323,21 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         "host": host(),
     }
     record.create(resolved)
+    swept = swept_keys()
+    knobs = {"adapter": ADAPTERS[cfg.adapter.name].knobs,
+             "optimizer": OPTIMIZERS[cfg.optimizer.name].knobs}
+    owned = {group: {f.name for f in dataclasses.fields(k)} for group, k in knobs.items()}
     logger = WandbLogger(
         mode=cfg.logger.mode,
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         run_dir=record.dir,
-        name=f"{method_name(cfg)} s{cfg.seed}",
+        name=run_name(cfg, resolved, swept),
         group=cfg.sweep,
         tags=[cfg.adapter.name, cfg.optimizer.name],
-        config=resolved,
+        config=dashboard_config(resolved, owned, swept),
         run_id=rid,
+        job_type=cfg.study.stage or ("sweep" if _in_multirun() else "run"),
     )
     try:
         load_checkpoint(record.checkpoint_path)  # this run's own file: a fault fails this run
@@ -353,6 +359,42 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
           + (f" ({summary['error']})" if summary["status"] == "failed" else ""))
     _note_launch(rid, summary["status"])
     return summary
+
+
+# The keys a launch's command line sweeps (set by __main__ for its workers, which are other
+# processes); an experiment's own sweep is in each job's Hydra config.
+SWEPT = "BENCH_SWEPT_KEYS"
+# Keys whose swept value the method name already says (bench.record.method_name)
+IN_METHOD = ("adapter", "optimizer", "adapter.name", "optimizer.name", "adapter.init",
+             "adapter.rslora", "adapter.geometry", "optimizer.base", "model.attention.geometry",
+             "model.attention.block", "model.attention.retraction", "seed")
+
+
+def swept_keys() -> list[str]:
+    """The config keys this run's launch swept (its command line's and its experiment's)."""
+    keys = [k for k in os.environ.get(SWEPT, "").split(",") if k]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        keys += [str(k) for k in (HydraConfig.get().sweeper.get("params") or {})]
+    except ValueError:
+        pass
+    return sorted(set(keys))
+
+
+def run_name(cfg, resolved: dict, swept: list[str]) -> str:
+    """What a dashboard calls the run: its method, the values of the swept keys the method
+    does not say ("lora/adamw r=16 lr=0.001 s0"), its seed."""
+    shown = [k for k in swept if k not in IN_METHOD and dotted(resolved, k) is not None]
+    short = {k: k.rsplit(".", 1)[-1] for k in shown}
+    if len(set(short.values())) < len(shown):  # two keys end alike: say them whole
+        short = {k: k for k in shown}
+    values = " ".join(f"{short[k]}={_fmt(dotted(resolved, k))}" for k in shown)
+    return " ".join(filter(None, [method_name(cfg), values, f"s{cfg.seed}"]))
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # The launch log: each run of one `python -m bench.run` launch appends its outcome here (its
@@ -416,6 +458,18 @@ def _cell_name() -> str:
 DEFAULT_SWEEP = "+experiment=default"  # conf/experiment/default.yaml
 
 
+def command_line_sweeps(argv: list[str]) -> list[str]:
+    """The keys a command line sweeps (`adapter.r=4,16` -> adapter.r)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv
+                                                           if not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - Hydra itself reports a malformed override
+        return []
+    return [o.key_or_group for o in parsed if o.is_sweep_override()]
+
+
 def with_default_sweep(argv: list[str]) -> list[str]:
     """The command line Hydra gets: a multirun (`-m`) whose overrides sweep nothing and name no
     experiment runs the default sweep (DEFAULT_SWEEP appended); any other runs exactly the cross
@@ -445,6 +499,7 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *with_default_sweep(sys.argv[1:])]
+    os.environ[SWEPT] = ",".join(command_line_sweeps(sys.argv[1:]))
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "launch.jsonl"
         log.touch()

@@ -48,6 +48,9 @@ class StudyConfig:
     # config keys that split each method into table rows, each tuned and reported on its own
     # (balora_rank: [adapter.r], one row per method and rank)
     rows: list[str] = field(default_factory=list)
+    # the stage a study's runner launched this run in ("grid", "long", "seeds", "long@cosine"):
+    # W&B's job_type; set by `python -m experiments`, never by hand
+    stage: str | None = None
 
 
 def split_stage(stage: str) -> tuple[str, str, str | None]:

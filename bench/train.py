@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -100,9 +101,29 @@ def evaluate(model, batches, device, autocast) -> float:
     return total / len(batches)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a run's peak-memory count: CUDA's allocator statistics, or on Linux the process's
+    peak resident set (VmHWM, reset through /proc/self/clear_refs), so that a worker process
+    running several runs reports each run's own peak, not its lifetime's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: the lifetime peak (ru_maxrss) then
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """The peak since `reset_peak_memory`: CUDA's allocated bytes, or the resident set."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -175,6 +196,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict:
         t = self.cfg
+        reset_peak_memory(self.device)
         step, stats = self.resume()
         self.record.write_summary({"status": "running", "steps": step, "error": None})
         self.model.train()

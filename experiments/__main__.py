@@ -244,8 +244,8 @@ def best_overrides(out_dir: Path, study: StudyConfig, experiment: str,
                    long: list[str] | None = None,
                    exclude: list[list[str]] = ()) -> dict[str, list[str]]:
     """Per method (and row), the command-line overrides of its chosen run (`best_runs`),
-    without its seed and output folder."""
-    keep = lambda o: not o.startswith(("seed=", "out_dir="))  # noqa: E731
+    without its seed, output folder and stage."""
+    keep = lambda o: not o.startswith(("seed=", "out_dir=", "study.stage="))  # noqa: E731
     return {m: [o for o in run["meta.overrides"] if keep(o)]
             for m, run in best_runs(out_dir, study, experiment, long, exclude).items()}
 
@@ -373,7 +373,9 @@ def commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
     best and the grid's rates either side of it. `extra_overrides` (the command line's) end
     every command."""
     base = [sys.executable, "-m", "bench.run", "-m"]
-    tail = [f"out_dir={out_dir}", *extra_overrides]
+    # study.stage: the runs' W&B job_type (not part of their identity: study.* never is)
+    tail = [f"study.stage={kind}{'@' + stage.partition('@')[2] if '@' in stage else ''}",
+            f"out_dir={out_dir}", *extra_overrides]
     name, _, variant = stage.partition("@")
     extra = study.variants.get(variant, []) if variant else []
     if kind == "grid":

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.errors import choice
-from bench.record import METRICS_FILE, read_rows
+from bench.record import METRICS_FILE, leaves, read_rows
 
 LOGGERS = ("wandb_offline", "wandb_online", "none")
 MODES = ("offline", "online", "disabled")
@@ -46,8 +46,29 @@ def check_logger(cfg) -> None:
     choice("logger.mode", cfg.logger.mode, MODES)
 
 
-# W&B run-table summaries: the best (lowest) validation and test loss instead of the last.
-MIN_SUMMARIES = ("eval/loss", "test/loss")
+# W&B run-table summaries of every loss: the best (lowest) and the last value.
+LOSS_SUMMARIES = ("train/loss", "eval/loss", "eval/loss_*", "test/loss")
+# The study keys analysis reads back from a W&B run (analysis/wandb_source.py); the runner's own
+# (stages, variants, smoke, ...) stay in the local record.
+STUDY_KEYS = ("name", "baseline", "rows", "tuning_seeds", "reporting_seeds", "stage")
+
+
+def dashboard_config(resolved: dict, owned: dict[str, set[str]], swept: list[str]) -> dict:
+    """The run's config as W&B shows it: flat dotted keys (searchable, groupable at a glance),
+    only those that apply to the run: of the `adapter` and `optimizer` groups the chosen
+    choice's own keys (`owned`), `toy.*` only for the toy task, of `study.*` what analysis reads
+    back; `swept`: the keys the run's launch swept, each also a top-level key."""
+    out = {}
+    for key, value in leaves(resolved).items():
+        group, _, rest = key.partition(".")
+        knob = rest.split(".")[0]
+        if ((group in owned and knob not in owned[group])
+                or (group == "toy" and resolved.get("task") != "toy")
+                or (group == "study" and knob not in STUDY_KEYS)):
+            continue
+        out[key] = value
+    out["swept"] = ",".join(swept)
+    return out
 
 
 def _loggable(row: dict) -> dict:
@@ -66,6 +87,7 @@ class WandbLogger:
         tags: list[str],
         config: dict,
         run_id: str,
+        job_type: str | None = None,
     ):
         self.run = None
         self.run_dir, self.run_id = Path(run_dir), run_id
@@ -78,7 +100,8 @@ class WandbLogger:
             return
         self.mode = mode
         self._init = dict(mode=mode, project=project, entity=entity, dir=str(run_dir), name=name,
-                          group=group, tags=tags, config=config, id=run_id, resume="allow")
+                          group=group, tags=tags, config=config, id=run_id, resume="allow",
+                          job_type=job_type)
         try:
             self.run = self._start()
         except Exception as e:  # noqa: BLE001 - W&B must never stop training
@@ -94,8 +117,8 @@ class WandbLogger:
         run.define_metric("step")
         run.define_metric("tokens")
         run.define_metric("*", step_metric="step")
-        for key in MIN_SUMMARIES:
-            run.define_metric(key, step_metric="step", summary="min")
+        for key in LOSS_SUMMARIES:
+            run.define_metric(key, step_metric="step", summary="min,last")
         return run
 
     def _fail(self, what: str, e: Exception) -> None:

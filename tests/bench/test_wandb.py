@@ -228,3 +228,60 @@ def test_resumed_online_run_is_not_replayed(tmp_path, monkeypatch):
         logger.log(row)
     logger.finish({"status": "completed"})
     assert len(runs) == 1 and runs[0].rows == rows[2:]  # nothing appended twice
+
+
+def test_the_dashboard_config_is_flat_and_holds_only_what_applies(tiny):
+    """AdamW's run shows no LoRA+ ratio nor preconditioner damping, no toy keys, of its study
+    only what analysis reads back; every key flat and dotted; the swept keys named."""
+    from omegaconf import OmegaConf
+
+    from bench.tracking.wandb import dashboard_config
+    from tests.conftest import compose
+
+    cfg = compose([*tiny, "adapter=lora", "optimizer=adamw"])
+    resolved = {**OmegaConf.to_container(cfg, resolve=True), "meta": {"method": "lora/adamw"}}
+    owned = {"adapter": {"name", "target_modules", "r", "alpha", "scale", "dropout", "init",
+                         "rslora", "geometry", "init_scale"},
+             "optimizer": {"name", "lr", "weight_decay", "betas", "eps"}}
+    shown = dashboard_config(resolved, owned, ["adapter.r", "optimizer.lr"])
+    assert all(not isinstance(v, dict) for v in shown.values())  # flat
+    assert shown["optimizer.lr"] == cfg.optimizer.lr and shown["adapter.r"] == cfg.adapter.r
+    assert shown["swept"] == "adapter.r,optimizer.lr" and shown["meta.method"] == "lora/adamw"
+    for absent in ("optimizer.lr_ratio", "optimizer.reg", "optimizer.momentum",
+                   "adapter.project_every", "toy.n", "study.stages", "study.smoke"):
+        assert absent not in shown, absent
+    assert "study.baseline" in shown and "study.tuning_seeds" in shown
+
+
+def test_a_run_name_says_what_its_sweep_varies(tiny):
+    from omegaconf import OmegaConf
+
+    from bench.run import run_name
+    from tests.conftest import compose
+
+    cfg = compose([*tiny, "adapter=lora", "adapter.r=16", "optimizer.lr=0.003", "seed=2"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert run_name(cfg, resolved, ["adapter", "adapter.r", "optimizer.lr", "seed"]) == (
+        "lora/adamw r=16 lr=0.003 s2")
+    assert run_name(cfg, resolved, []) == "lora/adamw s2"
+    # two swept keys that end alike are named whole
+    assert "model.pretrain.lr=" in run_name(cfg, resolved, ["optimizer.lr", "model.pretrain.lr"])
+
+
+def test_peak_memory_is_each_run_s_own(tmp_path, tiny):
+    """Two runs in one worker process: the second's peak does not include a big allocation the
+    process made before it started (the lifetime peak, ru_maxrss, would)."""
+    import resource
+
+    import torch
+
+    from bench.run import run
+    from tests.conftest import compose
+
+    first = run(compose(tiny))["peak_mem_mb"]
+    big = torch.ones(64 * 2**20)  # 256 MiB, touched
+    big.add_(1)
+    del big
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    second = run(compose([*tiny, "seed=1"]))["peak_mem_mb"]
+    assert second < lifetime - 200 and abs(second - first) < 100

@@ -78,10 +78,10 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
     ({"a": "study:\n  name: a\n  stages: [grid:a, long:a]\n"},
      "conf/experiment/a.yaml: a long stage needs study.long, the overrides of the reporting "
      "budget (trainer.max_steps=...)"),
-    ({"a": "study:\n  name: a\n  stage: [grid:a]\n"},
-     "conf/experiment/a.yaml: unknown key study.stage; allowed keys of study: name, baseline, "
-     "stages, long, reporting, from_baseline, variants, variant_methods, seconds_per_run, "
-     "tuning_seeds, reporting_seeds, smoke, rows"),
+    ({"a": "study:\n  name: a\n  stage_list: [grid:a]\n"},
+     "conf/experiment/a.yaml: unknown key study.stage_list; allowed keys of study: name, "
+     "baseline, stages, long, reporting, from_baseline, variants, variant_methods, "
+     "seconds_per_run, tuning_seeds, reporting_seeds, smoke, rows, stage"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
@@ -137,6 +137,15 @@ STAGED = {
 }
 
 
+def _args(command, kind, exp):
+    """A stage command's arguments after `python -m bench.run -m`, without the study.stage
+    it must carry (the runs' W&B job_type): kind[@variant]."""
+    variant = exp.partition("@")[2]
+    stage = [o for o in command if o.startswith("study.stage=")]
+    assert stage == [f"study.stage={kind}" + (f"@{variant}" if variant else "")], command
+    return [o for o in command[4:] if not o.startswith("study.stage=")]
+
+
 def _stage_commands(tmp_path, monkeypatch, files, name):
     """(the experiments module over these files, cmd(kind, experiment) -> the stage's commands
     without `python -m bench.run -m`, the runs folder) for study `name`."""
@@ -145,7 +154,7 @@ def _stage_commands(tmp_path, monkeypatch, files, name):
     out = tmp_path / "runs"
 
     def cmd(kind, exp):
-        return [c[4:] for c in experiments.commands(kind, exp, out, study)]
+        return [_args(c, kind, exp) for c in experiments.commands(kind, exp, out, study)]
 
     return experiments, cmd, out
 
@@ -198,15 +207,15 @@ def test_a_long_stage_walks_on_while_its_best_rate_is_an_end_of_those_it_ran(tmp
         _record(out, "s", f"g-{lr}", "full/adamw", [*base, f"optimizer.lr={lr}"], loss, float(lr))
     stage = experiments.stage_commands("long", "s_base", out, study)
     tail = [long, "seed=0", f"out_dir={out}"]
-    assert next(stage)[4:] == [*base, "optimizer.lr=1e-3,3e-3,1e-2", *tail]
+    assert _args(next(stage), "long", "s_base") == [*base, "optimizer.lr=1e-3,3e-3,1e-2", *tail]
     for lr, loss in (("1e-3", 1.7), ("3e-3", 1.8), ("1e-2", 1.9)):  # the lowest rate wins
         _record(out, "s", f"l-{lr}", "full/adamw", [*base, f"optimizer.lr={lr}", long], loss,
                 float(lr))
     # 1e-3 is an end of the rates run at the long budget but not of the grid: one more below
-    assert next(stage)[4:] == [*base, "optimizer.lr=3e-4,1e-3,3e-3", *tail]
+    assert _args(next(stage), "long", "s_base") == [*base, "optimizer.lr=3e-4,1e-3,3e-3", *tail]
     _record(out, "s", "l-3e-4", "full/adamw", [*base, "optimizer.lr=3e-4", long], 1.75, 3e-4)
     assert next(stage, None) is None  # 1e-3 is now between two rates it beat: the walk stops
-    assert experiments.commands("seeds", "s_base", out, study)[0][4:] == [
+    assert _args(experiments.commands("seeds", "s_base", out, study)[0], "seeds", "s_base") == [
         *base, "optimizer.lr=1e-3", long, "metrics.hessian.every=20", "seed=1,2,3,4,5",
         f"out_dir={out}"]
 
@@ -288,7 +297,7 @@ def test_a_variant_long_stage_takes_the_baseline_keys_from_the_baseline_under_th
                 loss, float(lr))
     tail = [long, cosine, "seed=0", f"out_dir={out}"]
     stage = experiments.stage_commands("long", "v_muon@cosine", out, study)
-    assert next(stage)[4:] == ["+experiment=v_muon", "optimizer=muon",
+    assert _args(next(stage), "long", "v_muon@cosine") == ["+experiment=v_muon", "optimizer=muon",
                                "optimizer.lr=1e-3,3e-3,1e-2", "optimizer.adamw_lr=0.003", *tail]
     muon_cos = ["+experiment=v_muon", "optimizer=muon", "optimizer.adamw_lr=0.003", long, cosine]
     for lr, loss in (("1e-3", 1.9), ("3e-3", 1.4), ("1e-2", 1.95)):
