@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STAGE_KINDS = ("grid", "long", "seeds")
+STAGE_KINDS = ("grid", "long", "seeds", "ladder")
 
 
 @dataclass
@@ -20,11 +20,12 @@ class StudyConfig:
 
     name: str | None = None  # the study; None for a plain run or sweep
     baseline: str | None = None  # the method every other method of the sweep is compared with
-    # the study's stages in order, each "grid:<experiment>" (a Hydra multirun of that YAML, the
-    # tuning seed), "long:<experiment>" (each method's best config of that grid and its two
-    # learning-rate neighbours, again on the tuning seeds, with the `long` overrides) or
-    # "seeds:<experiment>" (each method's best config, of the long stage when there is one, on
-    # the reporting seeds, with the `reporting` overrides)
+    # the study's stages in order, each "grid:<experiment>" (a Hydra multirun of that YAML on
+    # the first tuning seed, grown past an edge its best sits on), "long:<experiment>" (each
+    # method's grid best and every tuned knob's neighbours, on the tuning seeds, with the `long`
+    # overrides, walking until the best is interior), "seeds:<experiment>" (each method's best
+    # config, of the long stage when there is one, on the reporting seeds, with the `reporting`
+    # overrides) or "ladder:<experiment>" (per budget of `budgets`: tune, then seeds)
     stages: list[str] = field(default_factory=list)
     long: list[str] = field(default_factory=list)  # the reporting budget: trainer.max_steps=...
     reporting: list[str] = field(default_factory=list)  # measurements of reporting runs only
@@ -48,6 +49,16 @@ class StudyConfig:
     # config keys that split each method into table rows, each tuned and reported on its own
     # (balora_rank: [adapter.r], one row per method and rank)
     rows: list[str] = field(default_factory=list)
+    # the knobs a long stage re-chooses beyond the grid's swept ones, with their candidate
+    # values ({optimizer.weight_decay: [0.0, 0.01, 0.1]}): every knob of every arm is tuned
+    # (docs/design.md §8); a stage experiment's own block may add its own (the AdamW part's LR)
+    tune: dict[str, list[float]] = field(default_factory=dict)
+    # how many values a grid may grow by, per knob and side, while a best sits on its edge
+    grid_extend: int = 2
+    # the budget ladder (`ladder:<experiment>` stages): trainer.max_steps of each budget; each
+    # runs to the end of its own warmup + cosine schedule, re-tunes the LR around the previous
+    # budget's best on the tuning seeds, then runs the reporting seeds
+    budgets: list[int] = field(default_factory=list)
     # the stage a study's runner launched this run in ("grid", "long", "seeds", "long@cosine"):
     # W&B's job_type; set by `python -m experiments`, never by hand
     stage: str | None = None

@@ -211,11 +211,14 @@ def seconds_per_run(sweep: str, out_dir: Path, default: float) -> float:
 def _in_stage(overrides, experiment: str, long: list[str] | None, study_long: list[str],
               exclude: list[list[str]]) -> bool:
     """Whether a run's command-line overrides make it a run of `experiment`'s grid (`long`
-    None: it does not hold all of the study's long overrides) or of its long stage (it holds
-    every override of `long`), and not of an `exclude`d variant."""
+    None: it does not hold all of the study's long overrides, nor a ladder's stage mark) or of
+    its long stage or a ladder budget (it holds every override of `long`), and not of an
+    `exclude`d variant."""
     overrides = set(overrides if isinstance(overrides, list) else [])
     marks = long or study_long
     in_long = bool(marks) and set(marks) <= overrides
+    if not long and any(o.startswith("study.stage=ladder") for o in overrides):
+        return False  # a ladder's run never counts as a grid run
     return (f"+experiment={experiment}" in overrides and in_long == bool(long)
             and not any(set(e) <= overrides for e in exclude))
 
@@ -250,22 +253,131 @@ def best_overrides(out_dir: Path, study: StudyConfig, experiment: str,
             for m, run in best_runs(out_dir, study, experiment, long, exclude).items()}
 
 
-def lr_neighbours(experiment: str, overrides: list[str]) -> list[str]:
-    """The best run's overrides with its learning rate replaced by that value and the grid's
-    values either side of it ("optimizer.lr=3e-4,1e-3,3e-3"): the key is the first of LR_KEYS
-    that the grid sweeps over more than one value; none: the overrides as they are."""
-    grid = sweep_params(experiment)
-    key = next((k for k in LR_KEYS if len(grid.get(k, [])) > 1), None)
-    if key is None:
-        return overrides
-    values = sorted(grid[key], key=float)
+def tuned_values(experiment: str, study: StudyConfig, out_dir: Path) -> dict[str, list[str]]:
+    """Every knob a long stage re-chooses, with its candidate values in ascending order: the
+    grid's swept numeric keys of more than one value (with the values its extensions ran:
+    `grid_extensions`), then the study's `tune` knobs the grid does not sweep (the stage
+    experiment's own block added)."""
+    values: dict[str, set[str]] = {}
+    for key, swept in sweep_params(experiment).items():
+        if (len(swept) > 1 and key not in study.rows
+                and all(_number(v) is not None for v in swept)):
+            values[key] = set(swept)
+    runs = sweep_runs(out_dir, sweep_of(experiment))
+    for overrides in (runs["meta.overrides"] if "meta.overrides" in runs else []):
+        if f"+experiment={experiment}" in (overrides or []):
+            for o in overrides:
+                key, _, value = o.partition("=")
+                if key in values and _number(value) is not None:
+                    values[key].add(value)
+    own = study_of(experiment) or study
+    for key, candidates in {**study.tune, **own.tune}.items():
+        if key not in values:  # a key the grid sweeps is tuned on the grid's values
+            values[key] = {_fmt(v) for v in candidates}
+    ordered = {k: _dedupe(sorted(v, key=float)) for k, v in values.items()}
+    return {**{k: ordered[k] for k in LR_KEYS if k in ordered},
+            **{k: v for k, v in ordered.items() if k not in LR_KEYS}}
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _fmt(value) -> str:
+    return f"{float(value):g}"
+
+
+def _dedupe(values: list[str]) -> list[str]:
+    """Sorted values without numeric repeats ("1e-3" and "0.001" are one value)."""
+    out: list[str] = []
+    for v in values:
+        if not out or float(out[-1]) != float(v):
+            out.append(v)
+    return out
+
+
+def owned_knobs(method: str, keys) -> list[str]:
+    """The keys of `keys` a method has: an adapter's or optimizer's own knobs (its `knobs`
+    dataclass), any other group's key ("lora/adamw r=4" -> lora's and adamw's)."""
+    import dataclasses
+
+    from bench.adapters import ADAPTERS
+    from bench.optim import OPTIMIZERS
+
+    adapter, optimizer = (part.split("+")[0] for part in method.split(" ")[0].split("/")[:2])
+    own = {"adapter": ADAPTERS[adapter].knobs if adapter in ADAPTERS else None,
+           "optimizer": OPTIMIZERS[optimizer].knobs if optimizer in OPTIMIZERS else None}
+
+    def has(key: str) -> bool:
+        group, _, name = key.partition(".")
+        knobs = own.get(group)
+        return group not in own or (knobs is not None and name.split(".")[0] in {
+            f.name for f in dataclasses.fields(knobs)})
+
+    return [k for k in keys if has(k)]
+
+
+def star(overrides: list[str], values: dict[str, list[str]], default: DictConfig,
+         keys: list[str] | None = None) -> list[list[str]]:
+    """The best configuration's neighbourhood, one command per tuned knob: the knob swept over
+    its value and the candidate values either side of it ("optimizer.lr=3e-4,1e-3,3e-3"), every
+    other knob at the best's value. `keys`: the knobs (default every one of `values`); a knob
+    the overrides do not set is at its value in `default` (the composed experiment)."""
+    current = dict(o.split("=", 1) for o in overrides if "=" in o)
+    arms = []
+    for key in keys if keys is not None else list(values):
+        value = current.get(key, OmegaConf.select(default, key))
+        candidates = values[key]
+        here = [i for i, v in enumerate(candidates) if _number(value) is not None
+                and float(v) == float(value)]
+        if not here:  # a value outside the candidates: the nearest one is its place
+            target = _number(value) or 0.0
+            here = [min(range(len(candidates)), key=lambda i: abs(float(candidates[i]) - target))]
+        around = ",".join(candidates[max(0, here[0] - 1): here[0] + 2])
+        if key in current:  # replaced where it stands, so commands read alike
+            arm = [f"{key}={around}" if o.partition("=")[0] == key else o for o in overrides]
+        else:
+            arm = [*overrides, f"{key}={around}"]
+        arms.append(arm)
+    return arms or [overrides]
+
+
+def grid_extensions(out_dir: Path, study: StudyConfig, experiment: str) -> list[list[str]]:
+    """Per method whose grid best sits on an edge of a swept numeric knob (>= 3 values), the
+    best with that knob one step beyond the edge (the ratio between the last two values tried,
+    rounded to one significant digit), at most `study.grid_extend` steps past the swept range
+    per side: a grid grows by itself until its bests are interior (each step printed)."""
+    swept = {k: sorted(map(float, v)) for k, v in sweep_params(experiment).items()
+             if len(v) >= 3 and all(_number(x) is not None for x in v)}
+    tried = tuned_values(experiment, study, out_dir)
     out = []
-    for override in overrides:
-        name, _, value = override.partition("=")
-        if name == key:
-            i = next(j for j, v in enumerate(values) if float(v) == float(value))
-            override = f"{key}={','.join(values[max(0, i - 1): i + 2])}"
-        out.append(override)
+    for method, overrides in best_overrides(out_dir, study, experiment).items():
+        current = dict(o.split("=", 1) for o in overrides if "=" in o)
+        for key, grid in swept.items():
+            values = [float(v) for v in tried.get(key, [])]
+            value = _number(current.get(key))
+            if value is None or len(values) < 3:
+                continue
+            if value == values[-1] and value > 0:
+                step, beyond = value * values[-1] / values[-2], [v for v in values
+                                                                 if v > grid[-1]]
+            elif value == values[0] and value > 0:
+                step, beyond = value * values[0] / values[1], [v for v in values
+                                                               if v < grid[0]]
+            else:
+                continue
+            if len(beyond) >= study.grid_extend:
+                print(f"note: {method}: best {key}={value:g} is still an edge after "
+                      f"{len(beyond)} extensions (study.grid_extend)", file=sys.stderr)
+                continue
+            step = float(f"{step:.0e}")  # one significant digit: a 1-3 grid goes on 1-3
+            print(f"note: {method}: best {key}={value:g} is the grid's edge: also {step:g}",
+                  file=sys.stderr)
+            out.append([f"{key}={step:g}" if o.partition("=")[0] == key else o
+                        for o in overrides])
     return out
 
 
@@ -299,9 +411,12 @@ def baseline_values(study: StudyConfig, keys: list[str], out_dir: Path,
 
 def _budget_ratio(study: StudyConfig, experiment: str, kind: str) -> float:
     """How much longer a run of this stage is than a grid run: the ratio of `study.long`'s
-    trainer.max_steps to the experiment's, for long and seeds stages (1 otherwise)."""
+    trainer.max_steps to the experiment's, for long and seeds stages; of the ladder's mean
+    budget, for a ladder (1 otherwise)."""
     steps = [o.partition("=")[2] for o in study.long if o.startswith("trainer.max_steps=")]
     grid = OmegaConf.select(load_experiment(experiment), "trainer.max_steps")
+    if kind == "ladder" and study.budgets and grid:
+        return sum(study.budgets) / len(study.budgets) / float(grid)
     if kind == "grid" or not steps or not grid:
         return 1.0
     return float(steps[-1]) / float(grid)
@@ -320,10 +435,14 @@ def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2) -> fl
                 found = {m: o for m, o in found.items()
                          if m.split(" ")[0] in study.variant_methods[variant]}
             methods = max(1, len(found))
+            tuning = len(study.tuning_seeds)
+            knobs = max(1, len(tuned_values(exp, study, out_dir)))
             if kind == "grid":
                 n = count_runs(exp)
-            elif kind == "long":  # the best learning rate and its two neighbours
-                n = 3 * methods
+            elif kind == "long":  # the best and each tuned knob's two neighbours
+                n = (1 + 2 * knobs) * tuning * methods
+            elif kind == "ladder":  # per budget: the LR and its neighbours, then the seeds
+                n = len(study.budgets) * (3 * tuning + len(study.reporting_seeds)) * methods
             else:  # one extra run per seed for each method of the grid
                 n = len(study.reporting_seeds) * methods
             minutes = n * per_run * _budget_ratio(study, exp, kind) / workers / 60
@@ -368,10 +487,9 @@ def commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
              extra_overrides: list[str] = ()) -> list[list[str]]:
     """The `python -m bench.run -m` commands of one stage (computed when the stage starts: a
     long or seeds stage reads the records of the stages before it). A long stage's walk
-    (`centres`: the overrides, without the long ones, whose rate and neighbours it ran already;
-    updated in place): one command for each method whose long-budget best is not a centre, its
-    best and the grid's rates either side of it. `extra_overrides` (the command line's) end
-    every command."""
+    (`centres`: the overrides, without the long ones, whose neighbourhood it ran already;
+    updated in place): for each method whose long-budget best is not a centre, one command per
+    tuned knob (`star`). `extra_overrides` (the command line's) end every command."""
     base = [sys.executable, "-m", "bench.run", "-m"]
     # study.stage: the runs' W&B job_type (not part of their identity: study.* never is)
     tail = [f"study.stage={kind}{'@' + stage.partition('@')[2] if '@' in stage else ''}",
@@ -402,10 +520,11 @@ def commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
         print(f"note: no completed tuning-seed run of {stage} yet; run its "
               f"{'long stage' if kind == 'seeds' and study.long else 'grid'} first",
               file=sys.stderr)
-    if kind == "long":
-        return [[*base, *lr_neighbours(name, overrides), *study.long, *extra,
-                 f"seed={_seeds(study.tuning_seeds)}", *tail]
-                for overrides in best.values()]
+    if kind == "long":  # every tuned knob's neighbours around the best (`star`)
+        values, default = tuned_values(name, study, out_dir), load_experiment(name)
+        return [[*base, *arm, *study.long, *extra, f"seed={_seeds(study.tuning_seeds)}", *tail]
+                for method, overrides in best.items()
+                for arm in star(overrides, values, default, owned_knobs(method, values))]
     # a variant's runs already hold its overrides
     return [[*base, *overrides, *study.reporting, f"seed={_seeds(study.reporting_seeds)}",
              *tail] for overrides in best.values()]
@@ -438,17 +557,77 @@ def _long_start(out_dir: Path, stage: str, study: StudyConfig) -> dict[str, list
 
 def stage_commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
                    extra_overrides: list[str] = ()):
-    """Yield the commands of one stage as it runs. A long stage walks: the grid's best rate and
-    its two neighbours at the long budget; while a method's long-budget best is an end of the
-    rates it ran there, the grid's next rate beyond it too (completed runs are skipped), so no
-    method is reported at an edge of its long-budget rates that the grid could extend."""
+    """Yield the commands of one stage as it runs (each runs before the next is computed). A
+    grid grows past an edge its bests sit on (`grid_extensions`, bounded). A long stage walks:
+    the grid's best and every tuned knob's neighbours at the long budget; while a method's best
+    there is not a configuration whose neighbourhood ran, that one's too (completed runs are
+    skipped), so no method is reported at an edge of the values its knobs tried that the
+    candidates could extend. A ladder runs its budgets (`ladder_commands`)."""
+    if kind == "ladder":
+        yield from ladder_commands(stage, out_dir, study, extra_overrides)
+        return
     first = commands(kind, stage, out_dir, study, extra_overrides=extra_overrides)
     yield from first
+    if kind == "grid" and first:
+        tail = ["study.stage=grid", f"out_dir={out_dir}", *extra_overrides]
+        while batch := grid_extensions(out_dir, study, stage):
+            yield from ([sys.executable, "-m", "bench.run", "-m", *cell, *tail]
+                        for cell in batch)
+        return
     if kind != "long" or not first:  # nothing to walk from (its note is printed)
         return
     centres = {frozenset(ov) for ov in _long_start(out_dir, stage, study).values()}
     while batch := commands(kind, stage, out_dir, study, centres, extra_overrides):
         yield from batch
+
+
+def ladder_marks(budget: int) -> list[str]:
+    """The overrides of a ladder's runs at `budget` steps: a schedule that ends there (5%
+    linear warmup, then cosine decay to 0: no verdict is read off the middle of a longer run),
+    20 evaluations, and the stage mark that tells its runs apart."""
+    return [f"trainer.max_steps={budget}", "trainer.lr_schedule=warmup_cosine",
+            f"trainer.warmup_steps={max(1, round(budget / 20))}",
+            f"trainer.eval_every={max(1, budget // 20)}", f"study.stage=ladder@{budget}"]
+
+
+def ladder_commands(experiment: str, out_dir: Path, study: StudyConfig,
+                    extra_overrides: list[str] = ()):
+    """Yield a ladder's commands, budget by budget (`study.budgets`, ascending): the LR (the
+    experiment's first tuned rate) re-tuned around the previous budget's best (the long stage's,
+    else the grid's, for the first) on the tuning seeds, walking until the best is interior,
+    then the best on the reporting seeds."""
+    base = [sys.executable, "-m", "bench.run", "-m"]
+    tail = [f"out_dir={out_dir}", *extra_overrides]
+    values, default = tuned_values(experiment, study, out_dir), load_experiment(experiment)
+    rate = next((k for k in values if k in LR_KEYS), None)
+    previous = (best_overrides(out_dir, study, experiment, study.long or None,
+                               exclude=variant_runs(study))
+                or best_overrides(out_dir, study, experiment))
+    old_marks = set(study.long)
+    for budget in sorted(study.budgets):
+        marks = ladder_marks(budget)
+        unmarked = lambda ov, m=old_marks: [o for o in ov if o not in m]  # noqa: E731
+        centres: set[frozenset[str]] = set()
+        while True:
+            found = best_overrides(out_dir, study, experiment, marks)
+            start = {m: unmarked(ov) for m, ov in previous.items()}
+            start.update({m: [o for o in ov if o not in marks] for m, ov in found.items()})
+            fresh = {m: ov for m, ov in start.items() if frozenset(ov) not in centres}
+            if not fresh:
+                break
+            centres.update(frozenset(ov) for ov in fresh.values())
+            for overrides in fresh.values():
+                for arm in star(overrides, values, default, [rate] if rate else []):
+                    yield [*base, *arm, *marks, f"seed={_seeds(study.tuning_seeds)}", *tail]
+        previous = best_overrides(out_dir, study, experiment, marks)
+        if not previous:
+            print(f"note: {experiment}: no tuned run at budget {budget}; the ladder stops",
+                  file=sys.stderr)
+            return
+        for overrides in previous.values():
+            yield [*base, *[o for o in overrides if o not in marks], *marks,
+                   f"seed={_seeds(study.reporting_seeds)}", *tail]
+        old_marks = set(marks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,16 +36,23 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     # the grids (4 adapters x 3 toy optimizers; 7 + 2 x 5 x 5 + 4 x 5 x 5 LR x alpha;
     # 2 x 8 + 2 x 5 x 6 + 21 + 2 x 6 x 6 + 2 x 7 x 9 + 5 x 5 x 3), plus, with no grid run yet,
     # for one method per stage: 3 learning rates of a long stage, 5 reporting seeds of a seeds stage
-    assert totals == {"balora_toy": 12, "balora_finetune": 7 + 50 + 4 * 25 + 6 * 3 + 6 * 5,
-                      # 6 + 50 + 7 in the grids; 6 long stages x 3, 6 seeds stages x 5
-                      "riemannian_attention": 6 + 50 + 7 + 6 * 3 + 6 * 5,
-                      "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75 + 6 * 3 + 6 * 5,
-                      # 5 ranks x 6 LRs x 7 scales (8 scales for PiSSA, 7 LRs for the
-                      # preconditioned); 5 seeds per seeds stage
-                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5,
-                      # the grids: full 4, LoRA/BaLoRA 2 x 4, DoRA 4, preconditioned 4,
-                      # Riemannian LoRA 4 rates; 5 long stages x 3, 5 seeds stages x 5
-                      "smollm2_finetune": 4 + 8 + 4 + 4 + 4 + 5 * 3 + 5 * 5}
+    # a long stage: the best and two neighbours of each tuned knob on the 2 tuning seeds,
+    # (1 + 2 k) x 2 runs for one method until a grid ran; k counts the grid's swept rates and
+    # alpha/r, LoRA+'s ratio, and the study's `tune` knobs (weight decay; the AdamW part's LR of
+    # the Riemannian and Muon rows; alpha/r of the Riemannian LoRA arms and SmolLM2's arms)
+    long = lambda k: (1 + 2 * k) * 2  # noqa: E731
+    assert totals == {"balora_toy": 12,
+                      # grids 7 + 50 + 4 x 25; long: full (lr, wd), five LoRA-type (+ alpha)
+                      "balora_finetune": 7 + 50 + 4 * 25 + long(2) + 5 * long(3) + 6 * 5,
+                      # grids 6 + 50 + 7; long: AdamW (lr, wd), Riemannian (manifold lr, AdamW
+                      # part lr, wd), Muon (lr, wd, AdamW part lr), each also under cosine
+                      "riemannian_attention": 6 + 50 + 7 + 2 * (long(2) + 2 * long(3)) + 6 * 5,
+                      # long: full (lr, wd), LoRA (+ alpha), Riemannian (manifold lr, alpha,
+                      # wd), Muon and preconditioned (lr, alpha, wd), LoRA+ (+ ratio)
+                      "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75
+                      + long(2) + 4 * long(3) + long(4) + 6 * 5,
+                      "smollm2_finetune": 4 + 8 + 4 + 4 + 4 + 5 * long(3) + 5 * 5,
+                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
@@ -68,20 +75,21 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
 @pytest.mark.parametrize(("files", "error"), [
     ({"a": "study:\n  name: a\n"},
      "conf/experiment/a.yaml: study.stages is empty; list its stages, each one of "
-     "grid:<experiment>, long:<experiment>, seeds:<experiment>"),
+     "grid:<experiment>, long:<experiment>, seeds:<experiment>, ladder:<experiment>"),
     ({"a": "study:\n  name: a\n  stages: [grid:b]\n"},
      "conf/experiment/a.yaml: study.stages entry 'grid:b' names no experiment "
      "(no conf/experiment/b.yaml)"),
     ({"a": "study:\n  name: a\n  stages: [run:a]\n"},
      "conf/experiment/a.yaml: study.stages entry 'run:a'; allowed: grid:<experiment>, "
-     "long:<experiment>, seeds:<experiment>"),
+     "long:<experiment>, seeds:<experiment>, ladder:<experiment>"),
     ({"a": "study:\n  name: a\n  stages: [grid:a, long:a]\n"},
      "conf/experiment/a.yaml: a long stage needs study.long, the overrides of the reporting "
      "budget (trainer.max_steps=...)"),
     ({"a": "study:\n  name: a\n  stage_list: [grid:a]\n"},
      "conf/experiment/a.yaml: unknown key study.stage_list; allowed keys of study: name, "
      "baseline, stages, long, reporting, from_baseline, variants, variant_methods, "
-     "seconds_per_run, tuning_seeds, reporting_seeds, smoke, rows, stage"),
+     "seconds_per_run, tuning_seeds, reporting_seeds, smoke, rows, tune, grid_extend, budgets, "
+     "stage"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
@@ -306,3 +314,76 @@ def test_a_variant_long_stage_takes_the_baseline_keys_from_the_baseline_under_th
     assert next(stage, None) is None  # the best is between two rates it beat
     # the plain long stage keeps the plain baseline's value
     assert cmd("long", "v_muon")[0][:3] == muon
+
+
+TUNED = {
+    "t": "sweep: t\nstudy:\n  name: t\n  baseline: lora/adamw\n"
+         "  stages: [grid:t, long:t, ladder:t]\n  long: [trainer.max_steps=40]\n"
+         "  tuning_seeds: [0, 6]\n  tune: {optimizer.weight_decay: [0.0, 0.01, 0.1]}\n"
+         "  budgets: [20, 80]\n"
+         "hydra:\n  sweeper:\n    params:\n      optimizer.lr: 1e-3,3e-3,1e-2\n"
+         "      adapter.alpha: 4,16,64\n      seed: '0'\n",
+}
+
+
+def _lora(out, name, lr, alpha, loss, seed=0, extra=(), wd=None):
+    overrides = ["+experiment=t", "adapter=lora", f"optimizer.lr={lr}", f"adapter.alpha={alpha}",
+                 *([f"optimizer.weight_decay={wd}"] if wd is not None else []), *extra]
+    _record(out, "t", f"{name}-s{seed}", "lora/adamw", overrides, loss, float(lr), seed)
+
+
+def test_a_long_stage_re_chooses_every_tuned_knob_on_both_tuning_seeds(tmp_path, monkeypatch):
+    """The grid's LR and alpha and the study's weight decay: each swept around the grid's best
+    (one command per knob), on the two tuning seeds."""
+    _, cmd, out = _stage_commands(tmp_path, monkeypatch, TUNED, "t")
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        for alpha in ("4", "16", "64"):
+            _lora(out, f"g{lr}-{alpha}", lr, alpha, 2.0 if (lr, alpha) == ("3e-3", "16") else 2.5)
+    base = ["+experiment=t", "adapter=lora"]
+    tail = ["trainer.max_steps=40", "seed=0,6", f"out_dir={out}"]
+    assert cmd("long", "t") == [
+        [*base, "optimizer.lr=1e-3,3e-3,1e-2", "adapter.alpha=16", *tail],
+        [*base, "optimizer.lr=3e-3", "adapter.alpha=4,16,64", *tail],
+        [*base, "optimizer.lr=3e-3", "adapter.alpha=16", "optimizer.weight_decay=0,0.01", *tail]]
+
+
+def test_a_grid_grows_past_an_edge_its_best_sits_on_and_stops_at_its_bound(tmp_path, monkeypatch,
+                                                                           capsys):
+    experiments, _, out = _stage_commands(tmp_path, monkeypatch, TUNED, "t")
+    study = experiments.discover()[0]["t"]
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        for alpha in ("4", "16", "64"):
+            _lora(out, f"g{lr}-{alpha}", lr, alpha, 2.0 if (lr, alpha) == ("1e-2", "16") else 2.5)
+    (ext,) = experiments.grid_extensions(out, study, "t")
+    assert ext == ["+experiment=t", "adapter=lora", "optimizer.lr=0.03", "adapter.alpha=16"]
+    assert "best optimizer.lr=0.01 is the grid's edge: also 0.03" in capsys.readouterr().err
+    _lora(out, "g3e-2", "0.03", "16", 1.9)  # still the edge: one more, then the bound
+    (ext,) = experiments.grid_extensions(out, study, "t")
+    assert "optimizer.lr=0.09" in ext
+    _lora(out, "g9e-2", "0.09", "16", 1.8)
+    assert experiments.grid_extensions(out, study, "t") == []
+    assert "still an edge after 2 extensions" in capsys.readouterr().err
+
+
+def test_a_ladder_re_tunes_the_rate_per_budget_then_runs_the_reporting_seeds(tmp_path,
+                                                                            monkeypatch):
+    experiments, _, out = _stage_commands(tmp_path, monkeypatch, TUNED, "t")
+    study = experiments.discover()[0]["t"]
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        _lora(out, f"g{lr}", lr, "16", 2.0 if lr == "3e-3" else 2.5)
+    ladder = experiments.ladder_commands("t", out, study)
+    marks20 = experiments.ladder_marks(20)
+    first = next(ladder)[4:]
+    assert first == ["+experiment=t", "adapter=lora", "optimizer.lr=1e-3,3e-3,1e-2",
+                     "adapter.alpha=16", *marks20, "seed=0,6", f"out_dir={out}"]
+    for lr, loss in (("1e-3", 2.2), ("3e-3", 2.3), ("1e-2", 2.4)):  # the rate moves down
+        for seed in (0, 6):
+            _lora(out, f"l20-{lr}", lr, "16", loss, seed, marks20)
+    # 1e-3 won at budget 20: its own neighbourhood next (the walk), then the reporting seeds
+    walk = next(ladder)[4:]
+    assert walk[2] == "optimizer.lr=1e-3,3e-3" and walk[-2] == "seed=0,6"
+    seeds = next(ladder)[4:]
+    assert seeds == ["+experiment=t", "adapter=lora", "optimizer.lr=1e-3", "adapter.alpha=16",
+                     *marks20, "seed=1,2,3,4,5", f"out_dir={out}"]
+    budget80 = next(ladder)[4:]  # the next budget starts from budget 20's best
+    assert "optimizer.lr=1e-3,3e-3" in budget80 and "trainer.max_steps=80" in budget80
