@@ -187,6 +187,17 @@ def tiny(tmp_path):
 
 
 @pytest.fixture
+def finished(tiny, tmp_path):
+    """A completed tiny run (12 steps: rows at 0, 3, ..., 12; checkpoints at 6 and 12): its
+    folder."""
+    from bench.run import run
+
+    assert run(compose(tiny))["status"] == "completed"
+    (run_dir,) = run_dirs(tmp_path / "runs")
+    return run_dir
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread, as a sweep worker has: tiny ops, shared cores, less timing noise."""
     previous = torch.get_num_threads()

@@ -18,14 +18,6 @@ from bench.train import Trainer
 from tests.conftest import compose, config_error, read_jsonl, run_dirs
 
 
-@pytest.fixture
-def finished(tiny, tmp_path):
-    """A completed tiny run (12 steps: rows at 0, 3, ..., 12; checkpoints at 6 and 12)."""
-    assert run(compose(tiny))["status"] == "completed"
-    (run_dir,) = run_dirs(tmp_path / "runs")
-    return run_dir
-
-
 def _relaunchable(run_dir):
     """The record as a kill leaves it: summary `running`."""
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -43,14 +43,6 @@ def _killed(run_dir):
     (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
 
 
-@pytest.fixture
-def finished(tiny, tmp_path):
-    """A completed tiny run (checkpoints at steps 6 and 12): its folder."""
-    assert run(compose(tiny))["status"] == "completed"
-    (run_dir,) = run_dirs(tmp_path / "runs")
-    return run_dir
-
-
 # -- checkpoints ------------------------------------------------------------------------------
 def test_a_checkpoint_holds_only_what_weights_only_loads(finished):
     state = torch.load(finished / "checkpoint.pt", weights_only=True)

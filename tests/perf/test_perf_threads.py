@@ -4,30 +4,21 @@ interleaved in one process so that the machine's load hits every count alike."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
-from bench.data.corpus import get_batch, load_corpus
+from bench.data.corpus import load_corpus
 from bench.metrics.cost import free_cpus
 from bench.models.gpt import GPT, GPTConfig
+from tests.perf.test_perf_harness import BATCH, bare_loop
 
 pytestmark = pytest.mark.perf
-STEPS, ROUNDS, BATCH = 4, 2, 8
+STEPS, ROUNDS = 4, 2
 
 
-def _step_seconds(model, opt, data, threads: int) -> float:
+def _step_seconds(model, data, threads: int) -> float:
     torch.set_num_threads(threads)
-    seq = model.cfg.seq_len
-    start = time.perf_counter()
-    for step in range(STEPS):
-        x, y = get_batch(data, BATCH, seq, 0, step)
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return (time.perf_counter() - start) / STEPS
+    return BATCH * model.cfg.seq_len / bare_loop(model, data, STEPS)  # tokens/s -> s a step
 
 
 def test_default_threads_against_one_and_two():
@@ -36,14 +27,13 @@ def test_default_threads_against_one_and_two():
     corpus = load_corpus(domain="stdlib_core")
     torch.manual_seed(0)
     model = GPT(GPTConfig(d_model=256, n_layer=6, n_head=8, seq_len=256))  # gpt_small
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     counts = {"1 thread": 1, "2 threads": 2, f"default ({default})": default}
     times = {label: [] for label in counts}
-    _step_seconds(model, opt, corpus.train, 1)  # warm-up
+    _step_seconds(model, corpus.train, 1)  # warm-up
     try:
         for _ in range(ROUNDS):
             for label, n in counts.items():
-                times[label].append(_step_seconds(model, opt, corpus.train, n))
+                times[label].append(_step_seconds(model, corpus.train, n))
     finally:
         torch.set_num_threads(previous)
     best = {label: min(t) for label, t in times.items()}
