@@ -27,6 +27,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from bench import distributed
 from bench.adapters import build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.data.corpus import check_context, eval_batches
@@ -56,17 +57,18 @@ from bench.train import Trainer
 def _setup_threads(cfg) -> None:
     """Parallel workers divide the machine's cores instead of oversubscribing them.
 
-    joblib (hydra/launcher=local): cores // n_jobs; submitit (slurm): the task's cpus_per_task.
+    joblib (hydra/launcher=local): cores // n_jobs; submitit (slurm): the task's cpus_per_task;
+    torchrun: each of a machine's ranks its share.
     """
     threads = cfg.trainer.threads
     if not threads:
-        workers, cpus = 1, None
+        workers, cpus = distributed.local_world_size(), None
         try:
             from hydra.core.hydra_config import HydraConfig
 
             hc = HydraConfig.get()
             if hc.mode.name == "MULTIRUN":
-                workers = int(hc.launcher.get("n_jobs", 1) or 1)
+                workers *= int(hc.launcher.get("n_jobs", 1) or 1)
                 cpus = hc.launcher.get("cpus_per_task")
         except (ValueError, AttributeError):
             pass
@@ -82,6 +84,18 @@ def cli_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except (ValueError, AttributeError):
         return []
+
+
+def _launched_in_process() -> bool:
+    """Whether this run executes in the process Hydra started: a single run, or a multirun cell
+    of the basic launcher (hydra/launcher=serial), not a joblib or submitit worker."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return hc.mode.name != "MULTIRUN" or hc.launcher._target_.endswith(".BasicLauncher")
+    except (ValueError, AttributeError):
+        return True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,7 +131,7 @@ def prepare(cfg) -> Prepared:
     """The language-model task: build and check everything a validated config needs (the
     pretrained base is loaded, or pretrained once, first); raises ConfigError. Writes no run
     record."""
-    device = resolve_device(cfg.trainer.device)
+    device = distributed.current().device(resolve_device(cfg.trainer.device))
     # issue 27: a GGUF model converted once; the data tokenized (cached) with data.tokenizer
     converted = ensure_converted(cfg.model)
     corpus = load_data(cfg.data, cfg.model, context_length(cfg.model))
@@ -152,7 +166,8 @@ def prepare(cfg) -> Prepared:
     parts = {"device": device, "corpus": corpus, "model": model, "adapter": adapter,
              "optimizer": optimizer, "eval_sets": eval_sets, "hooks": hooks}
     meta = {"data_hash": corpus.content_hash, "trainable_params": trainable,
-            "device": str(device), **corpus.meta}  # + tokenizer, loss_tokens (issue 27)
+            "device": str(device), "world_size": distributed.current().world_size,
+            **corpus.meta}  # + tokenizer, loss_tokens (issue 27)
     if converted is not None:
         meta["converted_from"] = {k: converted[k] for k in ("gguf", "sha256", "versions")}
     if base_sha is not None:  # the pretrained base this run starts from (checked before use)
@@ -178,6 +193,7 @@ def train(cfg, record: RunRecord, parts: dict, logger: WandbLogger) -> dict:
         target_loss=cfg.metrics.target_loss,
         logger=logger,
         hooks=parts["hooks"],
+        dist=distributed.current(),
     ).run()
 
 
@@ -235,14 +251,22 @@ def run(cfg: DictConfig) -> dict | None:
     validate -> run id -> skip a completed record -> prepare (nothing written yet) -> lock the
     run folder -> config.yaml with meta -> execute -> mirrors finished -> summary.json. A fault
     in this run's own files (a torn or crafted checkpoint) or in its execution is recorded as
-    `failed` with its reason and the sweep goes on."""
+    `failed` with its reason and the sweep goes on.
+
+    Under torchrun (bench/distributed.py) every rank runs this skeleton; rank 0 alone reads the
+    folder's state for all of them (`decide`), holds its lock and writes the record."""
     validate(cfg)
+    if distributed.requested() and not _launched_in_process():
+        raise ConfigError("under torchrun the ranks run a sweep's cells in their own processes; "
+                          "allowed: a single run or hydra/launcher=serial")
+    group = distributed.init()
+    group.check(cfg)
     _setup_threads(cfg)
     torch.manual_seed(cfg.seed)
     task = TASKS[cfg.task]
     rid = run_id(cfg)
     record = find_record(cfg, rid, output_folder(cfg))
-    if record.is_complete():
+    if group.decide(record.is_complete):
         print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped")
         return record.read_summary()
     prepared = task.prepare(cfg)
@@ -250,19 +274,33 @@ def run(cfg: DictConfig) -> dict | None:
     # leaves it to the first instead of writing the same files.
     record.dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(record.dir / ".lock"))
+    claim = group.decide(lambda: _claim(lock, record))
+    if claim == "busy":
+        print(f"[bench] {rid}: running in another process, skipped")
+        return None
+    if claim == "done":  # the other process finished it between our check and the lock
+        print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+        return record.read_summary()
+    try:
+        if group.is_main:
+            _remove_stale_temp_files(record.dir)
+        return _run_locked(cfg, task, rid, group.writer(record), prepared)
+    finally:
+        if group.is_main:
+            lock.release()
+
+
+def _claim(lock: FileLock, record: RunRecord) -> str:
+    """"run" with the run folder's lock held; "busy" when another process holds it; "done"
+    (the lock released) when the run ended before this process got the lock."""
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"[bench] {rid}: running in another process, skipped")
-        return None
-    try:
-        if record.is_complete():  # the other process finished it between our check and the lock
-            print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
-            return record.read_summary()
-        _remove_stale_temp_files(record.dir)
-        return _run_locked(cfg, task, rid, record, prepared)
-    finally:
+        return "busy"
+    if record.is_complete():
         lock.release()
+        return "done"
+    return "run"
 
 
 def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared) -> dict:
@@ -278,8 +316,9 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         "host": host(),
     }
     record.create(resolved)
+    group = distributed.current()
     logger = WandbLogger(
-        mode=cfg.logger.mode,
+        mode=cfg.logger.mode if group.is_main else "disabled",  # one W&B run: rank 0's
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         run_dir=record.dir,
@@ -289,6 +328,7 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         config=resolved,
         run_id=rid,
     )
+    crash = None
     try:
         load_checkpoint(record.checkpoint_path)  # this run's own file: a fault fails this run
         summary = task.execute(cfg, record, prepared.parts, logger)
@@ -297,6 +337,7 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        crash = e
     summary = {**prepared.summary, **summary}
     # The mirrors first, the summary last: a kill between them leaves the run unfinished, and
     # its relaunch (from the last checkpoint, nothing to retrain) repairs the W&B copy.
@@ -305,9 +346,14 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
     # Only this run writes its record: a from_baseline target is resolved by analysis, from the
     # records of the whole sweep (analysis/targets.py).
     record.write_summary(summary)
-    print(f"[bench] {rid}: {summary['status']}" + task.describe(summary)
-          + (f" ({summary['error']})" if summary["status"] == "failed" else ""))
-    _note_launch(rid, summary["status"])
+    if crash is not None and group.world_size > 1:
+        # one rank's fault leaves the others waiting in a collective: this process exits with
+        # an error, and torchrun stops every rank
+        raise crash
+    if group.is_main:
+        print(f"[bench] {rid}: {summary['status']}" + task.describe(summary)
+              + (f" ({summary['error']})" if summary["status"] == "failed" else ""))
+        _note_launch(rid, summary["status"])
     return summary
 
 
