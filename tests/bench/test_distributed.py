@@ -187,3 +187,32 @@ def test_a_global_batch_the_processes_do_not_divide_is_refused():
     with pytest.raises(ConfigError, match="task=toy runs in one process"):
         Group(0, 2).check(compose(["+experiment=balora_toy"]))
     SINGLE.check(compose([*TINY, "trainer.batch_size=6"]))  # one process: any batch
+
+
+@pytest.mark.parametrize(("launcher", "in_process"), [("serial", True), ("local", False),
+                                                      ("submitit_local_test", False)])
+def test_under_torchrun_a_sweep_runs_its_cells_in_the_ranks_processes(launcher, in_process,
+                                                                      monkeypatch):
+    """A launcher that starts other processes (joblib, submitit) would start them outside the
+    ranks' group: under torchrun each such cell is refused in one line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from bench.config import ConfigError, register_configs
+    from bench.run import _launched_in_process, run
+    from tests.conftest import ROOT
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("config", overrides=[*TINY, f"hydra/launcher={launcher}"],
+                            return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(cfg)
+    assert _launched_in_process() is in_process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    if not in_process:
+        with pytest.raises(ConfigError, match="allowed: a single run or hydra/launcher=serial"):
+            run(cfg)
