@@ -358,15 +358,34 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
 
 
 # The launch log: each run of one `python -m bench.run` launch appends its outcome here (its
-# workers are other processes), and the launch's last line and exit status count them.
+# workers are other processes, a SLURM array's on other machines), and the launch's last line
+# and exit status count them. It lives under the launch's working folder (`launch_scratch`),
+# which a cluster's nodes share with the submitting machine, unlike its /tmp.
 LAUNCH_LOG = "BENCH_LAUNCH_LOG"
 
 
 def _note_launch(rid: str, status: str, error: str | None = None) -> None:
     path = os.environ.get(LAUNCH_LOG)
-    if path:
+    if not path:
+        return
+    try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"run": rid, "status": status, "error": error}) + "\n")
+    except OSError as e:  # a node that does not see the launch's folder: the record holds all
+        print(f"[bench] warning: launch log {path} not writable here ({e.strerror}); "
+              "the launch's count leaves this run out", file=sys.stderr)
+
+
+def launch_scratch() -> tempfile.TemporaryDirectory:
+    """The folder of this launch's log: under .cache/launch/ in the working folder (shared with a
+    cluster's nodes; .cache is the project's ignored cache) when it can be made, else in the
+    system's temp folder."""
+    try:
+        folder = Path(".cache", "launch").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = None
+    return tempfile.TemporaryDirectory(dir=folder)
 
 
 def launch_outcome(path: Path) -> tuple[str, int]:
@@ -447,7 +466,7 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [sys.argv[0], *with_default_sweep(sys.argv[1:])]
-    with tempfile.TemporaryDirectory() as scratch:
+    with launch_scratch() as scratch:
         log = Path(scratch) / "launch.jsonl"
         log.touch()
         os.environ[LAUNCH_LOG] = str(log)
