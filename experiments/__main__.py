@@ -31,9 +31,9 @@ seeds (`study.tuning_seeds`). Completed runs are skipped by the entry point, so 
 `make studies` resumes where it stopped. Each stage command is one multirun whose launcher (the
 command line's `hydra/launcher=...`) returns when every run of it has ended, the submitit
 launchers included, so a stage starts once the records it reads are complete; `--no-wait`
-hands that wait to a detached process (`Flight`). The plan counts the runs of each stage (a grid's from
-its composed `hydra.sweeper.params`) and estimates the time from the per-run seconds of the
-study's completed runs (or the study's `seconds_per_run`).
+hands that wait to a detached process (`Flight`). The plan counts the runs of each stage (a
+grid's from its composed `hydra.sweeper.params`) and estimates the time from the per-run
+seconds of the study's completed runs (or the study's `seconds_per_run`).
 """
 
 from __future__ import annotations
