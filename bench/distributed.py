@@ -33,7 +33,8 @@ The design, in the order a step meets it:
 - **Writes.** Rank 0 alone writes: the run record, checkpoints, the W&B mirror, the summary, the
   launch log. The other ranks get `writer(record)`, a record that writes nothing, and a disabled
   W&B logger. Every rank reads the checkpoint it resumes from (a shared file system, as on a
-  multi-node cluster, or one node).
+  multi-node cluster, or one node). The summary's tokens/s are the global batch's; its peak
+  memory is rank 0's device's.
 - **Resume with another N.** The checkpoint holds the unwrapped model's state, the optimizer's
   (replicated: the same on every rank), the adapter's and the RNG states; the global batch of a
   step does not depend on N. So a run stopped under N processes resumes under any M that divides
