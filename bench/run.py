@@ -28,6 +28,7 @@ import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from bench import distributed
 from bench.adapters import ADAPTERS, build_adapter, count_trainable
 from bench.config import ConfigError, check_override_keys, register_configs, validate
 from bench.data.corpus import check_context, eval_batches
@@ -57,17 +58,18 @@ from bench.train import Trainer
 def _setup_threads(cfg) -> None:
     """torch's intra-op threads (the training step and the Hessian estimate alike):
     trainer.threads when set, else the machine's free cores (`free_cpus`) divided among the
-    launch's parallel workers (joblib's n_jobs), or a SLURM task's cpus_per_task. The count is
-    recorded (meta.host.threads): a run reproduces bitwise with the same count."""
+    launch's parallel workers (joblib's n_jobs; torchrun: the machine's ranks), or a SLURM
+    task's cpus_per_task. The count is recorded (meta.host.threads): a run reproduces bitwise
+    with the same count."""
     threads = cfg.trainer.threads
     if not threads:
-        workers, cpus = 1, None
+        workers, cpus = distributed.local_world_size(), None
         try:
             from hydra.core.hydra_config import HydraConfig
 
             hc = HydraConfig.get()
             if hc.mode.name == "MULTIRUN":
-                workers = int(hc.launcher.get("n_jobs", 1) or 1)
+                workers *= int(hc.launcher.get("n_jobs", 1) or 1)
                 cpus = hc.launcher.get("cpus_per_task")
         except (ValueError, AttributeError):
             pass
@@ -83,6 +85,18 @@ def cli_overrides() -> list[str]:
         return list(HydraConfig.get().overrides.task)
     except (ValueError, AttributeError):
         return []
+
+
+def _launched_in_process() -> bool:
+    """Whether this run executes in the process Hydra started: a single run, or a multirun cell
+    of the basic launcher (hydra/launcher=serial), not a joblib or submitit worker."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return hc.mode.name != "MULTIRUN" or hc.launcher._target_.endswith(".BasicLauncher")
+    except (ValueError, AttributeError):
+        return True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,7 +159,7 @@ def prepare(cfg, inputs: Inputs | None = None) -> Prepared:
     inputs (`identify`'s, found first when not given); raises ConfigError. Writes no run
     record."""
     inputs = inputs if inputs is not None else identify(cfg)
-    device = resolve_device(cfg.trainer.device)
+    device = distributed.current().device(resolve_device(cfg.trainer.device))
     corpus, converted = inputs.parts["corpus"], inputs.parts["converted"]
     model_cfg = cfg.model
     if cfg.model.kind == "gpt" and corpus.vocab_size > cfg.model.vocab_size:
@@ -175,7 +189,8 @@ def prepare(cfg, inputs: Inputs | None = None) -> Prepared:
     parts = {"device": device, "corpus": corpus, "model": model, "adapter": adapter,
              "optimizer": optimizer, "eval_sets": eval_sets, "hooks": hooks}
     meta = {"data_hash": corpus.content_hash, "trainable_params": trainable,
-            "device": str(device), **corpus.meta}  # + tokenizer, loss_tokens (issue 27)
+            "device": str(device), "world_size": distributed.current().world_size,
+            **corpus.meta}  # + tokenizer, loss_tokens (issue 27)
     if converted is not None:
         meta["converted_from"] = {k: converted[k] for k in ("gguf", "sha256", "versions")}
     if base_sha is not None:  # the pretrained base this run starts from (checked before use)
@@ -201,6 +216,7 @@ def train(cfg, record: RunRecord, parts: dict, logger: WandbLogger) -> dict:
         target_loss=cfg.metrics.target_loss,
         logger=logger,
         hooks=parts["hooks"],
+        dist=distributed.current(),
     ).run()
 
 
@@ -276,17 +292,25 @@ def run(cfg: DictConfig) -> dict | None:
     validate -> run id -> skip a completed record -> prepare (nothing written yet) -> lock the
     run folder -> config.yaml with meta -> execute -> mirrors finished -> summary.json. A fault
     in this run's own files (a torn or crafted checkpoint) or in its execution is recorded as
-    `failed` with its reason and the sweep goes on."""
+    `failed` with its reason and the sweep goes on.
+
+    Under torchrun (bench/distributed.py) every rank runs this skeleton; rank 0 alone reads the
+    folder's state for all of them (`decide`), holds its lock and writes the record."""
     validate(cfg)
+    if distributed.requested() and not _launched_in_process():
+        raise ConfigError("under torchrun the ranks run a sweep's cells in their own processes; "
+                          "allowed: a single run or hydra/launcher=serial")
+    group = distributed.init()
+    group.check(cfg)
     _setup_threads(cfg)
     torch.manual_seed(cfg.seed)
     task = TASKS[cfg.task]
     inputs = task.identify(cfg)
     rid = run_id(cfg, inputs.content)
     record = find_record(cfg, rid, output_folder(cfg), inputs.content)
-    if record.is_complete() and cfg.force:
-        record = RunRecord(supersede(record.dir, rid))
-    if record.is_complete():
+    if cfg.force and group.decide(record.is_complete):
+        record = RunRecord(group.decide(lambda: supersede(record.dir, rid)))
+    if group.decide(record.is_complete):
         print(f"[bench] {record.dir.name}: already {record.read_summary()['status']}, skipped "
               "(force=true reruns it)")
         return record.read_summary()
@@ -295,19 +319,33 @@ def run(cfg: DictConfig) -> dict | None:
     # leaves it to the first instead of writing the same files.
     record.dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(record.dir / ".lock"))
+    claim = group.decide(lambda: _claim(lock, record))
+    if claim == "busy":
+        print(f"[bench] {rid}: running in another process, skipped")
+        return None
+    if claim == "done":  # the other process finished it between our check and the lock
+        print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
+        return record.read_summary()
+    try:
+        if group.is_main:
+            _remove_stale_temp_files(record.dir)
+        return _run_locked(cfg, task, rid, group.writer(record), prepared)
+    finally:
+        if group.is_main:
+            lock.release()
+
+
+def _claim(lock: FileLock, record: RunRecord) -> str:
+    """"run" with the run folder's lock held; "busy" when another process holds it; "done"
+    (the lock released) when the run ended before this process got the lock."""
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"[bench] {rid}: running in another process, skipped")
-        return None
-    try:
-        if record.is_complete():  # the other process finished it between our check and the lock
-            print(f"[bench] {rid}: already {record.read_summary()['status']}, skipped")
-            return record.read_summary()
-        _remove_stale_temp_files(record.dir)
-        return _run_locked(cfg, task, rid, record, prepared)
-    finally:
+        return "busy"
+    if record.is_complete():
         lock.release()
+        return "done"
+    return "run"
 
 
 def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared) -> dict:
@@ -323,12 +361,13 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         "host": host(),
     }
     record.create(resolved)
+    group = distributed.current()
     swept = swept_keys()
     knobs = {"adapter": ADAPTERS[cfg.adapter.name].knobs,
              "optimizer": OPTIMIZERS[cfg.optimizer.name].knobs}
-    owned = {group: {f.name for f in dataclasses.fields(k)} for group, k in knobs.items()}
+    owned = {name: {f.name for f in dataclasses.fields(k)} for name, k in knobs.items()}
     logger = WandbLogger(
-        mode=cfg.logger.mode,
+        mode=cfg.logger.mode if group.is_main else "disabled",  # one W&B run: rank 0's
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         run_dir=record.dir,
@@ -339,6 +378,7 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
         run_id=rid,
         job_type=cfg.study.stage or ("sweep" if _in_multirun() else "run"),
     )
+    crash = None
     try:
         load_checkpoint(record.checkpoint_path)  # this run's own file: a fault fails this run
         summary = task.execute(cfg, record, prepared.parts, logger)
@@ -347,6 +387,7 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         traceback.print_exc()
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        crash = e
     summary = {**prepared.summary, **summary}
     # The mirrors first, the summary last: a kill between them leaves the run unfinished, and
     # its relaunch (from the last checkpoint, nothing to retrain) repairs the W&B copy.
@@ -355,9 +396,14 @@ def _run_locked(cfg, task: Task, rid: str, record: RunRecord, prepared: Prepared
     # Only this run writes its record: a from_baseline target is resolved by analysis, from the
     # records of the whole sweep (analysis/targets.py).
     record.write_summary(summary)
-    print(f"[bench] {rid}: {summary['status']}" + task.describe(summary)
-          + (f" ({summary['error']})" if summary["status"] == "failed" else ""))
-    _note_launch(rid, summary["status"])
+    if crash is not None and group.world_size > 1:
+        # one rank's fault leaves the others waiting in a collective: this process exits with
+        # an error, and torchrun stops every rank
+        raise crash
+    if group.is_main:
+        print(f"[bench] {rid}: {summary['status']}" + task.describe(summary)
+              + (f" ({summary['error']})" if summary["status"] == "failed" else ""))
+        _note_launch(rid, summary["status"])
     return summary
 
 
@@ -398,15 +444,34 @@ def _fmt(value) -> str:
 
 
 # The launch log: each run of one `python -m bench.run` launch appends its outcome here (its
-# workers are other processes), and the launch's last line and exit status count them.
+# workers are other processes, a SLURM array's on other machines), and the launch's last line
+# and exit status count them. It lives under the launch's working folder (`launch_scratch`),
+# which a cluster's nodes share with the submitting machine, unlike its /tmp.
 LAUNCH_LOG = "BENCH_LAUNCH_LOG"
 
 
 def _note_launch(rid: str, status: str, error: str | None = None) -> None:
     path = os.environ.get(LAUNCH_LOG)
-    if path:
+    if not path:
+        return
+    try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"run": rid, "status": status, "error": error}) + "\n")
+    except OSError as e:  # a node that does not see the launch's folder: the record holds all
+        print(f"[bench] warning: launch log {path} not writable here ({e.strerror}); "
+              "the launch's count leaves this run out", file=sys.stderr)
+
+
+def launch_scratch() -> tempfile.TemporaryDirectory:
+    """The folder of this launch's log: under .cache/launch/ in the working folder (shared with a
+    cluster's nodes; .cache is the project's ignored cache) when it can be made, else in the
+    system's temp folder."""
+    try:
+        folder = Path(".cache", "launch").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = None
+    return tempfile.TemporaryDirectory(dir=folder)
 
 
 def launch_outcome(path: Path) -> tuple[str, int]:
@@ -500,7 +565,7 @@ if __name__ == "__main__":
         sys.exit(2)
     sys.argv = [sys.argv[0], *with_default_sweep(sys.argv[1:])]
     os.environ[SWEPT] = ",".join(command_line_sweeps(sys.argv[1:]))
-    with tempfile.TemporaryDirectory() as scratch:
+    with launch_scratch() as scratch:
         log = Path(scratch) / "launch.jsonl"
         log.touch()
         os.environ[LAUNCH_LOG] = str(log)

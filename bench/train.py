@@ -3,7 +3,9 @@
 `Trainer` knows nothing about Hydra: it gets a model (adapter applied), an optimizer, the data,
 the trainer config group and a run record, and returns the summary. Batches are a pure
 function of (seed, step) and the checkpoint holds every RNG state, so a resumed run is bitwise
-identical to an uninterrupted one on the same processor. `Trainer.run` reads top to bottom:
+identical to an uninterrupted one on the same processor. Under torchrun, each rank trains on its
+shard of the global batch through DDP and only rank 0 writes (`dist`, bench/distributed.py).
+`Trainer.run` reads top to bottom:
 resume, the first evaluation, then per step `train_step` and, on their schedules,
 `log_row` (with `evaluate` and `measure`) and `checkpoint`, and finally the summary.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from bench.data.corpus import eval_batches, get_batch
+from bench.distributed import SINGLE, Group
 from bench.errors import ConfigError, at_least, choice, positive
 from bench.record import TARGET_KEYS, RunRecord, time_to_target
 from bench.tracking.checkpoint import (
@@ -150,7 +153,8 @@ class LostRows(RuntimeError):
 
 class Trainer:
     """One run. `eval_sets` maps a metric suffix ('' for the target domain) to an eval split;
-    `cfg` is the trainer config group; every other input is its own keyword."""
+    `cfg` is the trainer config group; every other input is its own keyword. `dist`: this
+    process's rank in a run on several processes (bench/distributed.py; one process: SINGLE)."""
 
     def __init__(
         self,
@@ -170,11 +174,14 @@ class Trainer:
         target_loss: float | None = None,
         logger=None,
         hooks: list[Callable] | None = None,
+        dist: Group = SINGLE,
     ):
         self.model, self.optimizer, self.adapter = model, optimizer, adapter
         self.train_data, self.cfg, self.record, self.seed = train_data, cfg, record, seed
         self.device, self.logger, self.hooks = device, logger, hooks or []
         self.target_loss = target_loss
+        # the training step calls `step_model` (DDP under torchrun); everything else, `model`
+        self.dist, self.step_model = dist, dist.wrap(model)
         self.seq_len = model_seq_len(model)
         self.eval_sets = {name: eval_batches(data, cfg.batch_size, self.seq_len, n_eval_batches)
                           for name, data in eval_sets.items()}
@@ -204,7 +211,7 @@ class Trainer:
         if step == 0:  # the starting point of every curve (the pretrained model, when fine-tuning)
             self.log_row(0, {"step": 0, "tokens": 0, "wall_s": 0.0}, stats)
         status, diverged_step, error = "completed", None, None
-        bar, window = _progress(t, step), []
+        bar, window = _progress(t, step) if self.dist.is_main else None, []
         try:
             while step < t.max_steps:
                 loss, grad_norm = self.train_step(step, stats)
@@ -242,10 +249,12 @@ class Trainer:
         step, stats = self._restore(state)
         kept = self.record.keep_rows_until(step)
         logged = stats.get("rows", len(kept))
-        if len(kept) < logged:
-            raise LostRows(f"{self.record.metrics_path} holds {len(kept)} of the {logged} rows "
-                           f"logged up to the checkpoint at step {step}; resuming cannot "
-                           "rebuild them: delete the run folder to rerun it from step 0")
+        lost = (f"{self.record.metrics_path} holds {len(kept)} of the {logged} rows logged up "
+                f"to the checkpoint at step {step}; resuming cannot rebuild them: delete the run "
+                "folder to rerun it from step 0") if len(kept) < logged else None
+        lost = self.dist.agree(lost)  # rank 0 keeps the rows: its verdict holds on every rank
+        if lost:
+            raise LostRows(lost)
         stats["rows"] = len(kept)
         return step, stats
 
@@ -257,9 +266,11 @@ class Trainer:
             group["lr"] = group["base_lr"] * lr_factor(step, t.lr_schedule, t.warmup_steps,
                                                        t.max_steps)
         x, y = get_batch(self.train_data, t.batch_size, self.seq_len, self.seed, step)
+        x, y, weight = self.dist.shard(x, y)  # this rank's windows of the global batch
         with self.autocast():
-            _, loss = self.model(x.to(self.device, non_blocking=True), y.to(self.device))
-        value = loss.item()
+            _, loss = self.step_model(x.to(self.device, non_blocking=True), y.to(self.device))
+        loss = self.dist.weighted(loss, weight)
+        value = self.dist.average(loss)  # the global batch's loss, the same on every rank
         if stats["initial_loss"] is None:
             stats["initial_loss"] = value
         if not math.isfinite(value) or value > t.divergence_factor * stats["initial_loss"]:
@@ -363,7 +374,8 @@ class Trainer:
 
     def checkpoint(self, step: int, stats: dict) -> None:
         stats["wall_s"] = time.perf_counter() - self.clock
-        save_checkpoint(self.record.checkpoint_path, self._state(step, stats))
+        if self.dist.is_main:  # one writer: every rank holds the same state
+            save_checkpoint(self.record.checkpoint_path, self._state(step, stats))
 
     def summary(self, status: str, step: int, diverged_step, error, stats: dict) -> dict:
         completed = status == "completed"

@@ -5,6 +5,9 @@
     python -m experiments balora_toy               # one study
     python -m experiments balora_toy hydra/launcher=slurm hydra.launcher.partition=gpu
                                                    # Hydra overrides for every stage's runs
+    python -m experiments balora_toy --no-wait hydra/launcher=slurm ...
+                                                   # start the next batch detached and exit;
+                                                   # the same command again goes on (Flight)
 
 A study is declared in one YAML, conf/experiment/<name>.yaml, by its `study:` block (schema:
 bench.config.StudyConfig, composed by Hydra like any run's config) whose `name` is the file's
@@ -25,17 +28,24 @@ stem; its README is experiments/<name>/README.md. Its `stages` run in order:
 
 "Best" is analysis.selection's rule, the one the tables use, on the stage's runs of the tuning
 seeds (`study.tuning_seeds`). Completed runs are skipped by the entry point, so an interrupted
-`make studies` resumes where it stopped. The plan counts the runs of each stage (a grid's from
-its composed `hydra.sweeper.params`) and estimates the time from the per-run seconds of the
-study's completed runs (or the study's `seconds_per_run`).
+`make studies` resumes where it stopped. Each stage command is one multirun whose launcher (the
+command line's `hydra/launcher=...`) returns when every run of it has ended, the submitit
+launchers included, so a stage starts once the records it reads are complete; `--no-wait`
+hands that wait to a detached process (`Flight`). The plan counts the runs of each stage (a
+grid's from its composed `hydra.sweeper.params`) and estimates the time from the per-run
+seconds of the study's completed runs (or the study's `seconds_per_run`).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
+import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 import warnings
@@ -47,6 +57,7 @@ from omegaconf import DictConfig, OmegaConf
 from analysis.records import NoRunsError, load_runs
 from analysis.selection import select_sweep
 from bench.config import ConfigError, StudyConfig
+from bench.record import atomic_write
 from bench.study import STAGE_KINDS, split_stage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -555,29 +566,37 @@ def _long_start(out_dir: Path, stage: str, study: StudyConfig) -> dict[str, list
     return {m: with_inherited(ov) for m, ov in best.items()}
 
 
-def stage_commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
-                   extra_overrides: list[str] = ()):
-    """Yield the commands of one stage as it runs (each runs before the next is computed). A
-    grid grows past an edge its bests sit on (`grid_extensions`, bounded). A long stage walks:
-    the grid's best and every tuned knob's neighbours at the long budget; while a method's best
-    there is not a configuration whose neighbourhood ran, that one's too (completed runs are
-    skipped), so no method is reported at an edge of the values its knobs tried that the
-    candidates could extend. A ladder runs its budgets (`ladder_commands`)."""
+def stage_batches(kind: str, stage: str, out_dir: Path, study: StudyConfig,
+                  extra_overrides: list[str] = ()):
+    """Yield the commands of one stage batch by batch, as it runs: a batch is computed from the
+    records of the batches before it, so it is asked for once they have run. A grid grows past
+    an edge its bests sit on (`grid_extensions`, bounded). A long stage walks: the grid's best
+    and every tuned knob's neighbours at the long budget; while a method's best there is not a
+    configuration whose neighbourhood ran, that one's too (completed runs are skipped), so no
+    method is reported at an edge of the values its knobs tried that the candidates could
+    extend. A ladder runs its budgets (`ladder_batches`)."""
     if kind == "ladder":
-        yield from ladder_commands(stage, out_dir, study, extra_overrides)
+        yield from ladder_batches(stage, out_dir, study, extra_overrides)
         return
     first = commands(kind, stage, out_dir, study, extra_overrides=extra_overrides)
-    yield from first
+    if first:
+        yield first
     if kind == "grid" and first:
         tail = ["study.stage=grid", f"out_dir={out_dir}", *extra_overrides]
         while batch := grid_extensions(out_dir, study, stage):
-            yield from ([sys.executable, "-m", "bench.run", "-m", *cell, *tail]
-                        for cell in batch)
+            yield [[sys.executable, "-m", "bench.run", "-m", *cell, *tail] for cell in batch]
         return
     if kind != "long" or not first:  # nothing to walk from (its note is printed)
         return
     centres = {frozenset(ov) for ov in _long_start(out_dir, stage, study).values()}
     while batch := commands(kind, stage, out_dir, study, centres, extra_overrides):
+        yield batch
+
+
+def stage_commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
+                   extra_overrides: list[str] = ()):
+    """Yield the commands of one stage as it runs (`stage_batches`, one command at a time)."""
+    for batch in stage_batches(kind, stage, out_dir, study, extra_overrides):
         yield from batch
 
 
@@ -590,9 +609,9 @@ def ladder_marks(budget: int) -> list[str]:
             f"trainer.eval_every={max(1, budget // 20)}", f"study.stage=ladder@{budget}"]
 
 
-def ladder_commands(experiment: str, out_dir: Path, study: StudyConfig,
+def ladder_batches(experiment: str, out_dir: Path, study: StudyConfig,
                     extra_overrides: list[str] = ()):
-    """Yield a ladder's commands, budget by budget (`study.budgets`, ascending): the LR (the
+    """Yield a ladder's batches, budget by budget (`study.budgets`, ascending): the LR (the
     experiment's first tuned rate) re-tuned around the previous budget's best (the long stage's,
     else the grid's, for the first) on the tuning seeds, walking until the best is interior,
     then the best on the reporting seeds."""
@@ -616,21 +635,155 @@ def ladder_commands(experiment: str, out_dir: Path, study: StudyConfig,
             if not fresh:
                 break
             centres.update(frozenset(ov) for ov in fresh.values())
-            for overrides in fresh.values():
-                for arm in star(overrides, values, default, [rate] if rate else []):
-                    yield [*base, *arm, *marks, f"seed={_seeds(study.tuning_seeds)}", *tail]
+            yield [[*base, *arm, *marks, f"seed={_seeds(study.tuning_seeds)}", *tail]
+                   for overrides in fresh.values()
+                   for arm in star(overrides, values, default, [rate] if rate else [])]
         previous = best_overrides(out_dir, study, experiment, marks)
         if not previous:
             print(f"note: {experiment}: no tuned run at budget {budget}; the ladder stops",
                   file=sys.stderr)
             return
-        for overrides in previous.values():
-            yield [*base, *[o for o in overrides if o not in marks], *marks,
-                   f"seed={_seeds(study.reporting_seeds)}", *tail]
+        yield [[*base, *[o for o in overrides if o not in marks], *marks,
+                f"seed={_seeds(study.reporting_seeds)}", *tail] for overrides in previous.values()]
         old_marks = set(marks)
 
 
+# ------------------------------------------------------------- --no-wait: a batch in flight
+FLIGHTS = ".studies"  # <out_dir>/.studies/<study>.json, .log, .rc: what --no-wait handed over
+
+
+class Flight:
+    """`--no-wait`'s memory of one study, `<out_dir>/.studies/<study>.json`: the stage commands
+    that ran to their end (`done`) and the batch in the air (`flying`: its commands, the process
+    running them and its host). That process (`fly`, in a session of its own, its output
+    appended to <study>.log) runs the batch as the plain runner would, each command waiting for
+    its runs, and writes its exit status to <study>.rc; the invocation that started it has
+    exited. The next invocation lands it (`land`) and goes on from the records.
+
+    Why a process still waits: Hydra's submitit launcher (hydra-submitit-launcher 1.2) has no
+    option to return once an array is submitted; its launch() ends by collecting every job's
+    result (`[j.results()[0] for j in jobs]`). So "submit and exit" is: the array is submitted by
+    a detached process that waits for it, and `python -m experiments` exits. On SLURM the array
+    does not depend on that process: if it is killed, the jobs run on, and the next invocation,
+    finding no exit status and no process, submits the batch again (its completed and running
+    runs skip; queued ones would run twice, the second skipping)."""
+
+    def __init__(self, out_dir: Path, study: str):
+        self.path = Path(out_dir) / FLIGHTS / f"{study}.json"
+        self.log, self.rc = self.path.with_suffix(".log"), self.path.with_suffix(".rc")
+        state = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.done: list[str] = state.get("done", [])
+        self.flying: dict | None = state.get("flying")
+
+    @staticmethod
+    def key(cmd: list[str]) -> str:
+        """A command as `done` holds it: without the Python executable."""
+        return shlex.join(cmd[1:])
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path, json.dumps({"done": self.done, "flying": self.flying},
+                                           indent=1).encode())
+
+    def launch(self, batch: list[list[str]]) -> int:
+        """Start the detached process that runs `batch`; its pid."""
+        self.rc.unlink(missing_ok=True)
+        self.flying = {"commands": batch, "pid": None, "host": socket.gethostname()}
+        self.save()  # the process reads its commands from here
+        with self.log.open("a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "experiments", "--flight",
+                                     str(self.path)], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.flying["pid"] = proc.pid
+        self.save()
+        return proc.pid
+
+    def land(self) -> int | str | None:
+        """The batch in the air: "flying" while its process runs; once it ended, its exit status
+        (its commands are done when every run ended, some failed included: 0 or 1); None when
+        nothing flies or its process died without a status (killed: the batch runs again)."""
+        if not self.flying:
+            return None
+        if self.rc.is_file():
+            code = int(self.rc.read_text().strip() or 2)
+            if code in (0, 1):
+                self.done += [k for k in map(self.key, self.flying["commands"])
+                              if k not in self.done]
+            self.rc.unlink()
+        elif self._alive():
+            return "flying"
+        else:
+            code = None
+        self.flying = None
+        self.save()
+        return code
+
+    def _alive(self) -> bool:
+        pid, host = self.flying.get("pid"), self.flying.get("host")
+        if host != socket.gethostname():
+            return True  # another machine's process: its exit status will tell
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+            cmdline = Path(f"/proc/{pid}/cmdline")  # a pid reused by another process is not it
+            return not cmdline.exists() or str(self.path).encode() in cmdline.read_bytes()
+        except OSError:
+            return False
+
+
+def fly(path: Path) -> int:
+    """The detached process of `--no-wait`: run the batch in flight, write its exit status."""
+    flight = Flight(path.parent.parent, path.stem)
+    code = 0
+    for cmd in flight.flying["commands"]:
+        status = run_command(cmd)
+        if status not in (0, 1):
+            code = status
+            break
+        code = max(code, status)
+    atomic_write(flight.rc, f"{code}\n".encode())
+    return code
+
+
+def run_command(cmd: list[str]) -> int:
+    print("$", " ".join(cmd[1:]), flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def run_study(name: str, study: StudyConfig, out_dir: Path, overrides: list[str],
+              flight: Flight | None) -> int:
+    """Run a study's stages in order (completed runs skip); with `flight` (--no-wait), start
+    its first batch not done yet in a detached process and return. 1 when a stage failed."""
+    for kind, stage in stages(study):
+        for batch in stage_batches(kind, stage, out_dir, study, overrides):
+            if flight is not None:
+                todo = [cmd for cmd in batch if Flight.key(cmd) not in flight.done]
+                if todo:
+                    pid = flight.launch(todo)
+                    print(f"study {name}: {kind} {stage}: {len(todo)} command(s) started in "
+                          f"process {pid} (output: {flight.log}); run this again to go on "
+                          "once they have run", flush=True)
+                    return 0
+                continue
+            for cmd in batch:
+                code = run_command(cmd)
+                if code == 1:  # some runs failed (each recorded with its reason): they score +inf
+                    print(f"note: study {name}: {stage}: some runs failed (their summary.json "
+                          "says why); the study goes on", file=sys.stderr)
+                elif code != 0:
+                    print(f"study {name}: {stage} failed; rerun to resume", file=sys.stderr)
+                    return 1
+    if flight is not None:
+        print(f"study {name}: every stage has run", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--flight"]:  # the detached process of --no-wait (Flight)
+        return fly(Path(argv[1]))
     try:
         studies, loose = discover()
     except ConfigError as error:
@@ -642,7 +795,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(key=value) for every run of their stages")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
     parser.add_argument("--out-dir", default="runs")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-wait", action="store_true",
+                        help="start each study's next batch of stage commands in a detached "
+                             "process and exit; run the same command again to go on")
+    args = parser.parse_intermixed_args(argv)  # overrides before or after the options
     names = [s for s in args.studies if "=" not in s]
     overrides = [s for s in args.studies if "=" in s]
     unknown = [s for s in names if s not in studies]
@@ -651,20 +807,25 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {name: studies[name] for name in (names or studies)}
     if loose:
         print(f"note: not part of a study (no study block): {', '.join(loose)}", file=sys.stderr)
-    plan(chosen, Path(args.out_dir))
+    out_dir = Path(args.out_dir)
+    plan(chosen, out_dir)
     if args.plan:
         return 0
     for name, study in chosen.items():
-        for kind, stage in stages(study):
-            for cmd in stage_commands(kind, stage, Path(args.out_dir), study, overrides):
-                print("$", " ".join(cmd[1:]), flush=True)
-                code = subprocess.run(cmd, cwd=ROOT).returncode
-                if code == 1:  # some runs failed (each recorded with its reason): they score +inf
-                    print(f"note: study {name}: {stage}: some runs failed (their summary.json "
-                          "says why); the study goes on", file=sys.stderr)
-                elif code != 0:
-                    print(f"study {name}: {stage} failed; rerun to resume", file=sys.stderr)
-                    return 1
+        flight = Flight(out_dir, name)
+        flying = flight.flying
+        landed = flight.land()
+        if landed == "flying":  # never two processes on one study's stages
+            print(f"note: study {name}: {len(flying['commands'])} command(s) still running in "
+                  f"process {flying['pid']} on {flying['host']} (output: {flight.log}); run "
+                  "this again once they have run", file=sys.stderr)
+            continue
+        if landed not in (None, 0, 1):
+            print(f"study {name}: its batch in flight failed (exit status {landed}; output: "
+                  f"{flight.log}); rerun to resume", file=sys.stderr)
+            return 1
+        if run_study(name, study, out_dir, overrides, flight if args.no_wait else None):
+            return 1
     return 0
 
 

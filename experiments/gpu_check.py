@@ -6,10 +6,15 @@
 
 Four steps, each written to the output folder as it finishes (gpu_check.log: everything printed
 and every command's output; gpu_check.json: the numbers; gpu_check.md: the summary):
-  1. cuda_tests   `pytest -m cuda tests/bench/test_cuda.py` (skipped without CUDA, with a note)
+  1. cuda_tests   `pytest -m cuda tests/bench/test_cuda.py tests/bench/test_distributed.py`
+                  (skipped without CUDA, with a note; the 2-GPU DDP test needs two GPUs)
   2. throughput   tokens/s and model FLOPs utilisation at the paper's size (model=knight with two
                   KV groups, 8 x 512 = 4,096 tokens per step, bf16 autocast + TF32) for AdamW, R1
-                  and R2 per KV group, and Muon if `optimizer=muon` exists; step-time ratios
+                  and R2 per KV group, and Muon if `optimizer=muon` exists; step-time ratios.
+                  On a machine with N > 1 GPUs, then AdamW and R2 as one run on all of them
+                  (`torchrun --nproc-per-node N -m bench.run`, DDP, 8 x 512 tokens per GPU):
+                  tokens/s and the scaling efficiency against one GPU (`multi_device`;
+                  skipped with a note on one GPU and at the dry size)
   3. compare      AdamW vs R1 vs R2 at their tuned CPU learning rates, 2 seeds, paired by seed;
                   run records under <out>/runs/gpu_compare/
   4. analysis     `python -m analysis runs=<out>/runs figures=<out>/figures`
@@ -53,6 +58,9 @@ TUNED_FALLBACK = {"full/adamw": {"optimizer.lr": 2e-3},
                       {"optimizer.manifold_lr": 1e-2, "optimizer.lr": 3e-3},
                   "full/riemannian_normalized/fixed_rank_quotient+block":
                       {"optimizer.manifold_lr": 1e-2, "optimizer.lr": 3e-3}}
+
+
+MULTI_DEVICE = ("adamw", "r2")  # one run on every GPU: the Euclidean and a Riemannian step
 
 
 @dataclass(frozen=True)
@@ -235,10 +243,14 @@ def base_args(size: Size, out_dir: Path, sweep: str, multirun: bool = False) -> 
     ]
 
 
-def estimate(size: Size, methods: list[str]) -> dict:
-    """Seconds per step of the check, from the size's assumed start-up and step times."""
+def estimate(size: Size, methods: list[str], gpus: int = 1) -> dict:
+    """Seconds per step of the check, from the size's assumed start-up and step times (with
+    `gpus` > 1, the multi-device runs too: each GPU's step as long as one GPU's)."""
     s = size
     throughput = sum(s.est_startup_s + s.throughput_steps * s.est_step_s[m] for m in methods)
+    if gpus > 1:
+        throughput += sum(s.est_startup_s + s.throughput_steps * s.est_step_s[m]
+                          for m in MULTI_DEVICE)
     compare = max(s.est_startup_s + len(s.seeds) * s.compare_steps * s.est_step_s[m]
                   * s.concurrency_slowdown for m in COMPARED)
     est = {"cuda_tests": s.est_cuda_tests_s, "throughput": throughput, "compare": compare,
@@ -276,7 +288,8 @@ def step_cuda_tests(check: Check, has_cuda: bool) -> None:
     check.say("[gpu_check] 1/4 cuda_tests")
     t = time.perf_counter()
     rc = check.commands({"cuda_tests": [sys.executable, "-m", "pytest", "-m", "cuda", "-q",
-                                        "-rs", "tests/bench/test_cuda.py"]},
+                                        "-rs", "tests/bench/test_cuda.py",
+                                        "tests/bench/test_distributed.py"]},
                         timeout=BUDGET_S / 2, parallel=False)["cuda_tests"]
     tail = (check.out / "cuda_tests.log").read_text().strip().splitlines()[-1:]
     check.save("cuda_tests", {"status": "passed" if rc == 0 else "failed", "exit": rc,
@@ -335,11 +348,69 @@ def step_throughput(check: Check, methods: list[str], notes: list[str]) -> dict:
                                 if per_token and tokens_per_step else None),
             "protocol": " ".join(base_args(size, Path("<out>"), sweep)[3:])}
     check.save("throughput", data)
+    data["multi_device"] = multi_device(check, rows, lrs)
+    check.save("throughput", data)
     for key, row in rows.items():
         check.say(f"  {key:6s} {row.get('tokens_per_s', '-'):>10} tok/s  "
                   f"step {row.get('step_ms', '-')} ms  MFU {100 * row.get('mfu', math.nan):.3g}%  "
                   f"x AdamW {row.get('step_ratio_to_adamw', '-')}")
     return rows
+
+
+def gpu_count(size: Size) -> int:
+    """The GPUs a size's runs can spread over: the machine's CUDA devices (0 on the CPU)."""
+    import torch
+
+    return torch.cuda.device_count() if size.device == "cuda" else 0
+
+
+def multi_device(check: Check, rows: dict, lrs: dict) -> dict:
+    """AdamW and R2 as one run on every GPU (torchrun, DDP: bench/distributed.py), one method at
+    a time, each GPU with the one-GPU step's batch (the global batch N times larger): tokens/s
+    and the scaling efficiency, N-GPU tokens/s over N x the one-GPU tokens/s of the throughput
+    runs. Skipped with a note on one GPU or at the dry size (the CPU)."""
+    size, gpus = check.size, gpu_count(check.size)
+    if gpus < 2:
+        why = "the dry size runs on the CPU" if size.device != "cuda" else f"{gpus} GPU"
+        note = f"multi-device: skipped ({why}; torchrun needs 2 or more GPUs)"
+        check.say(f"[gpu_check] {note}")
+        return {"status": "skipped", "gpus": gpus, "note": note}
+    steps = size.throughput_steps
+    check.say(f"[gpu_check] multi-device: {', '.join(MULTI_DEVICE)} on {gpus} GPUs, {steps} "
+              f"steps, {size.batch_size} x {gpus} sequences per step (one at a time)")
+    out_dir, sweep = check.out / "throughput", "gpu_multi_device"
+    jobs = {}
+    for key in MULTI_DEVICE:
+        _, method, overrides = METHODS[key]
+        args = [a for a in base_args(size, out_dir, sweep)[3:]  # without `python -m bench.run`
+                if not a.startswith("trainer.batch_size=")]
+        jobs[f"multi_{key}"] = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={gpus}", "-m", "bench.run", *args, *overrides,
+            *lr_overrides(lrs.get(method, {})), f"trainer.batch_size={size.batch_size * gpus}",
+            "seed=0", f"trainer.max_steps={steps}", f"trainer.eval_every={steps}",
+            f"trainer.log_every={max(1, min(10, steps // 5))}",
+            f"trainer.checkpoint_every={steps}"]
+    codes = check.commands(jobs, timeout=BUDGET_S - check.elapsed(), parallel=False)
+    result = {"status": "completed", "gpus": gpus, "methods": {}}
+    for key in MULTI_DEVICE:
+        label, method, _ = METHODS[key]
+        found = read_run(out_dir, sweep, method)
+        if codes[f"multi_{key}"] != 0 or not found or found[0][1].get("status") != "completed":
+            result["methods"][key] = {"label": label, "status": "failed",
+                                      "exit": codes[f"multi_{key}"]}
+            result["status"] = "failed"
+            continue
+        config, summary, run_dir = found[0]
+        tps = steady_tokens_per_s(run_dir) or summary["tokens_per_s"]
+        one = rows.get(key, {}).get("tokens_per_s")
+        result["methods"][key] = {
+            "label": label, "status": "completed", "world_size": config["meta"]["world_size"],
+            "tokens_per_s": round(tps, 1), "tokens_per_s_one_gpu": one,
+            "scaling_efficiency": round(tps / (gpus * one), 3) if one else None}
+        check.say(f"  {key:6s} {tps:>10.0f} tok/s on {gpus} GPUs, scaling efficiency "
+                  f"{result['methods'][key]['scaling_efficiency']}")
+    return result
 
 
 def fitted_compare_steps(check: Check, rows: dict) -> tuple[int, str]:
@@ -443,6 +514,19 @@ def markdown(result: dict) -> str:
                          f"{row.get('step_ratio_to_adamw', '-')} | {100 * row['mfu']:.3g}% | "
                          f"{row['peak_mem_mb']:.0f} |")
         lines += [""] + [f"- {note}" for note in t["notes"]] + [""]
+        multi = t.get("multi_device") or {}
+        if multi.get("status") == "skipped":
+            lines += [f"One run on several GPUs: {multi['note']}.", ""]
+        elif multi:
+            lines += [f"One run on {multi['gpus']} GPUs (torchrun, DDP, the same per-GPU batch):",
+                      "", "| method | tokens/s | one GPU | scaling efficiency |",
+                      "|---|---|---|---|"]
+            for row in multi["methods"].values():
+                lines.append(f"| {row['label']} | failed | | |" if row["status"] != "completed"
+                             else f"| {row['label']} | {row['tokens_per_s']:.0f} | "
+                                  f"{row['tokens_per_s_one_gpu'] or '-'} | "
+                                  f"{row['scaling_efficiency'] or '-'} |")
+            lines.append("")
     if "compare" in steps:
         c = steps["compare"]
         lines += ["## 3. Paired comparison", "",
@@ -494,7 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.cuda.get_device_name(0) if has_cuda and not args.dry else "cpu"
     check.result.update({"device": device, "torch": torch.__version__,
                          "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                         "estimate_s": estimate(size, methods)})
+                         "estimate_s": estimate(size, methods,
+                                                torch.cuda.device_count() if has_cuda
+                                                and not args.dry else 1)})
     check.say(f"[gpu_check] {size_name} size on {device}, output {check.out}")
     check.say(f"[gpu_check] estimate (s): {check.result['estimate_s']} (budget {BUDGET_S} s)")
     for note in notes:
@@ -506,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     check.say(f"[gpu_check] done in {check.elapsed():.0f} s (budget {BUDGET_S} s); "
               f"{check.out / 'gpu_check.md'}")
     failed = [k for k, r in rows.items() if r["status"] != "completed"]
+    multi = check.result["steps"]["throughput"].get("multi_device", {})
+    failed += [f"multi_{k}" for k, r in multi.get("methods", {}).items()
+               if r["status"] != "completed"]
     compare = check.result["steps"]["compare"]["methods"]
     failed += [k for k, r in compare.items() if r["exit"] != 0]
     if check.result["steps"]["cuda_tests"]["status"] == "failed":

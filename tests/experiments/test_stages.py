@@ -371,7 +371,7 @@ def test_a_ladder_re_tunes_the_rate_per_budget_then_runs_the_reporting_seeds(tmp
     study = experiments.discover()[0]["t"]
     for lr in ("1e-3", "3e-3", "1e-2"):
         _lora(out, f"g{lr}", lr, "16", 2.0 if lr == "3e-3" else 2.5)
-    ladder = experiments.ladder_commands("t", out, study)
+    ladder = experiments.stage_commands("ladder", "t", out, study)
     marks20 = experiments.ladder_marks(20)
     first = next(ladder)[4:]
     assert first == ["+experiment=t", "adapter=lora", "optimizer.lr=1e-3,3e-3,1e-2",
