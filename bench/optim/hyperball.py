@@ -22,9 +22,10 @@ Why not heavyball==3.2.1's HyperBallAdamW, though it installs without moving the
 (it needs opt_einsum): (1) its 2-D route steps by RMSProp, not Adam: the first moment is never
 kept, beta1 is ignored (two runs with beta1 0.9 and 0 are bitwise equal), so it is not the
 paper's AdamH; (2) it has no MuonH; (3) it compiles every kernel with torch.compile
-(max-autotune) unless a process-global switch is turned off: 45 s for the first three steps of an
-8 x 6 matrix on our CPU; (4) it overwrites each param group's base_lr with the current LR, which
-bench's trainer uses as the schedule's base, so a warmup or a decay would compound.
+(max-autotune) unless a process-global switch is turned off: about 45 s for the first three
+steps of an 8 x 6 matrix on our loaded 2-core CPU; (4) it overwrites each param group's base_lr
+with the current LR, which bench's trainer uses as the schedule's base, so a warmup or a decay
+would compound.
 """
 
 from __future__ import annotations

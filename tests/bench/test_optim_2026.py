@@ -18,7 +18,7 @@ import bench.train
 from bench.config import ConfigError, validate
 from bench.data.corpus import eval_batches
 from bench.optim import OPTIMIZERS, build_optimizer
-from bench.optim.base import CombinedOptimizer, lora_pairs
+from bench.optim.base import lora_pairs
 from bench.run import prepare, run
 from bench.tracking.checkpoint import load_checkpoint
 from bench.tracking.identity import method_name
@@ -486,5 +486,3 @@ def test_a_new_key_with_another_optimizer_is_refused():
                                      "of optimizer=adamw")
     with pytest.raises(ConfigError, match="^optimizer.muon_modules=.* is a key of optimizer=muon"):
         validate(compose(["optimizer=mars", "optimizer.muon_modules=[q]"]))
-    assert isinstance(build_optimizer(_gpt(), compose(["optimizer=soap", *FULL]).optimizer),
-                      CombinedOptimizer)
