@@ -195,6 +195,8 @@ def prepare(cfg, inputs: Inputs | None = None) -> Prepared:
         meta["converted_from"] = {k: converted[k] for k in ("gguf", "sha256", "versions")}
     if base_sha is not None:  # the pretrained base this run starts from (checked before use)
         meta["base_sha256"] = base_sha
+    if getattr(optimizer, "evaluates_at", None):  # e.g. averaged (Schedule-Free, bench.train)
+        meta["evaluates_at"] = optimizer.evaluates_at
     return Prepared(parts, meta, {"trainable_params": trainable})
 
 

@@ -303,12 +303,13 @@ class Trainer:
     def log_row(self, step: int, row: dict, stats: dict, evaluating: bool = True) -> None:
         """Evaluate (when due; the test split at the last step) and measure into `row`, then
         write it to the record and W&B; after an evaluation, `check_blow_up`."""
-        if evaluating:
-            row.update(self.evaluate(stats))
-        if step == self.cfg.max_steps and self.test_set is not None:
-            row["test/loss"] = stats["test"] = evaluate(self.model, self.test_set, self.device,
-                                                        self.autocast)
-        self.clock += self.measure(step, row, stats)
+        with self.evaluation_point():
+            if evaluating:
+                row.update(self.evaluate(stats))
+            if step == self.cfg.max_steps and self.test_set is not None:
+                row["test/loss"] = stats["test"] = evaluate(self.model, self.test_set,
+                                                            self.device, self.autocast)
+            self.clock += self.measure(step, row, stats)
         self._log(row, stats)
         if evaluating:
             self.check_blow_up(step, row["eval/loss"], stats)
@@ -372,10 +373,19 @@ class Trainer:
                           if k in FINAL_MEASUREMENTS})
         return time.perf_counter() - started
 
+    def evaluation_point(self):
+        """The weights a run is evaluated and checkpointed at: the optimizer's `eval_mode()`
+        where it has one (Schedule-Free's averaged iterate: bench/optim/schedule_free.py), the
+        training weights otherwise."""
+        return getattr(self.optimizer, "eval_mode", nullcontext)()
+
     def checkpoint(self, step: int, stats: dict) -> None:
         stats["wall_s"] = time.perf_counter() - self.clock
-        if self.dist.is_main:  # one writer: every rank holds the same state
-            save_checkpoint(self.record.checkpoint_path, self._state(step, stats))
+        # at the evaluation point, restored inside it too (_restore): a bitwise resume; one
+        # writer under torchrun, every rank holding the same state
+        with self.evaluation_point():
+            if self.dist.is_main:
+                save_checkpoint(self.record.checkpoint_path, self._state(step, stats))
 
     def summary(self, status: str, step: int, diverged_step, error, stats: dict) -> dict:
         completed = status == "completed"
@@ -414,8 +424,9 @@ class Trainer:
         """Load a checkpoint (read with weights_only=True by load_checkpoint); one whose tensors
         do not fit this run (another version's) raises CheckpointError."""
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            with self.evaluation_point():  # as `checkpoint` saved them
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
             self.adapter.load_state_dict(state["adapter"])
             torch.set_rng_state(state["rng_cpu"])
             if state.get("rng_cuda") and torch.cuda.is_available():

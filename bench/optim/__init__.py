@@ -14,6 +14,14 @@ comparable (docs/papers/knight.md §5). Muon (muon.py): torch.optim.Muon on the 
 AdamW on embeddings, head, norms and biases. LoRA-only: lora_preconditioned.py (the factor
 gradients preconditioned by the other factor's r x r Gram, then AdamW or SGD) and loraplus.py
 (B at lr_ratio x A's LR).
+
+The optimizers of the 2025-26 benchmarks (issue 29), each wrapping a library class (pytorch-
+optimizer==4.1.0, imported on first use: bench.optim.library): soap.py, shampoo.py (scalable
+Shampoo with grafting) and normuon.py on the block matrices with AdamW on the rest, as muon
+(matrix.py); ademamix.py, mars.py and schedule_free.py (evaluated at its averaged point:
+ScheduleFree.eval_mode) on every parameter; lora_rite.py on LoRA pairs; hyperball.py (AdamH,
+MuonH: the norm of each block matrix and of its update fixed), written from the paper over
+torch's Adam and Muon.
 """
 
 from __future__ import annotations
@@ -21,12 +29,20 @@ from __future__ import annotations
 import torch
 
 from bench.errors import ConfigError
+from bench.optim.ademamix import ADEMAMIX
 from bench.optim.base import CombinedOptimizer, OptimizerSpec
 from bench.optim.euclidean import ADAMW, SGD
+from bench.optim.hyperball import ADAMH, MUONH
 from bench.optim.lora_preconditioned import LORA_PRECONDITIONED
+from bench.optim.lora_rite import LORA_RITE
 from bench.optim.loraplus import LORAPLUS
+from bench.optim.mars import MARS
 from bench.optim.muon import MUON
+from bench.optim.normuon import NORMUON
 from bench.optim.riemannian import RIEMANNIAN_ADAM, RIEMANNIAN_NORMALIZED, RIEMANNIAN_SGD
+from bench.optim.schedule_free import SCHEDULE_FREE_ADAMW
+from bench.optim.shampoo import SHAMPOO
+from bench.optim.soap import SOAP
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     "adamw": ADAMW,
@@ -37,6 +53,15 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     "muon": MUON,
     "lora_preconditioned": LORA_PRECONDITIONED,
     "loraplus": LORAPLUS,
+    "soap": SOAP,
+    "shampoo": SHAMPOO,
+    "ademamix": ADEMAMIX,
+    "mars": MARS,
+    "schedule_free_adamw": SCHEDULE_FREE_ADAMW,
+    "normuon": NORMUON,
+    "adamh": ADAMH,
+    "muonh": MUONH,
+    "lora_rite": LORA_RITE,
 }
 
 

@@ -91,6 +91,9 @@ class CombinedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state):
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state[k])
+        # torch's load_state_dict replaces each optimizer's group dicts: without this the
+        # trainer's LR schedule would set the LR of groups no optimizer reads any more
+        self.param_groups = [g for opt in self.optimizers.values() for g in opt.param_groups]
 
 
 def euclidean_groups(params, weight_decay: float) -> list[dict]:

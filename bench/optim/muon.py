@@ -66,13 +66,14 @@ def embeddings_and_head(model: nn.Module) -> set[int]:
     return found
 
 
-def split_for_muon(model: nn.Module, params: list,
-                   modules: list[str] | None = None) -> tuple[list, list]:
+def split_for_muon(model: nn.Module, params: list, modules: list[str] | None = None,
+                   name: str = "muon") -> tuple[list, list]:
     """(the 2-D block matrices for Muon, the rest for AdamW), each in `params` order; with
-    `modules`, only the matrices of modules whose last name is one of them go to Muon."""
+    `modules`, only the matrices of modules whose last name is one of them go to Muon. Every
+    matrix optimizer (`name`: the one asking, for its error line) splits by this rule."""
     if any(isinstance(p, geoopt.ManifoldParameter) for p in params):
         raise ConfigError(
-            "optimizer.name='muon' steps plain matrices, not manifold points: "
+            f"optimizer.name={name!r} steps plain matrices, not manifold points: "
             "model.attention.geometry and adapter.geometry must be euclidean"
         )
     outside = embeddings_and_head(model)
@@ -85,19 +86,26 @@ def split_for_muon(model: nn.Module, params: list,
     return matrices, [p for p in params if id(p) not in chosen]
 
 
-def muon(model, params, cfg) -> CombinedOptimizer:
-    """torch.optim.Muon (cfg.lr, cfg.momentum with Nesterov, cfg.weight_decay, cfg.adjust_lr) on
-    the block matrices + AdamW (cfg.adamw_lr or cfg.lr) on the rest."""
+def block_matrices(model, params, cfg) -> tuple[list, list]:
+    """split_for_muon with cfg.muon_modules, refusing a split with no matrix for the matrix
+    optimizer cfg.name (one line, before anything is written)."""
     modules = list(cfg.get("muon_modules") or [])
-    matrices, rest = split_for_muon(model, params, modules)
+    matrices, rest = split_for_muon(model, params, modules, cfg.name)
     if not matrices:
         where = (f" of the modules optimizer.muon_modules={modules}" if modules
                  else " inside the blocks")
         raise ConfigError(
-            f"optimizer.name='muon' found no trainable 2-D matrix{where} (embeddings and the "
-            "head go to AdamW): train some, e.g. adapter.target_modules=[q, k, v, o] or "
+            f"optimizer.name={cfg.name!r} found no trainable 2-D matrix{where} (embeddings and "
+            "the head go to AdamW): train some, e.g. adapter.target_modules=[q, k, v, o] or "
             "adapter=lora"
         )
+    return matrices, rest
+
+
+def muon(model, params, cfg) -> CombinedOptimizer:
+    """torch.optim.Muon (cfg.lr, cfg.momentum with Nesterov, cfg.weight_decay, cfg.adjust_lr) on
+    the block matrices + AdamW (cfg.adamw_lr or cfg.lr) on the rest."""
+    matrices, rest = block_matrices(model, params, cfg)
     if cfg.adjust_lr not in ADJUST_LR:
         raise ConfigError(
             f"optimizer.adjust_lr={cfg.adjust_lr!r} is not allowed; allowed values: "
