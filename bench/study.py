@@ -59,6 +59,13 @@ class StudyConfig:
     # runs to the end of its own warmup + cosine schedule, re-tunes the LR around the previous
     # budget's best on the tuning seeds, then runs the reporting seeds
     budgets: list[int] = field(default_factory=list)
+    # the model-size ladder: size name -> the overrides of that size (every model key it
+    # changes stated, the experiment's own width included: {d64: [model.d_model=64,
+    # model.n_head=4, model.n_kv_head=2], ...}); a ladder runs every budget at every size
+    sizes: dict[str, list[str]] = field(default_factory=dict)
+    # the methods a ladder carries (empty: every method of its experiment), chosen by a rule
+    # stated before it runs (the study's README)
+    ladder_methods: list[str] = field(default_factory=list)
     # the stage a study's runner launched this run in ("grid", "long", "seeds", "long@cosine"):
     # W&B's job_type; set by `python -m experiments`, never by hand
     stage: str | None = None

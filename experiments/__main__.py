@@ -5,6 +5,9 @@
     python -m experiments balora_toy               # one study
     python -m experiments balora_toy hydra/launcher=slurm hydra.launcher.partition=gpu
                                                    # Hydra overrides for every stage's runs
+    python -m experiments riemannian_attention --stages ladder
+                                                   # only its ladder stages (the others' records
+                                                   # are read, not rerun)
     python -m experiments balora_toy --no-wait hydra/launcher=slurm ...
                                                    # start the next batch detached and exit;
                                                    # the same command again goes on (Flight)
@@ -25,6 +28,11 @@ stem; its README is experiments/<name>/README.md. Its `stages` run in order:
   `study.from_baseline` keys to the baseline's tuned values under the same variant.
 - `seeds:<experiment>`: each method's chosen configuration (of the long stage when the study
   has one) on the reporting seeds, with the `study.reporting` overrides.
+- `ladder:<experiment>`: verdicts across scale. At each model size (`study.sizes`) and budget
+  (`study.budgets`, ascending), each carried method (`study.ladder_methods`) runs to the end of
+  its own warmup + cosine schedule: its LR re-tuned around the previous budget's best on the
+  tuning seeds (walking until interior), then the best on the reporting seeds; the keys
+  `study.from_baseline` lists are the baseline's ladder bests at the same budget and size.
 
 "Best" is analysis.selection's rule, the one the tables use, on the stage's runs of the tuning
 seeds (`study.tuning_seeds`). Completed runs are skipped by the entry point, so an interrupted
@@ -135,6 +143,9 @@ def _check_stages(name: str, study: StudyConfig) -> None:
     if any(split_stage(s)[0] == "long" for s in study.stages) and not study.long:
         raise ConfigError(f"conf/experiment/{name}.yaml: a long stage needs study.long, the "
                           "overrides of the reporting budget (trainer.max_steps=...)")
+    if any(split_stage(s)[0] == "ladder" for s in study.stages) and not study.budgets:
+        raise ConfigError(f"conf/experiment/{name}.yaml: a ladder stage needs study.budgets, "
+                          "the trainer.max_steps of each budget")
 
 
 def discover() -> tuple[dict[str, StudyConfig], list[str]]:
@@ -420,6 +431,21 @@ def baseline_values(study: StudyConfig, keys: list[str], out_dir: Path,
     return []
 
 
+def _baseline_at(study: StudyConfig, keys: list[str], out_dir: Path,
+                 marks: list[str]) -> list[str]:
+    """`baseline_values` at a ladder's budget and size: `key=value` for each of `keys` from
+    the baseline's chosen run among the runs holding `marks`; [] while it has none."""
+    for kind, exp in stages(study):
+        if kind != "ladder":
+            continue
+        found = best_runs(out_dir, study, exp, marks)
+        for method, run in found.items():
+            if method.split(" ")[0] == study.baseline:
+                pairs = [key.partition("=") for key in keys]  # target=source, or key
+                return [f"{target}={run[source or target]}" for target, _, source in pairs]
+    return []
+
+
 def _budget_ratio(study: StudyConfig, experiment: str, kind: str) -> float:
     """How much longer a run of this stage is than a grid run: the ratio of `study.long`'s
     trainer.max_steps to the experiment's, for long and seeds stages; of the ladder's mean
@@ -433,13 +459,41 @@ def _budget_ratio(study: StudyConfig, experiment: str, kind: str) -> float:
     return float(steps[-1]) / float(grid)
 
 
-def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2) -> float:
+def _seconds_per_step(sweep: str, out_dir: Path, overrides: list[str]) -> float | None:
+    """Mean wall clock per step of the sweep's completed runs holding every one of `overrides`
+    (a ladder size's model keys); None without such runs."""
+    runs = sweep_runs(out_dir, sweep)
+    if runs.empty or "wall_s" not in runs or "trainer.max_steps" not in runs:
+        return None
+    mine = runs["meta.overrides"].map(lambda o: isinstance(o, list) and set(overrides) <= set(o))
+    per_step = (runs["wall_s"] / pd.to_numeric(runs["trainer.max_steps"]))[mine].dropna()
+    return float(per_step.mean()) if len(per_step) else None
+
+
+def _ladder_minutes(study: StudyConfig, experiment: str, out_dir: Path, n: int,
+                    per_run: float) -> float:
+    """A ladder's minutes of runs (one worker): its `n` runs spread evenly over sizes and
+    budgets, each run's steps at the seconds per step measured at its size (the sweep's runs
+    of that size), else the sweep's, else `per_run` over the grid's steps."""
+    sweep = sweep_of(experiment)
+    grid = OmegaConf.select(load_experiment(experiment), "trainer.max_steps") or 1
+    fallback = _seconds_per_step(sweep, out_dir, []) or per_run / float(grid)
+    sizes = list(study.sizes.values()) or [[]]
+    per_cell = n / len(sizes) / len(study.budgets)
+    return sum(per_cell * budget * (_seconds_per_step(sweep, out_dir, size) or fallback)
+               for size in sizes for budget in study.budgets) / 60
+
+
+def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2,
+         kinds=STAGE_KINDS) -> float:
     total = 0.0
     print(f"{'study':<24}{'stage':<60}{'runs':>6}{'est. minutes':>14}")
     for name, study in studies.items():
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
         for kind, stage in stages(study):
+            if kind not in kinds:
+                continue
             exp, variant = split_stage(f"{kind}:{stage}")[1:]
             found = best_overrides(out_dir, study, exp)
             if variant in study.variant_methods:  # its methods among this grid's
@@ -452,11 +506,17 @@ def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2) -> fl
                 n = count_runs(exp)
             elif kind == "long":  # the best and each tuned knob's two neighbours
                 n = (1 + 2 * knobs) * tuning * methods
-            elif kind == "ladder":  # per budget: the LR and its neighbours, then the seeds
-                n = len(study.budgets) * (3 * tuning + len(study.reporting_seeds)) * methods
+            elif kind == "ladder":  # per budget and size: the LR and its neighbours, the seeds
+                carried = [m for m in found if not study.ladder_methods
+                           or m.split(" ")[0] in study.ladder_methods]
+                n = (len(study.budgets) * max(1, len(study.sizes))
+                     * (3 * tuning + len(study.reporting_seeds)) * max(1, len(carried)))
             else:  # one extra run per seed for each method of the grid
                 n = len(study.reporting_seeds) * methods
-            minutes = n * per_run * _budget_ratio(study, exp, kind) / workers / 60
+            if kind == "ladder":
+                minutes = _ladder_minutes(study, exp, out_dir, n, per_run) / workers
+            else:
+                minutes = n * per_run * _budget_ratio(study, exp, kind) / workers / 60
             runs, study_minutes = runs + n, study_minutes + minutes
             label = f"{kind} {stage}" + (f" (seeds {_seeds(study.reporting_seeds)})"
                                          if kind == "seeds" else "")
@@ -600,52 +660,78 @@ def stage_commands(kind: str, stage: str, out_dir: Path, study: StudyConfig,
         yield from batch
 
 
-def ladder_marks(budget: int) -> list[str]:
-    """The overrides of a ladder's runs at `budget` steps: a schedule that ends there (5%
-    linear warmup, then cosine decay to 0: no verdict is read off the middle of a longer run),
-    20 evaluations, and the stage mark that tells its runs apart."""
-    return [f"trainer.max_steps={budget}", "trainer.lr_schedule=warmup_cosine",
+def ladder_marks(budget: int, size: tuple[str, list[str]] | None = None) -> list[str]:
+    """The overrides of a ladder's runs at `budget` steps (and model `size`: its name and
+    overrides): the size's model keys, a schedule that ends at the budget (5% linear warmup,
+    then cosine decay to 0: no verdict is read off the middle of a longer run), 20 evaluations,
+    and the stage mark that tells its runs apart."""
+    name, overrides = size or (None, [])
+    return [*overrides, f"trainer.max_steps={budget}", "trainer.lr_schedule=warmup_cosine",
             f"trainer.warmup_steps={max(1, round(budget / 20))}",
-            f"trainer.eval_every={max(1, budget // 20)}", f"study.stage=ladder@{budget}"]
+            f"trainer.eval_every={max(1, budget // 20)}",
+            f"study.stage=ladder@{name + '@' if name else ''}{budget}"]
+
+
+def _marked(overrides: list[str], marks: list[str]) -> list[str]:
+    """`overrides` with `marks` in force: a key the marks set is theirs alone."""
+    keys = {m.partition("=")[0] for m in marks}
+    return [*(o for o in overrides if o.partition("=")[0] not in keys), *marks]
 
 
 def ladder_batches(experiment: str, out_dir: Path, study: StudyConfig,
-                    extra_overrides: list[str] = ()):
-    """Yield a ladder's batches, budget by budget (`study.budgets`, ascending): the LR (the
-    experiment's first tuned rate) re-tuned around the previous budget's best (the long stage's,
-    else the grid's, for the first) on the tuning seeds, walking until the best is interior,
-    then the best on the reporting seeds."""
+                   extra_overrides: list[str] = ()):
+    """Yield a ladder's batches, size by size (`study.sizes`, or the experiment's own model),
+    budget by budget (`study.budgets`, ascending), for its methods (`study.ladder_methods`, or
+    every one): the LR (the experiment's first tuned rate) re-tuned around the previous budget's
+    best (the long stage's, else the grid's, for the first) on the tuning seeds, walking until
+    the best is interior, then the best on the reporting seeds."""
     base = [sys.executable, "-m", "bench.run", "-m"]
     tail = [f"out_dir={out_dir}", *extra_overrides]
     values, default = tuned_values(experiment, study, out_dir), load_experiment(experiment)
     rate = next((k for k in values if k in LR_KEYS), None)
-    previous = (best_overrides(out_dir, study, experiment, study.long or None,
-                               exclude=variant_runs(study))
-                or best_overrides(out_dir, study, experiment))
-    old_marks = set(study.long)
-    for budget in sorted(study.budgets):
-        marks = ladder_marks(budget)
-        unmarked = lambda ov, m=old_marks: [o for o in ov if o not in m]  # noqa: E731
-        centres: set[frozenset[str]] = set()
-        while True:
-            found = best_overrides(out_dir, study, experiment, marks)
-            start = {m: unmarked(ov) for m, ov in previous.items()}
-            start.update({m: [o for o in ov if o not in marks] for m, ov in found.items()})
-            fresh = {m: ov for m, ov in start.items() if frozenset(ov) not in centres}
-            if not fresh:
+    carried = lambda found: {m: ov for m, ov in found.items()  # noqa: E731
+                             if not study.ladder_methods
+                             or m.split(" ")[0] in study.ladder_methods}
+    start = carried(best_overrides(out_dir, study, experiment, study.long or None,
+                                   exclude=variant_runs(study))
+                    or best_overrides(out_dir, study, experiment))
+    inherit = study.from_baseline.get(experiment, [])
+    for size in list(study.sizes.items()) or [None]:
+        previous, old_marks = start, set(study.long)
+        for budget in sorted(study.budgets):
+            marks = ladder_marks(budget, size)
+            if inherit:  # the baseline's tuned values at this budget and size (its ladder first)
+                inherited = _baseline_at(study, inherit, out_dir, marks)
+                if not inherited:
+                    print(f"note: {experiment} takes {', '.join(inherit)} from the baseline "
+                          f"{study.baseline}, which has no ladder result at budget {budget}"
+                          + (f", size {size[0]}" if size else "") + "; run its ladder first",
+                          file=sys.stderr)
+                    break
+                marks = [*inherited, *marks]
+            unmarked = lambda ov, m=old_marks: [o for o in ov if o not in m]  # noqa: E731
+            centres: set[frozenset[str]] = set()
+            while True:
+                found = carried(best_overrides(out_dir, study, experiment, marks))
+                around = {m: unmarked(ov) for m, ov in previous.items()}
+                around.update({m: [o for o in ov if o not in marks] for m, ov in found.items()})
+                key = lambda ov, k=marks: frozenset(_marked(ov, k))  # noqa: E731
+                fresh = {m: ov for m, ov in around.items() if key(ov) not in centres}
+                if not fresh:
+                    break
+                centres.update(key(ov) for ov in fresh.values())
+                yield [[*base, *_marked(arm, marks), f"seed={_seeds(study.tuning_seeds)}", *tail]
+                       for overrides in fresh.values()
+                       for arm in star(overrides, values, default, [rate] if rate else [])]
+            previous = carried(best_overrides(out_dir, study, experiment, marks))
+            if not previous:
+                print(f"note: {experiment}: no tuned run at budget {budget}"
+                      + (f", size {size[0]}" if size else "") + "; the ladder stops there",
+                      file=sys.stderr)
                 break
-            centres.update(frozenset(ov) for ov in fresh.values())
-            yield [[*base, *arm, *marks, f"seed={_seeds(study.tuning_seeds)}", *tail]
-                   for overrides in fresh.values()
-                   for arm in star(overrides, values, default, [rate] if rate else [])]
-        previous = best_overrides(out_dir, study, experiment, marks)
-        if not previous:
-            print(f"note: {experiment}: no tuned run at budget {budget}; the ladder stops",
-                  file=sys.stderr)
-            return
-        yield [[*base, *[o for o in overrides if o not in marks], *marks,
-                f"seed={_seeds(study.reporting_seeds)}", *tail] for overrides in previous.values()]
-        old_marks = set(marks)
+            yield [[*base, *_marked([o for o in ov if o not in marks], marks),
+                    f"seed={_seeds(study.reporting_seeds)}", *tail] for ov in previous.values()]
+            old_marks = set(marks)
 
 
 # ------------------------------------------------------------- --no-wait: a batch in flight
@@ -753,10 +839,13 @@ def run_command(cmd: list[str]) -> int:
 
 
 def run_study(name: str, study: StudyConfig, out_dir: Path, overrides: list[str],
-              flight: Flight | None) -> int:
-    """Run a study's stages in order (completed runs skip); with `flight` (--no-wait), start
-    its first batch not done yet in a detached process and return. 1 when a stage failed."""
+              flight: Flight | None, kinds=STAGE_KINDS) -> int:
+    """Run a study's stages of `kinds` in order (completed runs skip); with `flight`
+    (--no-wait), start its first batch not done yet in a detached process and return. 1 when a
+    stage failed."""
     for kind, stage in stages(study):
+        if kind not in kinds:
+            continue
         for batch in stage_batches(kind, stage, out_dir, study, overrides):
             if flight is not None:
                 todo = [cmd for cmd in batch if Flight.key(cmd) not in flight.done]
@@ -795,6 +884,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(key=value) for every run of their stages")
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
     parser.add_argument("--out-dir", default="runs")
+    parser.add_argument("--stages", default=",".join(STAGE_KINDS), metavar="KIND[,KIND]",
+                        help="run (and plan) only the stages of these kinds, in the study's "
+                             f"order (default: all of {', '.join(STAGE_KINDS)}); the others' "
+                             "records are still read")
     parser.add_argument("--no-wait", action="store_true",
                         help="start each study's next batch of stage commands in a detached "
                              "process and exit; run the same command again to go on")
@@ -807,8 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {name: studies[name] for name in (names or studies)}
     if loose:
         print(f"note: not part of a study (no study block): {', '.join(loose)}", file=sys.stderr)
+    kinds = [k for k in args.stages.split(",") if k]
+    wrong = [k for k in kinds if k not in STAGE_KINDS]
+    if wrong or not kinds:
+        parser.error(f"--stages={args.stages!r}: allowed kinds: {', '.join(STAGE_KINDS)}")
     out_dir = Path(args.out_dir)
-    plan(chosen, out_dir)
+    plan(chosen, out_dir, kinds=kinds)
     if args.plan:
         return 0
     for name, study in chosen.items():
@@ -824,7 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study {name}: its batch in flight failed (exit status {landed}; output: "
                   f"{flight.log}); rerun to resume", file=sys.stderr)
             return 1
-        if run_study(name, study, out_dir, overrides, flight if args.no_wait else None):
+        if run_study(name, study, out_dir, overrides, flight if args.no_wait else None, kinds):
             return 1
     return 0
 

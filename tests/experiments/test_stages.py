@@ -46,7 +46,10 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       "balora_finetune": 7 + 50 + 4 * 25 + long(2) + 5 * long(3) + 6 * 5,
                       # grids 6 + 50 + 7; long: AdamW (lr, wd), Riemannian (manifold lr, AdamW
                       # part lr, wd), Muon (lr, wd, AdamW part lr), each also under cosine
-                      "riemannian_attention": 6 + 50 + 7 + 2 * (long(2) + 2 * long(3)) + 6 * 5,
+                      # ladders (AdamW, Muon, the design points): 3 sizes x 3 budgets x
+                      # (3 rates x 2 tuning seeds + 5 reporting seeds), one method each
+                      "riemannian_attention": 6 + 50 + 7 + 2 * (long(2) + 2 * long(3)) + 6 * 5
+                      + 3 * 3 * 3 * 11,
                       # long: full (lr, wd), LoRA (+ alpha), Riemannian (manifold lr, alpha,
                       # wd), Muon and preconditioned (lr, alpha, wd), LoRA+ (+ ratio)
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75
@@ -89,7 +92,10 @@ def _conf(tmp_path, monkeypatch, files: dict[str, str]):
      "conf/experiment/a.yaml: unknown key study.stage_list; allowed keys of study: name, "
      "baseline, stages, long, reporting, from_baseline, variants, variant_methods, "
      "seconds_per_run, tuning_seeds, reporting_seeds, smoke, rows, tune, grid_extend, budgets, "
-     "stage"),
+     "sizes, ladder_methods, stage"),
+    ({"a": "study:\n  name: a\n  stages: [grid:a, ladder:a]\n"},
+     "conf/experiment/a.yaml: a ladder stage needs study.budgets, the trainer.max_steps of each "
+     "budget"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: a\n"},
      "conf/experiment/b.yaml: study.name='a' but a.yaml's study.stages do not list it"),
     ({"a": "study:\n  name: a\n  stages: [grid:a]\n", "b": "study:\n  name: c\n"},
@@ -387,3 +393,76 @@ def test_a_ladder_re_tunes_the_rate_per_budget_then_runs_the_reporting_seeds(tmp
                      *marks20, "seed=1,2,3,4,5", f"out_dir={out}"]
     budget80 = next(ladder)[4:]  # the next budget starts from budget 20's best
     assert "optimizer.lr=1e-3,3e-3" in budget80 and "trainer.max_steps=80" in budget80
+
+
+def test_a_size_ladder_runs_every_budget_at_every_size_for_its_carried_methods(tmp_path,
+                                                                             monkeypatch):
+    """study.sizes: each size starts from the long/grid best again, its model keys in every
+    run's overrides and its name in the stage mark; study.ladder_methods: only those methods;
+    a key the marks set (the schedule) replaces the best's own value."""
+    files = {"t": TUNED["t"].replace(
+        "  budgets: [20, 80]\n",
+        "  budgets: [20]\n  ladder_methods: [lora/adamw]\n"
+        "  sizes: {narrow: [model.d_model=32, model.n_head=2], wide: [model.d_model=64]}\n")}
+    experiments, _, out = _stage_commands(tmp_path, monkeypatch, files, "t")
+    study = experiments.discover()[0]["t"]
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        _lora(out, f"g{lr}", lr, "16", 2.0 if lr == "3e-3" else 2.5,
+              extra=["trainer.lr_schedule=warmup_constant"])
+    _record(out, "t", "full", "full/adamw", ["+experiment=t", "adapter=full",
+                                             "optimizer.lr=1e-2"], 1.0, 1e-2)  # not carried
+    ladder = experiments.ladder_batches("t", out, study)
+    narrow = experiments.ladder_marks(20, ("narrow", ["model.d_model=32", "model.n_head=2"]))
+    assert narrow[:2] == ["model.d_model=32", "model.n_head=2"]
+    assert narrow[-1] == "study.stage=ladder@narrow@20"
+    (first,) = next(ladder)  # lora/adamw only, the cosine schedule in place of the constant one
+    assert first[4:] == ["+experiment=t", "adapter=lora", "optimizer.lr=1e-3,3e-3,1e-2",
+                         "adapter.alpha=16", *narrow, "seed=0,6", f"out_dir={out}"]
+    for lr, loss in (("1e-3", 2.4), ("3e-3", 2.2), ("1e-2", 2.3)):
+        for seed in (0, 6):
+            _lora(out, f"n-{lr}", lr, "16", loss, seed, narrow)
+    (seeds,) = next(ladder)
+    assert seeds[-3:] == [*narrow[-1:], "seed=1,2,3,4,5", f"out_dir={out}"]
+    assert "optimizer.lr=3e-3" in seeds
+    wide = experiments.ladder_marks(20, ("wide", ["model.d_model=64"]))
+    (first_wide,) = next(ladder)  # the wide size starts from the grid's best, not narrow's
+    assert first_wide[4:] == ["+experiment=t", "adapter=lora", "optimizer.lr=1e-3,3e-3,1e-2",
+                              "adapter.alpha=16", *wide, "seed=0,6", f"out_dir={out}"]
+    assert not any("d_model=32" in o for o in first_wide)
+
+
+def test_a_ladder_takes_the_baselines_tuned_values_at_the_same_budget(tmp_path, monkeypatch,
+                                                                      capsys):
+    """study.from_baseline in a ladder: the AdamW part's LR of the other experiment's runs is
+    the baseline's ladder best at the same budget (and size), never the long stage's."""
+    files = {
+        "v": "sweep: v\nstudy:\n  name: v\n  baseline: full/adamw\n"
+             "  stages: [grid:v_base, grid:v, ladder:v_base, ladder:v]\n"
+             "  budgets: [20]\n  from_baseline: {v: [optimizer.lr]}\n"
+             "hydra:\n  sweeper:\n    params:\n      optimizer.manifold_lr: 1e-3,3e-3,1e-2\n",
+        "v_base": "sweep: v\nstudy:\n  name: v\n  baseline: full/adamw\n"
+                  "hydra:\n  sweeper:\n    params:\n      optimizer.lr: 1e-3,3e-3,1e-2\n"}
+    experiments, _, out = _stage_commands(tmp_path, monkeypatch, files, "v")
+    study = experiments.discover()[0]["v"]
+    base = ["+experiment=v_base", "adapter=full"]
+    riem = ["+experiment=v", "adapter=full", "optimizer=riemannian_normalized",
+            "optimizer.lr=0.003"]
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        _record(out, "v", f"b{lr}", "full/adamw", [*base, f"optimizer.lr={lr}"],
+                2.0 if lr == "3e-3" else 2.5, float(lr))
+        _record(out, "v", f"r{lr}", "full/riemannian_normalized",
+                [*riem, f"optimizer.manifold_lr={lr}"], 2.0 if lr == "1e-2" else 2.5,
+                float(lr))
+    assert list(experiments.ladder_batches("v", out, study)) == []
+    assert "takes optimizer.lr from the baseline full/adamw, which has no ladder result" in (
+        capsys.readouterr().err)
+    marks = experiments.ladder_marks(20)
+    for lr, loss in (("1e-3", 2.3), ("3e-3", 2.4), ("1e-2", 2.5)):  # 1e-3 wins at 20 steps
+        for seed in (0,):
+            run = f"l{lr}-s{seed}"
+            _record(out, "v", run, "full/adamw", [*base, f"optimizer.lr={lr}", *marks], loss,
+                    float(lr), seed)
+    (first,) = next(experiments.ladder_batches("v", out, study))
+    assert first[4:] == ["+experiment=v", "adapter=full", "optimizer=riemannian_normalized",
+                         "optimizer.manifold_lr=3e-3,1e-2", "optimizer.lr=0.001", *marks,
+                         "seed=0", f"out_dir={out}"]
