@@ -103,7 +103,7 @@ def run(args: dict) -> list[str]:
                       file=sys.stderr)
             table = tuned_table(sweep_runs, baseline=own, selection=selection)
             files += write_tuned(table, args["figures"], sweep,
-                                 curvature_cost(sweep_runs, sweep_curves))
+                                 curvature_cost(sweep_runs, sweep_curves), selection.tuned)
             files += write_summary(sweep_runs, args["figures"], sweep, selection)
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, selection,
                             logy=args["logy"])
@@ -138,8 +138,8 @@ def declared_baseline(runs) -> str | None:
     """The baseline method a sweep's records declare (`study.baseline` in config.yaml, from the
     study's YAML), so the tables do not depend on the directory analysis runs from. Records
     without a `study` block (older records, plain sweeps) declare none: each method is then
-    compared with the default baseline, AdamW on the same adapter
-    (analysis.tuning.default_baseline). A user's `baseline=` wins over what records declare."""
+    compared with the default baseline (analysis.selection.Selection.default_baseline). A
+    user's `baseline=` wins over what records declare."""
     from analysis.records import AnalysisError
 
     if "study.baseline" not in runs:
