@@ -7,7 +7,8 @@ tuned-table row reports, as one point
   validation loss at the last evaluated step (`eval/loss_source`, which fine-tuning runs log),
   the mean over those seeds;
 - in *loss against wall clock*: the same y against the runs' wall clock (summary `wall_s`:
-  training and evaluations, curvature estimates left out), the mean over those seeds.
+  training and evaluations, curvature estimates left out; a record without it, its last
+  logged `wall_s`), the mean over those seeds.
 
 Lower is better on both axes; a method is on the Pareto front where no other method is at
 least as low on both and lower on one. The front is drawn as a staircase and its points filled;
@@ -59,7 +60,11 @@ def pareto_table(selection: Selection, table: pd.DataFrame, curves: pd.DataFrame
         source = seed_curves(selection, curves, item.method, SOURCE_METRIC).dropna(how="all")
         runs = selection.chosen(item.method)
         runs = runs[runs["seed"].isin(selection.reported_seeds(item.method))]
-        wall = pd.to_numeric(runs.get("wall_s"), errors="coerce").dropna()
+        logged = curves[curves["run_id"].isin(runs["run_id"])].groupby("run_id")["wall_s"].max()
+        indexed = runs.set_index("run_id")
+        stated = (pd.to_numeric(indexed["wall_s"], errors="coerce") if "wall_s" in indexed
+                  else pd.Series(np.nan, index=indexed.index))
+        wall = stated.fillna(logged.reindex(stated.index)).dropna()
         rows.append({"method": item.method, "row": str(runs["row"].iloc[0]).strip(),
                      "loss": float(item.mean),
                      "source": float(source.iloc[-1].mean()) if len(source) else math.nan,
