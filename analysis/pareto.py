@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.markdown import markdown_table
-from analysis.selection import Selection
+from analysis.selection import Selection, row_order
 from analysis.tables import SOURCE_METRIC
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
@@ -110,7 +110,7 @@ def draw_pareto(points: pd.DataFrame, loss: str, figures: Path, sweep: str) -> l
     """The figure: per table row, learning against forgetting and loss against wall clock."""
     from analysis.plots import method_colors, plt, save
 
-    rows = sorted(points["row"].unique(), key=str)
+    rows = sorted(points["row"].unique(), key=row_order)
     fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4.2 * len(rows) + 0.4), squeeze=False,
                              layout="constrained")
     bases = sorted({m.removesuffix(" " + r).strip() if r else m

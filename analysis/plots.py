@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import patches, ticker, transforms  # noqa: E402
 
 from analysis.records import BAD_STATUSES, lm_runs, pivot  # noqa: E402
-from analysis.selection import Selection, select_sweep, split_rows  # noqa: E402
+from analysis.selection import Selection, row_order, select_sweep, split_rows  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -166,15 +166,6 @@ def _late_limits(drawn, cutoff) -> tuple[float, float] | None:
     return low - pad, high + pad
 
 
-def _row_key(row: str):
-    """Sort key of a table row (" r=16"): by its number where it has one, else by name."""
-    value = row.split("=", 1)[-1]
-    try:
-        return (0, float(value), row)
-    except ValueError:
-        return (1, 0.0, row)
-
-
 def row_panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The language-model runs as (table row, its runs) panels, in the order of the rows' values:
     each method named per row (`split_rows`), with column `base` = the method's own name, so a
@@ -182,7 +173,7 @@ def row_panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     lm = lm_runs(runs)
     lm = split_rows(lm.assign(base=lm["method"]))
     return [(row.strip(), lm[lm["row"] == row])
-            for row in sorted(lm["row"].unique(), key=_row_key)]
+            for row in sorted(lm["row"].unique(), key=row_order)]
 
 
 def _loss_figure(runs, curves, figures, sweep, x, logy=False, chosen=None, **_):

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.markdown import markdown_table
-from analysis.selection import Selection
+from analysis.selection import Selection, row_order
 
 BUDGETS = (0.25, 0.5, 1.0)  # fractions of a row's last evaluated step; 1.0: the reported loss
 R_MAX = 4.0  # AlgoPerf's r_max
@@ -78,7 +78,7 @@ def problem_costs(selection: Selection, table: pd.DataFrame, curves: pd.DataFram
     cells: dict[tuple[str, str], float] = {}
     rows = {method: str(selection.chosen(method)["row"].iloc[0]).strip()
             for method in listed["method"]}
-    for row in sorted(set(rows.values()), key=str):
+    for row in sorted(set(rows.values()), key=row_order):
         methods = [m for m in listed["method"] if rows[m] == row]
         curves_of = {m: seed_curves(selection, curves, m, METRIC).dropna(how="all")
                      for m in methods} if (curves["metric"] == METRIC).any() else {}
@@ -96,8 +96,8 @@ def problem_costs(selection: Selection, table: pd.DataFrame, curves: pd.DataFram
     series = pd.Series(cells)
     costs = series.unstack()
     budgets = [f"@{f:.0%}" for f in BUDGETS]
-    order = sorted(costs.columns, key=lambda p: (p.rsplit("@", 1)[0], budgets.index(
-        "@" + p.rsplit("@", 1)[1])))
+    order = sorted(costs.columns, key=lambda p: (row_order(p.rsplit("@", 1)[0].strip()),
+                                                 budgets.index("@" + p.rsplit("@", 1)[1])))
     return costs[order]
 
 

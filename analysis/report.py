@@ -84,11 +84,12 @@ def finding(table: pd.DataFrame) -> str:
                  f"{_num(best['detectable'], '.2g')}.")
     else:
         text += " No baseline method in this sweep, so no conclusive comparison."
-    if (table["n_configs"] == 1).all():  # e.g. the default sweep
+    if (table["n_configs"] == 1).all():  # e.g. the default sweep, a sweep without a study
         seeds = int(table["n_seeds"].max())
-        text += (f" Nothing was tuned here (one configuration per method) and it has {seeds} "
-                 f"seed{'s' * (seeds != 1)}: a smoke demonstration of the harness, not a "
-                 "verdict.")
+        text += (f" Nothing was tuned here (one configuration per row) and it has {seeds} "
+                 f"seed{'s' * (seeds != 1)}"
+                 + (": a smoke demonstration of the harness, not a verdict." if seeds < MIN_SEEDS
+                    else "."))
     edges = table.loc[table["edge"] != "", "method"].tolist()
     if edges:
         text += (f" Grid edge (extend the grid, or for key@steps the long stage): "

@@ -10,12 +10,13 @@ with the lowest score on the tuning seeds, then on all its seeds. The tuned tabl
 figure, the study runner's stages and gpu_check all choose through `select` (figures and tables
 receive the `Selection` as data).
 
-A sweep whose records declare no study (`study.name` null: a plain `python -m bench.run -m ...`)
-tuned nothing: every key that varies between the runs of one method (`adapter.r=4,16`,
-`optimizer.lr=...`) is an axis, so each swept configuration is its own table row ("lora/adamw
-r=4"), reported over all its seeds (no tuning seed left out), and compared with the first
-adapter's AdamW at the same values of the swept keys (`default_baseline`). Records with no
-`study` block at all (tables built by hand, sources that leave it out) keep the tuning rule.
+A sweep whose records declare no study (`declares_study`: `study.name` null and no stages, rows
+or tuning seeds of a study: a plain `python -m bench.run -m ...`) tuned nothing: every key that
+varies between the runs of one method (`adapter.r=4,16`, `optimizer.lr=...`) is an axis, so each
+swept configuration is its own table row ("lora/adamw r=4"), reported over all its seeds (no
+tuning seed left out), and compared with the first adapter's AdamW at the same values of the
+swept keys (`default_baseline`). Records with no `study` block at all (tables built by hand,
+sources that leave it out) keep the tuning rule.
 """
 
 from __future__ import annotations
@@ -218,16 +219,21 @@ def declared_tuning_seeds(df: pd.DataFrame) -> tuple[int, ...]:
 
 
 def declares_study(df: pd.DataFrame) -> bool:
-    """Whether these records were tuned by a study's protocol: False only where some carry the
-    study block (a `study.*` value: every record of the current format does) and none names a
-    study (`study.name` null: a plain run or sweep); True where one does, and where no record
-    has the block (tables built by hand, or runs read from a source that leaves it out: the
-    tuning rule, as before)."""
+    """Whether these records were run under a study's protocol (and so tuned): True where some
+    record names a study (`study.name`) or states a protocol key the selection follows (study
+    `stages`, `rows`, tuning seeds other than the default 0), and where no record carries the
+    study block at all (tables built by hand, or runs read from a source that leaves it out:
+    the tuning rule, as before); False for records whose block is a plain run's (a sweep
+    without a study: `python -m bench.run -m ...`). A declared baseline alone (gpu_check's
+    comparison) is no study: nothing was tuned there."""
     block = [c for c in df.columns if c.startswith("study.")]
     if not block or not df[block].notna().to_numpy().any():
         return True
-    names = df[STUDY_NAME] if STUDY_NAME in df else pd.Series(dtype=object)
-    return bool(names.dropna().astype(str).ne("").any())
+    for key, default in ((STUDY_NAME, ""), ("study.stages", ""), ("study.rows", ""),
+                         ("study.tuning_seeds", ",".join(map(str, TUNING_SEEDS)))):
+        if key in df and not df[key].dropna().astype(str).isin(["", default]).all():
+            return True
+    return False
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:
@@ -256,6 +262,15 @@ def row_suffix(df: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def _unset(value) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def row_order(row: str):
+    """Sort key of a table row (" r=16"): by its number where it has one, else by name."""
+    value = row.split("=", 1)[-1]
+    try:
+        return (0, float(value), row)
+    except ValueError:
+        return (1, 0.0, row)
 
 
 def split_rows(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:

@@ -153,3 +153,19 @@ def test_a_run_that_diverged_still_counts_in_its_own_row():
     got = table(rows)
     assert got.loc["lora/adamw r=4", "seeds"] == "0 (diverged), 1"
     assert got.loc["lora/adamw r=4", "mean"] == math.inf
+
+
+def test_which_records_declare_a_study():
+    """A name, stages, rows or non-default tuning seeds state a study's protocol; a plain run's
+    block (all defaults, or only a declared baseline, as gpu_check's) does not; no block at all
+    keeps the tuning rule."""
+    from analysis.selection import declares_study
+
+    plain = {"study.name": None, "study.stages": "", "study.rows": "", "study.tuning_seeds": "0",
+             "study.baseline": None, "study.seconds_per_run": 30.0}
+    cases = [({}, False), ({"study.baseline": "full/adamw"}, False),
+             ({"study.name": "s"}, True), ({"study.stages": "grid:s"}, True),
+             ({"study.rows": "adapter.r"}, True), ({"study.tuning_seeds": "1"}, True)]
+    for change, expected in cases:
+        assert declares_study(pd.DataFrame([{**plain, **change}, plain])) is expected, change
+    assert declares_study(pd.DataFrame([{"seed": 0}])) is True
