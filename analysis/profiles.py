@@ -113,13 +113,13 @@ def _cost_at(values: pd.DataFrame, step: float) -> float:
 
 def profile_table(costs: pd.DataFrame) -> pd.DataFrame:
     """Per method, best score first: its benchmark score, the problems where it is the best
-    (r = 1), its worst ratio, and its ratio on each problem."""
+    (r = 1), its worst ratio, and its ratio on each problem (a column named by the problem)."""
     r = ratios(costs)
     score = benchmark_score(r)
     out = pd.DataFrame({"method": r.index, "score": score.to_numpy(),
                         "best on": (r == 1.0).sum(axis=1).to_numpy(),
                         "worst ratio": r.max(axis=1).to_numpy()})
-    out = pd.concat([out, r.reset_index(drop=True).add_prefix("r ")], axis=1)
+    out = pd.concat([out, r.reset_index(drop=True)], axis=1)  # a column per problem: its r
     return out.sort_values(["score", "method"], ascending=[False, True]).reset_index(drop=True)
 
 
@@ -132,7 +132,8 @@ EXPLAIN = (
     "that step; a divergence, or no run of that row, costs inf). r = cost / the least cost of "
     "any method on that problem; rho(tau) = the fraction of problems with r <= tau; score = "
     "integral of rho over tau in [1, 4] / 3 (1: best on every problem). Losses differ by a few "
-    "percent, so ratios lie near 1 and scores near 1: they rank, the ratios say by how much.")
+    "percent, so ratios lie near 1 and scores near 1: they rank, the ratios say by how much. "
+    "The columns after `worst ratio` are the problems, each cell its r.")
 
 
 def write_profiles(selection: Selection | None, table: pd.DataFrame | None,
