@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import patches, ticker, transforms  # noqa: E402
 
 from analysis.records import BAD_STATUSES, lm_runs, pivot  # noqa: E402
-from analysis.selection import Selection, select_sweep, split_rows  # noqa: E402
+from analysis.selection import Selection, row_order, select_sweep, split_rows  # noqa: E402
 
 FIGURES: dict[str, Callable[..., list[Path]]] = {}
 
@@ -82,15 +82,23 @@ def _xy(curves, run_ids, metric, x) -> tuple[pd.Series, pd.DataFrame]:
 
 
 def _band(ax, xs, values, color, label, center="mean"):
-    """The mean (or median) over seeds with a min-max band."""
+    """The mean (or median) over seeds with a min-max band; a curve of one point (a measurement
+    made once, at the end of each run) is a marker with its min-max as an error bar. Returns
+    the artist drawn (for a legend), None where nothing was."""
     ok = values.notna().any(axis=1) & xs.notna()
     xs, values = xs[ok], values[ok]
     if values.empty:
         return
     line = values.median(axis=1) if center == "median" else values.mean(axis=1)
-    ax.plot(xs, line, color=color, label=label, lw=1.6)
+    if len(line) == 1:
+        low, high = values.min(axis=1).iloc[0], values.max(axis=1).iloc[0]
+        mid = line.iloc[0]
+        return ax.errorbar(xs, line, yerr=[[mid - low], [high - mid]], color=color,
+                           label=label, marker="o", ms=5, capsize=3, lw=1.6, ls="none")
+    (drawn,) = ax.plot(xs, line, color=color, label=label, lw=1.6)
     if values.shape[1] > 1:
         ax.fill_between(xs, values.min(axis=1), values.max(axis=1), color=color, alpha=0.2, lw=0)
+    return drawn
 
 
 def _mark_failures(ax, curves, runs, metric, x, color, method) -> list[tuple]:
@@ -158,15 +166,6 @@ def _late_limits(drawn, cutoff) -> tuple[float, float] | None:
     return low - pad, high + pad
 
 
-def _row_key(row: str):
-    """Sort key of a table row (" r=16"): by its number where it has one, else by name."""
-    value = row.split("=", 1)[-1]
-    try:
-        return (0, float(value), row)
-    except ValueError:
-        return (1, 0.0, row)
-
-
 def row_panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The language-model runs as (table row, its runs) panels, in the order of the rows' values:
     each method named per row (`split_rows`), with column `base` = the method's own name, so a
@@ -174,7 +173,7 @@ def row_panels(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     lm = lm_runs(runs)
     lm = split_rows(lm.assign(base=lm["method"]))
     return [(row.strip(), lm[lm["row"] == row])
-            for row in sorted(lm["row"].unique(), key=_row_key)]
+            for row in sorted(lm["row"].unique(), key=row_order)]
 
 
 def _loss_figure(runs, curves, figures, sweep, x, logy=False, chosen=None, **_):
@@ -334,16 +333,28 @@ def _metric_vs_step(runs, curves, figures, sweep, metric, stem, ylabel, center="
     fig, axes = plt.subplots(nrows, cols, squeeze=False, sharey=True,
                              figsize=(7, 4.5) if len(panels) == 1 else (4.3 * cols, 3.3 * nrows))
     legend = {}
+    # Measured once per run (the default sweep's estimate at the end): every method is one
+    # point at the same step, so the methods, not the step, spread along x.
+    once = curves.groupby("run_id")["step"].nunique().max() == 1
     for (row, rows_lm), ax in zip(panels, axes.flat):
+        names = []
         for _, group in rows_lm[rows_lm["run_id"].isin(reported)].groupby("method", sort=True):
             if not curves["run_id"].isin(group["run_id"]).any():
                 continue
             base = group["base"].iloc[0]
             xs, values = _xy(curves, group["run_id"], metric, "step")
+            if once:
+                xs = pd.Series(float(len(names)), index=xs.index)
+                names.append(base)
             label = f"{base} ({len(group)} seeds)"
-            _band(ax, xs, values, colors[base], label, center)
-            legend.setdefault(label, ax.get_lines()[-1])
+            drawn = _band(ax, xs, values, colors[base], label, center)
+            legend.setdefault(label, drawn if drawn is not None else ax.get_lines()[-1])
         ax.set_xlabel("step")
+        if once:
+            steps = ", ".join(f"{int(s)}" for s in sorted(curves["step"].dropna().unique()))
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+            ax.set_xlim(-0.6, len(names) - 0.4)
+            ax.set_xlabel(f"method (measured once a run, at step {steps})", fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_title(row if row else f"{sweep}: {metric} at each method's tuned hyperparameters",
                      fontsize=9 if row else None)
@@ -418,9 +429,17 @@ def lr_scale_heatmap(runs, curves, figures, sweep, **_):
               and g["adapter.r"].nunique() == 1]
     if not panels:
         return []
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    # Panels wrap at HEATMAP_COLUMNS a row, each sized by its grid, so cells, ticks and labels
+    # keep their room however many methods swept both keys.
+    cols = min(HEATMAP_COLUMNS, len(panels))
+    nrows = -(-len(panels) // cols)
+    n_lr = max(lm.loc[lm["method"] == m, "optimizer.lr"].nunique() for m in panels)
+    n_scale = max(lm.loc[lm["method"] == m, "scale"].nunique() for m in panels)
+    width, height = 1.1 + 0.48 * n_lr, 1.3 + 0.3 * n_scale
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols + 1.2, height * nrows + 0.5),
+                             squeeze=False, layout="constrained")
     vmin, vmax = lm["final_eval_loss"].min(), lm["final_eval_loss"].quantile(0.9)
-    for ax, method in zip(axes[0], panels):
+    for k, (ax, method) in enumerate(zip(axes.flat, panels)):
         g = lm[lm["method"] == method]
         mean = g.pivot_table(index="scale", columns="optimizer.lr", values="final_eval_loss",
                              aggfunc="mean")
@@ -430,16 +449,36 @@ def lr_scale_heatmap(runs, curves, figures, sweep, **_):
         for (i, j), value in np.ndenumerate(mean.to_numpy(dtype=float)):
             failed = bool(bad.to_numpy()[i, j])
             text = "div." if failed or not np.isfinite(value) else f"{value:.3f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6,
-                    color="red" if failed else "white")
-        ax.set_xticks(range(mean.shape[1]), [f"{v:g}" for v in mean.columns], rotation=45)
-        ax.set_yticks(range(mean.shape[0]), [f"{v:g}" for v in mean.index])
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("alpha / r")
-        ax.set_title(method, fontsize=9)
-    fig.colorbar(image, ax=axes[0].tolist(), label="final eval loss (mean over seeds)")
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                    color=_ink(image, value, failed), fontweight="bold" if failed else None)
+        ax.set_xticks(range(mean.shape[1]), [f"{v:.4g}" for v in mean.columns], rotation=45,
+                      ha="right", rotation_mode="anchor", fontsize=7)
+        ax.set_yticks(range(mean.shape[0]), [f"{v:.4g}" for v in mean.index], fontsize=7)
+        ax.set_xlabel("learning rate", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("alpha / r", fontsize=8)
+        ax.set_title(method, fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        fig.delaxes(ax)
+    fig.colorbar(image, ax=axes.flat[:len(panels)], label="final eval loss (mean over seeds)",
+                 shrink=min(1.0, 0.9 / nrows + 0.1))
     fig.suptitle(f"{sweep}: final eval loss over learning rate x alpha/r", fontsize=10)
     return save(fig, figures, f"{sweep}_lr_scale_heatmap")
+
+
+HEATMAP_COLUMNS = 3  # panels a row of the heat map; more wrap to the next row
+
+
+def _ink(image, value, failed: bool = False) -> str:
+    """Text colour on a heat-map cell: black on a light cell, white on a dark one (relative
+    luminance of its colour); a failed cell's red, dark on light and light on dark."""
+    light = True
+    if np.isfinite(value):
+        red, green, blue, _ = image.cmap(image.norm(value))
+        light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.45
+    if failed:
+        return "#b00000" if light else "#ff8080"
+    return "black" if light else "white"
 
 
 # ------------------------------------------------------------ paired difference vs step (budget)

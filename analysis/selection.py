@@ -9,6 +9,14 @@ two-stage protocol: a grid on the tuning seeds, then the reporting seeds at its 
 with the lowest score on the tuning seeds, then on all its seeds. The tuned tables, every
 figure, the study runner's stages and gpu_check all choose through `select` (figures and tables
 receive the `Selection` as data).
+
+A sweep whose records declare no study (`declares_study`: `study.name` null and no stages, rows
+or tuning seeds of a study: a plain `python -m bench.run -m ...`) tuned nothing: every key that
+varies between the runs of one method (`adapter.r=4,16`, `optimizer.lr=...`) is an axis, so each
+swept configuration is its own table row ("lora/adamw r=4"), reported over all its seeds (no
+tuning seed left out), and compared with the first adapter's AdamW at the same values of the
+swept keys (`default_baseline`). Records with no `study` block at all (tables built by hand,
+sources that leave it out) keep the tuning rule.
 """
 
 from __future__ import annotations
@@ -30,6 +38,11 @@ _BOOKKEEPING = ("seed", "run_dir", "run_id", "method", "task", "trainer.eval_eve
 _BOOKKEEPING_PREFIXES = ("meta.", "hydra.", "metrics.", "wandb.")
 CONFIG_ID = "meta.config_id"
 TUNING_SEEDS = (0,)  # the protocol's tuning seeds where the records declare none
+STUDY_NAME = "study.name"  # null in the records of a plain run or sweep
+# "The first adapter" of a sweep without a study, whose AdamW is every row's default baseline:
+# full fine-tuning, then LoRA, then the others by name (a record does not state the order in
+# which a command line listed its adapters).
+FIRST_ADAPTERS = ("full", "lora")
 # The reported loss, first present wins: the test split's, else the eval split's (which selects).
 REPORTED_LOSSES = ("final_test_loss", "final_eval_loss")
 
@@ -205,26 +218,89 @@ def declared_tuning_seeds(df: pd.DataFrame) -> tuple[int, ...]:
     return tuple(int(seed) for seed in stated.split(",")) if stated else TUNING_SEEDS
 
 
+def declares_study(df: pd.DataFrame) -> bool:
+    """Whether these records were run under a study's protocol (and so tuned): True where some
+    record names a study (`study.name`) or states a protocol key the selection follows (study
+    `stages`, `rows`, tuning seeds other than the default 0), and where no record carries the
+    study block at all (tables built by hand, or runs read from a source that leaves it out:
+    the tuning rule, as before); False for records whose block is a plain run's (a sweep
+    without a study: `python -m bench.run -m ...`). A declared baseline alone (gpu_check's
+    comparison) is no study: nothing was tuned there."""
+    block = [c for c in df.columns if c.startswith("study.")]
+    if not block or not df[block].notna().to_numpy().any():
+        return True
+    for key, default in ((STUDY_NAME, ""), ("study.stages", ""), ("study.rows", ""),
+                         ("study.tuning_seeds", ",".join(map(str, TUNING_SEEDS)))):
+        if key in df and not df[key].dropna().astype(str).isin(["", default]).all():
+            return True
+    return False
+
+
+def swept_keys(df: pd.DataFrame) -> list[str]:
+    """The keys a sweep without a study varied: those that vary between the runs of one method
+    (`config_keys`; a method's own name, `base`, where its runs are split already), in the order
+    of the methods' names."""
+    keys: list[str] = []
+    names = column(df, "base", None).fillna(df["method"]) if "base" in df else df["method"]
+    for _, runs in df.groupby(names, sort=True):
+        keys += [k for k in config_keys(runs) if k not in keys]
+    return keys
+
+
+def row_keys(df: pd.DataFrame) -> list[str]:
+    """The keys that split a sweep's methods into table rows: the study's `study.rows`, or for a
+    sweep without a study every key it swept (`swept_keys`)."""
+    return declared_rows(df) if declares_study(df) else swept_keys(df)
+
+
 def row_suffix(df: pd.DataFrame, keys: list[str]) -> pd.Series:
-    """" r=4" for keys ["adapter.r"]: what a row's method name gets for its values of keys."""
+    """" r=4" for keys ["adapter.r"]: what a row's method name gets for its values of keys (a
+    key the run leaves unset, such as another optimizer's knob, adds nothing)."""
     return df.apply(lambda run: "".join(f" {k.rsplit('.', 1)[-1]}={fmt(run.get(k))}"
-                                        for k in keys), axis=1)
+                                        for k in keys if not _unset(run.get(k))), axis=1)
+
+
+def _unset(value) -> bool:
+    return value is None or (pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def row_order(row: str):
+    """Sort key of a table row (" r=16"): by its number where it has one, else by name."""
+    value = row.split("=", 1)[-1]
+    try:
+        return (0, float(value), row)
+    except ValueError:
+        return (1, 0.0, row)
 
 
 def split_rows(df: pd.DataFrame, keys: list[str] | None = None) -> pd.DataFrame:
-    """The runs with each method named by its table row when the records declare study.rows
-    ("lora/adamw" + " r=4"; column `row` = " r=4", "" without study.rows; `base` = the method
-    without its row), and the `adapter` and `optimizer` of each; `keys`: the row keys, default
-    the records' study.rows. Runs already split (a `row` column) are returned as they are."""
+    """The runs with each method named by its table row ("lora/adamw" + " r=4"; column `row` =
+    " r=4", "" without rows; `base` = the method without its row), and the `adapter` and
+    `optimizer` of each; `keys`: the row keys, default `row_keys` (the records' study.rows, or
+    the swept keys of a sweep without a study). Runs already split (a `row` column) are
+    returned as they are."""
     if "row" in df:
         return df
+    study = declares_study(df)
+    keys = row_keys(df) if keys is None else keys
     df = df.assign(base=df["method"], adapter=column(df, "adapter.name", "full"),
                    optimizer=column(df, "optimizer.name", "adamw"))
-    keys = declared_rows(df) if keys is None else keys
     if not keys:
         return df.assign(row="")
-    suffix = row_suffix(df, keys)
+    suffix = row_suffix(df, keys) if study else swept_suffix(df, keys)
     return df.assign(row=suffix, method=df["method"] + suffix)
+
+
+def swept_suffix(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """`row_suffix` of a sweep without a study: each method's rows name only the keys swept
+    within that method ("lora/adamw r=4" beside "full/adamw lr=0.001")."""
+    suffix = pd.Series("", index=df.index, dtype=object)
+    for _, runs in df.groupby("method", sort=False):
+        own = set(config_keys(runs))
+        mine = [k for k in keys if k in own]
+        if mine:
+            suffix[runs.index] = row_suffix(runs, mine)
+    return suffix
 
 
 def column(df: pd.DataFrame, key: str, default) -> pd.Series:
@@ -258,7 +334,8 @@ class Selection:
     tuning_seeds: tuple[int, ...]
     left_out: list[int]
     loss_key: str
-    row_keys: list[str] = field(default_factory=list)  # study.rows
+    row_keys: list[str] = field(default_factory=list)  # study.rows, or the swept keys
+    tuned: bool = True  # False: records without a study (`declares_study`), nothing tuned
 
     def chosen(self, method: str) -> pd.DataFrame:
         """The runs (every seed, any status) of a method's chosen configuration."""
@@ -275,9 +352,30 @@ class Selection:
         return [int(s) for s in self.losses(method).index]
 
     def row(self, method: str) -> dict:
-        """{study.rows key: value} of a method's table row ({} without rows)."""
+        """{row key: value} of a method's table row ({} without rows)."""
         first = self.chosen(method).iloc[0]
         return {key: first[key] for key in self.row_keys}
+
+    def default_baseline(self, method: str) -> str | None:
+        """The method a table row is compared with when no baseline is given or declared: in a
+        study, AdamW on the same adapter in the same table row; in a sweep without a study, the
+        first adapter's AdamW (`FIRST_ADAPTERS`, then by name: the first that has an AdamW row)
+        at the same values of the swept keys (those both rows set). None: no such row."""
+        methods = self.runs.groupby("method")[["adapter", "optimizer", "row"]].first()
+        if self.tuned:
+            return same_adapter_adamw(method, methods)
+        mine = self.row(method)
+        adamw = [m for m in methods.index[methods["optimizer"] == "adamw"]
+                 if all(_unset(v) or _unset(mine.get(k)) or str(v) == str(mine[k])
+                        for k, v in self.row(m).items())]
+        adapters = sorted({methods.loc[m, "adapter"] for m in adamw},
+                          key=lambda a: (FIRST_ADAPTERS.index(a) if a in FIRST_ADAPTERS
+                                         else len(FIRST_ADAPTERS), a))
+        if not adapters:
+            return None
+        first = [m for m in adamw if methods.loc[m, "adapter"] == adapters[0]]
+        plain = [m for m in first if self.base(m) == f"{adapters[0]}/adamw"]
+        return sorted(plain or first)[0]
 
     def base(self, method: str) -> str:
         """The method without its table row ("lora/adamw r=4" -> "lora/adamw")."""
@@ -307,6 +405,19 @@ class Selection:
             reported=pd.Series(dtype=bool), config=pd.Series(dtype=str))
 
 
+def same_adapter_adamw(method: str, methods: pd.DataFrame) -> str | None:
+    """AdamW on the same adapter (and the same table row key, `study.rows`): prefer
+    "<adapter>/adamw", else any adamw method of it. `methods`: adapter, optimizer, row by
+    method."""
+    adapter, row = methods.loc[method, "adapter"], methods.loc[method].get("row", "")
+    candidates = methods[(methods["adapter"] == adapter) & (methods["optimizer"] == "adamw")
+                         & (methods.get("row", "") == row)]
+    if candidates.empty:
+        return None
+    plain = f"{adapter}/adamw{row}"
+    return plain if plain in candidates.index else sorted(candidates.index)[0]
+
+
 def left_out_seeds(choices: dict[str, Choice], tuning_seeds) -> list[int]:
     """The tuning seeds a table leaves out of its report: all of them where some method tried
     more than one config; none where nothing was tuned (one config per method)."""
@@ -316,14 +427,19 @@ def left_out_seeds(choices: dict[str, Choice], tuning_seeds) -> list[int]:
 def select_sweep(df: pd.DataFrame, tuning_seeds=None, rows: list[str] | None = None
                  ) -> Selection:
     """The `Selection` of one sweep's runs (`tuning_seeds`, `rows`: default the records' own
-    study block's)."""
-    runs = split_rows(lm_runs(df), rows)
+    study block's). Records without a study (`declares_study`; neither argument given) tuned
+    nothing: their swept keys are the rows, each row reports every seed."""
+    lm = lm_runs(df)
+    tuned = tuning_seeds is not None or rows is not None or declares_study(lm)
+    keys = list(rows) if rows is not None else declared_rows(lm) if tuned else swept_keys(lm)
+    runs = split_rows(lm, keys)
     if tuning_seeds is None:
         tuning_seeds = declared_tuning_seeds(runs)
     choices = {method: choose(method, group, tuning_seeds)
                for method, group in runs.groupby("method", sort=True)}
-    return Selection(runs, choices, tuple(tuning_seeds), left_out_seeds(choices, tuning_seeds),
-                     reported_loss(runs), declared_rows(runs) if rows is None else list(rows))
+    left_out = left_out_seeds(choices, tuning_seeds) if tuned else []
+    return Selection(runs, choices, tuple(tuning_seeds), left_out, reported_loss(runs), keys,
+                     tuned)
 
 
 def select(df: pd.DataFrame) -> dict[str, Selection]:

@@ -33,25 +33,14 @@ class GridEdgeWarning(UserWarning):
     """The best value of a tuned hyperparameter is the smallest or largest one tried."""
 
 
-
-def default_baseline(method: str, methods: pd.DataFrame) -> str | None:
-    """AdamW on the same adapter (and the same table row key, `study.rows`): prefer
-    "<adapter>/adamw", else any adamw method of it."""
-    adapter, row = methods.loc[method, "adapter"], methods.loc[method].get("row", "")
-    candidates = methods[(methods["adapter"] == adapter) & (methods["optimizer"] == "adamw")
-                         & (methods.get("row", "") == row)]
-    if candidates.empty:
-        return None
-    plain = f"{adapter}/adamw{row}"
-    return plain if plain in candidates.index else sorted(candidates.index)[0]
-
-
 def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None,
                 selection: Selection | None = None) -> pd.DataFrame:
     """One row per method at its chosen configuration (analysis.selection), compared with the
     baseline method.
 
-    ``baseline``: a method name used for every row; default AdamW on the same adapter.
+    ``baseline``: a method name used for every row (at each table row: + its row suffix);
+    default `Selection.default_baseline` (AdamW on the same adapter; in a sweep without a study,
+    the first adapter's AdamW at the same swept values).
     ``tuning_seeds``: left out of every row when the table tuned anything (some method tried
     more than one config) and the row has other seeds; default: what the records' study block
     states. ``selection``: the sweep's `Selection`, when the caller has it already.
@@ -78,7 +67,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
     rows = []
     for method, chosen in sel.choices.items():
         base = (baseline + methods.loc[method, "row"] if baseline
-                else default_baseline(method, methods))
+                else sel.default_baseline(method))
         losses = sel.losses(method)
         row = _table_row(method, chosen, losses, base, methods)
         if base in sel.choices and base != method:
@@ -183,10 +172,11 @@ def _table_row(method, chosen: Choice, losses: pd.Series, base, methods) -> dict
     return row
 
 
-def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str = ""
-                ) -> list[Path]:
+def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str = "",
+                tuned: bool = True) -> list[Path]:
     """``figures/<sweep>_tuned.md`` and ``.csv``; `note` (e.g. the curvature estimates' cost,
-    analysis.tables.curvature_cost) follows the reporting paragraph."""
+    analysis.tables.curvature_cost) follows the reporting paragraph; `tuned`: False for a sweep
+    without a study (`Selection.tuned`), which the paragraph says."""
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
     md, csv = figures / f"{sweep}_tuned.md", figures / f"{sweep}_tuned.csv"
@@ -201,13 +191,14 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str 
     md.write_text(
         f"# {sweep}: methods at their tuned hyperparameters\n\n"
         + markdown_table(table[[c for c in shown if c in table]])
-        + "\n\n" + reporting(table) + (" " + note if note else "") + "\n\n" + PROTOCOL + "\n"
+        + "\n\n" + reporting(table, tuned) + (" " + note if note else "") + "\n\n" + PROTOCOL + "\n"
     )
     return [md, csv]
 
 
-def reporting(table: pd.DataFrame) -> str:
-    """What this table reports: which loss, over which seeds, and its family of comparisons."""
+def reporting(table: pd.DataFrame, tuned: bool = True) -> str:
+    """What this table reports: which loss, over which seeds, and its family of comparisons
+    (`tuned`: False for a sweep without a study, whose rows are its swept configurations)."""
     if table.empty:
         return "No runs."
     loss = str(table["loss"].iloc[0])
@@ -219,6 +210,10 @@ def reporting(table: pd.DataFrame) -> str:
     left_out = str(table["tuning_seeds"].iloc[0])
     why = (f"tuning seed {left_out} is left out wherever a method has other seeds"
            if left_out else "no configuration was tuned (one per method), so every seed reports")
+    if not tuned:
+        why = ("its records declare no study, so nothing was tuned: each swept configuration is "
+               "its own row and every seed reports; each row is compared with the first "
+               "adapter's AdamW at the same swept values unless a baseline is given")
     m = int(table["p"].notna().sum())
     few = int((table["test"].fillna("").ne("") & (table["n"] < MIN_SEEDS)).sum())
     text = (f"This table reports the final {kind} over seeds {', '.join(seeds)} "

@@ -105,19 +105,28 @@ def _history(raw: dict) -> list[dict]:
 def load_wandb(project: str, sweep: str | None = None, timeout: float = 10,
                api=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, curves) as ``load_runs``/``load_curves`` give them, read from W&B."""
-    raw_runs = fetch(project, sweep, timeout, api)
+    try:
+        return frames(fetch(project, sweep, timeout, api), f"wandb:{project}", sweep)
+    except NoRunsError:
+        where = f"{project} (group {sweep})" if sweep else project
+        raise NoRunsError(f"no runs in W&B project {where}; log some with `make run` "
+                          "(logger=wandb_online) or `wandb sync`") from None
+
+
+def frames(raw_runs: list[dict], where: str, sweep: str | None = None
+           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, curves) of W&B runs as plain dicts (`fetch`'s, or analysis.wandb_offline's);
+    `where` prefixes each run's `run_dir` ("wandb:<project>"); NoRunsError when none is left."""
     rows, parts = [], []
     for raw in raw_runs:
-        row = make_row(_unwrap(raw["config"]), _summary(raw), f"wandb:{project}/{raw['id']}",
+        row = make_row(_unwrap(raw["config"]), _summary(raw), f"{where}/{raw['id']}",
                        raw["name"] or raw["id"], raw["group"] or "wandb")
         if sweep and row["sweep"] != sweep:
             continue
         rows.append(row)
         parts.append(curves_from_records(row["run_id"], row["sweep"], _history(raw)))
     if not rows:
-        where = f"{project} (group {sweep})" if sweep else project
-        raise NoRunsError(f"no runs in W&B project {where}; log some with `make run` "
-                          "(logger=wandb_online) or `wandb sync`")
+        raise NoRunsError(f"no runs in {where}" + (f" (group {sweep})" if sweep else ""))
     curves = pd.concat(parts, ignore_index=True)
     for col in CURVE_INDEX:
         curves[col] = pd.to_numeric(curves[col], errors="coerce")
