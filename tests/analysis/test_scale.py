@@ -227,6 +227,27 @@ def test_each_budget_is_chosen_on_its_own():
     assert t["speedup"].dropna().eq(1).all()
 
 
+def test_rows_and_an_explicit_baseline_pair_each_row_with_the_baseline_at_its_budget():
+    """study.rows = adapter.r: each (method, r, budget) is its own row, compared with the
+    baseline at the same r and budget; an explicit baseline (another adapter) is used at every
+    row, as in the tuned table; by default full/adamw is its own baseline."""
+    rows = []
+    for steps in (100, 400):
+        for method, shift in (("lora/adamw", 0.0), ("full/adamw", -0.1)):
+            for r in (4, 16):
+                extra = {"adapter.r": r, "study.rows": "adapter.r"}
+                rows += [ladder_run(method, steps, s, 3.0 - 0.001 * steps + shift + 0.01 * r
+                                    + 0.01 * s, **extra) for s in SEEDS]
+    df = pd.DataFrame(rows)
+    t = table_of(df, baseline="lora/adamw", resamples=0).table.set_index(["method", "tokens"])
+    full = t.loc[("full/adamw r=16", 400 * BATCH * SEQ)]
+    assert full["baseline"] == "lora/adamw r=16"
+    assert full["delta"] == pytest.approx(-0.1) and full["n"] == len(SEEDS)
+    assert t.loc[("lora/adamw r=4", 100 * BATCH * SEQ), "conclusive"] == "baseline"
+    default = table_of(df, resamples=0).table.set_index(["method", "tokens"])
+    assert default.loc[("full/adamw r=4", 100 * BATCH * SEQ), "conclusive"] == "baseline"
+
+
 def test_sizes_are_their_own_panels_and_fits(tmp_path):
     """Runs that differ in model.d_model: a size is its own row key, panel and fit."""
     frames = []
