@@ -351,6 +351,8 @@ def scale_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
     """The scale table of one sweep's runs (module docstring); None where fewer than two
     budgets report. ``baseline``: a method (without rows) every row is compared with, as in
     `analysis.tables.tuned_table`; default AdamW on the same adapter and row."""
+    if with_budget(df)[BUDGET].nunique() < 2:  # one budget (or none known): nothing to select
+        return None
     sel = scale_selection(df, tuning_seeds)
     # each row's reported losses and chosen runs, once (every lookup filters the whole sweep)
     losses_of = {name: sel.losses(name) for name in sel.choices}

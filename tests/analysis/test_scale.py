@@ -209,6 +209,8 @@ def test_one_budget_writes_nothing(tmp_path):
         warnings.simplefilter("ignore", GridEdgeWarning)
         assert write_scale(df, tmp_path, "s") == []
     assert not list(tmp_path.iterdir())
+    # records that state no budget (no trainer.max_steps, batch_size, seq_len, tokens): none
+    assert table_of(df.drop(columns=["trainer.max_steps"])) is None
 
 
 def test_each_budget_is_chosen_on_its_own():
