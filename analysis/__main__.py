@@ -141,6 +141,7 @@ def run(args: dict) -> list[str]:
     from analysis.plots import delta_vs_step, draw_sweep, loss_vs_rows
     from analysis.profiles import write_profiles
     from analysis.report import write_report
+    from analysis.scale import write_scale
     from analysis.selection import select_sweep
     from analysis.tables import curvature_cost, tuned_table, write_summary, write_tuned
     from analysis.toy import toy_figures
@@ -171,6 +172,7 @@ def run(args: dict) -> list[str]:
             files += write_tuned(table, args["figures"], sweep,
                                  curvature_cost(sweep_runs, sweep_curves), selection.tuned)
             files += write_summary(sweep_runs, args["figures"], sweep, selection)
+            files += write_scale(sweep_runs, args["figures"], sweep, own)  # [] at one budget
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, selection,
                             logy=args["logy"])
         files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table, selection)
