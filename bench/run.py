@@ -139,6 +139,7 @@ def prepare(cfg) -> Prepared:
              "optimizer": optimizer, "eval_sets": eval_sets, "hooks": hooks}
     meta = {"data_hash": corpus.content_hash, "trainable_params": trainable,
             "device": str(device)}
+    meta |= {"ns_dtype": str(optimizer.ns_dtype)} if hasattr(optimizer, "ns_dtype") else {}
     return Prepared(parts, meta, {"trainable_params": trainable})
 
 
