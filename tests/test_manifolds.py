@@ -449,9 +449,9 @@ def test_retr_transp_along_is_retr_transp_of_the_scaled_step(manifold, gen):
 @pytest.mark.parametrize("cond", [1.0, 1e2, 4096.0])
 @pytest.mark.parametrize("name", EMBEDDED)
 def test_float32_truncated_retraction_is_exact_to_float32_rounding(name, cond, gen):
-    """In float32 the 2r x 2r core is factorised through K^T K (`top_singular`): float64 for
-    R1 (S's condition number up to 4096, repair's floor), float32 for P1 (singular values
-    about 1). The retraction's matrix is the float64 truncated SVD's to float32 rounding."""
+    """In float32 the retraction's matrix is the float64 truncated SVD's to float32 rounding,
+    with S's condition number up to 4096 (repair's floor) for R1, whose 2r x 2r core goes to
+    LAPACK's SVD, and for P1, whose core is factorised through K^T K (`top_singular`)."""
     manifold = make(name, 64, 48, 8)
     x = manifold.random_point(16, generator=gen)
     if name == "fixed_rank_embedded":

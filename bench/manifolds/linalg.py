@@ -298,23 +298,21 @@ def top_singular(
     """The top r singular triplets (A_r (..., p, r), s (..., r), B_r (..., q, r)) of small
     matrices K (..., p, q), descending, with K B_r = A_r diag(s) and K^T A_r = B_r diag(s).
 
-    float64 K: LAPACK's SVD. float32 K: the eigendecomposition K^T K = B diag(s^2) B^T, then
-    A_r = K B_r diag(s)^{-1} (so K B_r = A_r diag(s) holds by construction): about three
-    quarters of the SVD's time for 64 x 64 on CPU. Its subspace error is eps * (s_1 / s_r)^2
-    against the SVD's eps * (s_1 / s_r), so the eigendecomposition runs in float64 (error
-    1e-16 (s_1 / s_r)^2, below float32's rounding for s_1 / s_r < 2e4; `repair`'s floor keeps
-    s_1 / s_r <= 4096), or in float32 where `unit_values` says the kept singular values are
-    all about 1 (partial isometries: s_1 / s_r = 1 + O(step)), with the result cast back.
+    LAPACK's SVD (on all threads, `on_threads`), or, where `unit_values` says that the kept
+    singular values are all about 1 and the rest small (the core of a partial isometry's
+    step: s_1 / s_r = 1 + O(step)), the eigendecomposition K^T K = B diag(s^2) B^T with
+    A_r = K B_r diag(s)^{-1}: half the SVD's time for 64 x 64 on CPU, and as accurate there
+    (its subspace error eps s_1^2 / (s_r^2 - s_(r+1)^2) is the SVD's eps s_1 / (s_r - s_(r+1))
+    when s_1 / s_r ~ 1; for R1's cores, whose s_1 / s_r may reach 4096, it is not).
     """
-    if k.dtype == torch.float64 or not k.is_floating_point():
+    if not unit_values:
         a, s, bh = on_threads(torch.linalg.svd, k)  # (..., p, p), (..., min), (..., q, q)
         return a[..., :r], s[..., :r], mT(bh[..., :r, :])
-    work = k if unit_values else k.double()
-    lam, vecs = on_threads(torch.linalg.eigh, mT(work) @ work)  # ascending: (..., q), (..., q, q)
+    lam, vecs = on_threads(torch.linalg.eigh, mT(k) @ k)  # ascending: (..., q), (..., q, q)
     s = lam[..., -r:].flip(-1).clamp_min(0).sqrt()  # (..., r), descending
     b = vecs[..., -r:].flip(-1)  # (..., q, r)
-    a = (work @ b) / s.clamp_min(torch.finfo(work.dtype).tiny).unsqueeze(-2)  # (..., p, r)
-    return a.to(k.dtype), s.to(k.dtype), b.to(k.dtype)
+    a = (k @ b) / s.clamp_min(torch.finfo(k.dtype).tiny).unsqueeze(-2)  # (..., p, r)
+    return a, s, b
 
 
 def truncated_core(
@@ -347,8 +345,8 @@ def truncated_core(
     These depend on R_u, R_v only through G_u, G_v (another root rotates the bottom block rows
     of A, B only). Cost: two n x r Gram products, two r x r Cholesky factorisations and one
     2r x 2r factorisation per point (on all threads, `on_threads`), instead of two Householder
-    QRs of n x r matrices and a 2r x 2r SVD; Sigma^{-1} loses accuracy only where s_r is tiny
-    against ||U_p||, i.e. where the step nearly cancels rank.
+    QRs of n x r matrices, the 2r x 2r SVD and two more products; Sigma^{-1} loses accuracy only
+    where s_r is tiny against ||U_p||, i.e. where the step nearly cancels rank.
     """
     r = core.shape[-1]
     g_u, g_v = (None, None) if grams is None else grams
