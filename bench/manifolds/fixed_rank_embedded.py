@@ -9,6 +9,7 @@ from .linalg import (
     combine,
     eye_like,
     factored_svd,
+    inverse,
     mT,
     on_threads,
     orthographic_core,
@@ -134,7 +135,7 @@ class FixedRankEmbedded(LowRankManifold):
             torch.mul(gu, inv, out=up)  # G V = G_U S^{-T}: (..., n, r)
             torch.mul(gv, inv, out=vp)  # G^T U = G_V S^{-1}: (..., m, r)
         else:  # one r x r inverse and products: cheaper than solves with n right-hand sides
-            s_inv = torch.linalg.inv(s)  # (..., r, r)
+            s_inv = inverse(s)  # (..., r, r)
             up.copy_(gu @ mT(s_inv))
             vp.copy_(gv @ s_inv)
         # embedded_tangent in place: U_p = (I - U U^T) G V, V_p = (I - V V^T) G^T U, M = G_S
@@ -171,7 +172,7 @@ class FixedRankEmbedded(LowRankManifold):
         gram_u, gram_v = mT(upv) @ upv, mT(vpv) @ vpv  # (..., r, r)
         core = s + t * mv  # Z = S + t M_v
         if self.retraction == "orthographic":
-            z_inv = torch.linalg.inv(core)
+            z_inv = inverse(core)
             eye = eye_like(core)
             sigma, coefficients = orthographic_core(
                 core, z_inv, eye + (t * t) * mT(z_inv) @ gram_u @ z_inv,

@@ -35,41 +35,60 @@ _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 MIN_CHUNK = 8  # matrices per thread below which splitting a stack costs more than it saves
 
 
+def _one_thread() -> None:
+    """A pool thread's torch work runs on that thread alone (its OpenMP and MKL settings are
+    per thread): a thread that factorises small matrices never starts a team of its own,
+    whose waiting threads would take the cores from the main thread's parallel work."""
+    torch.set_num_threads(1)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A thread pool of `workers` threads, made again after a fork (threads do not survive it)."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != workers:
-        _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="linalg"))
+        _POOL = (os.getpid(), workers, ThreadPoolExecutor(
+            workers, thread_name_prefix="linalg", initializer=_one_thread))
     return _POOL[2]
 
 
 def on_threads(fn, *stacks: torch.Tensor):
-    """fn(*stacks) for stacks of small matrices (..., k, l), the stacks split across threads.
+    """fn(*stacks) for stacks of small matrices (..., k, l): LAPACK single-threaded, the stacks
+    split across threads.
 
-    torch's CPU factorisations of a stack (svd, eigh, qr, inv, ...) call LAPACK once per matrix,
-    one after the other, on one core whatever torch.get_num_threads() says. Here the stacks are
-    split along their flattened leading dimension into torch.get_num_threads() chunks, one per
-    thread (torch releases the GIL inside an op), and the results concatenated: the same values
-    as fn on the whole stack (each matrix is factorised by itself), in a fraction of the time.
-    On one thread, on CUDA, or for fewer than 2 * MIN_CHUNK matrices: fn(*stacks) itself.
-    `fn` returns a tensor or a tuple (or named tuple) of tensors with the same leading dims.
+    torch's CPU factorisations of a stack (svd, eigh, qr, inv, cholesky, ...) call LAPACK once
+    per matrix, one after the other. Within one call LAPACK may use every intra-op thread,
+    which for 32 x 32 or 64 x 64 matrices only costs synchronisation (2-4x slower on a loaded
+    2-core machine, measured). Here each matrix is factorised on one thread (intra-op threads
+    set to 1 while fn runs, restored after), and the stacks are split along their flattened
+    leading dimension into chunks that torch.get_num_threads() threads take in turn (torch
+    releases the GIL inside an op; four chunks a thread, so that a thread slowed by another
+    process leaves its share to the others), the results concatenated: the same values as fn
+    on the whole stack (each matrix is factorised by itself), in about 1 / threads of the time
+    on idle cores. On CUDA: fn(*stacks) itself. `fn` returns a tensor or a tuple (or named
+    tuple) of tensors with the same leading dims.
     """
     first = stacks[0]
+    if first.device.type != "cpu":
+        return fn(*stacks)
     lead = first.shape[:-2]
     count = first[..., 0, 0].numel()
-    workers = min(torch.get_num_threads(), count // MIN_CHUNK)
-    if first.device.type != "cpu" or workers < 2:
-        return fn(*stacks)
-    flat = [s.reshape(count, *s.shape[-2:]) for s in stacks]
-    chunks = list(zip(*(s.tensor_split(workers) for s in flat)))
-    grad = torch.is_grad_enabled()
+    threads = torch.get_num_threads()
+    workers = min(threads, count // MIN_CHUNK)
+    torch.set_num_threads(1)
+    try:
+        if workers < 2:
+            return fn(*stacks)
+        flat = [s.reshape(count, *s.shape[-2:]) for s in stacks]
+        chunks = min(4 * workers, count // MIN_CHUNK)
+        grad = torch.is_grad_enabled()
 
-    def run(args):
-        with torch.set_grad_enabled(grad):  # grad mode is per thread
-            return fn(*args)
+        def run(args):
+            with torch.set_grad_enabled(grad):  # grad mode is per thread
+                return fn(*args)
 
-    futures = [_pool(workers - 1).submit(run, args) for args in chunks[1:]] if workers > 1 else []
-    parts = [run(chunks[0]), *(f.result() for f in futures)]
+        parts = list(_pool(workers).map(run, zip(*(s.tensor_split(chunks) for s in flat))))
+    finally:
+        torch.set_num_threads(threads)
 
     def join(pieces):
         out = torch.cat(pieces)
@@ -82,7 +101,7 @@ def on_threads(fn, *stacks: torch.Tensor):
 
 def qr_pos(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Thin QR with diag(R) >= 0, so that qr_pos(Q) = (Q, I) for orthonormal Q (idempotent)."""
-    q, r = torch.linalg.qr(a)  # (..., n, k), (..., k, k)
+    q, r = on_threads(torch.linalg.qr, a)  # (..., n, k), (..., k, k)
     sign = torch.diagonal(r, dim1=-2, dim2=-1).sign()
     sign = torch.where(sign == 0, torch.ones_like(sign), sign)
     return q * sign.unsqueeze(-2), r * sign.unsqueeze(-1)
@@ -102,12 +121,17 @@ def cholesky_qr(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, mT(c)
 
 
+def inverse(a: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.inv of a stack of small matrices, `on_threads`."""
+    return on_threads(torch.linalg.inv, a)
+
+
 def spd_inverse(g: torch.Tensor) -> torch.Tensor:
     """Inverse of symmetric positive definite (..., k, k) matrices (Gram matrices of full-rank
     factors) from their Cholesky factors: about half the cost of an LU inverse for k = 32;
     matrices whose Cholesky factorisation fails (numerically singular) get the LU inverse."""
-    c, info = torch.linalg.cholesky_ex(g)
-    out = torch.cholesky_inverse(c)
+    c, info = on_threads(torch.linalg.cholesky_ex, g)
+    out = on_threads(torch.cholesky_inverse, c)
     failed = info != 0
     if bool(failed.any()):
         out[failed] = torch.linalg.inv(g[failed])
@@ -143,7 +167,7 @@ def polar_pair(
 
 def polar_svd(a: torch.Tensor) -> torch.Tensor:
     """Polar factor by a thin SVD: robust for any full-rank input (used by projx)."""
-    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    u, _, vh = on_threads(lambda m: torch.linalg.svd(m, full_matrices=False), a)
     return u @ vh
 
 
@@ -158,7 +182,7 @@ def factored_svd(
     """
     ql, rl = qr_pos(left)  # (..., n, r), (..., r, r)
     qr_, rr = qr_pos(right)  # (..., m, r), (..., r, r)
-    a, sigma, bh = torch.linalg.svd(rl @ mT(rr))  # (..., r, r), (..., r), (..., r, r)
+    a, sigma, bh = on_threads(torch.linalg.svd, rl @ mT(rr))  # (..., r, r), (..., r), (..., r, r)
     u = ql @ a
     v = qr_ @ mT(bh)
     return u, sigma, v
@@ -280,7 +304,7 @@ def gram_root(
     which needs only R^T R = a^T a, never Q = a R^{-1}.
     """
     g = mT(a) @ a if g is None else g  # (..., k, k)
-    c, info = torch.linalg.cholesky_ex(g)  # lower; info > 0 where G is not positive definite
+    c, info = on_threads(torch.linalg.cholesky_ex, g)  # lower; info > 0: not pos. definite
     root = mT(c)
     failed = info != 0
     if bool(failed.any()):
@@ -415,7 +439,7 @@ def orthographic_svd(
     n x r or m x r factors, one r x r inverse, two r x r Cholesky factorisations and one r x r
     SVD per point (on all threads, `on_threads`).
     """
-    z_inv = torch.linalg.inv(core)  # (..., r, r)
+    z_inv = inverse(core)  # (..., r, r)
     left = combine(u, up, None, z_inv)  # L = U + U_p Z^{-1}: (..., n, r)
     right = combine(v, vp, None, mT(z_inv))  # R = V + V_p Z^{-T}: (..., m, r)
     sigma, (alpha, _, gamma, _) = orthographic_core(core, z_inv, mT(left) @ left,
@@ -433,8 +457,8 @@ def orthographic_core(
     `transport_embedded_from` takes). For a step (U_p, V_p) ⊥ (U, V),
     L^T L = I + Z^{-T} (U_p^T U_p) Z^{-1} and R^T R = I + Z^{-1} (V_p^T V_p) Z^{-T}.
     """
-    rl = mT(torch.linalg.cholesky(gram_l))  # (..., r, r), upper
-    rr = mT(torch.linalg.cholesky(gram_r))
+    rl = mT(on_threads(torch.linalg.cholesky, gram_l))  # (..., r, r), upper
+    rr = mT(on_threads(torch.linalg.cholesky, gram_r))
     p, sigma, qh = on_threads(torch.linalg.svd, rl @ core @ mT(rr))  # r x r SVD
     alpha = torch.linalg.solve_triangular(rl, p, upper=True)  # (..., r, r)
     gamma = torch.linalg.solve_triangular(rr, mT(qh), upper=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import PartialIsometryBase
-from .linalg import combine, eye_like, mT, skew
+from .linalg import combine, eye_like, inverse, mT, skew
 
 
 def cayley(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def cayley_from(
     eye = eye_like(a)
     b = (t * t) * (mT(w) @ w)  # (t w)^T (t w): (..., r, r)
     n_mat = 0.5 * b + (eye + 0.5 * mT(a)) @ (2 * eye - a)  # (..., r, r)
-    two_n_inv = 2 * torch.linalg.inv(n_mat)  # (..., r, r)
+    two_n_inv = 2 * inverse(n_mat)  # (..., r, r)
     return combine(w, x, t * two_n_inv, (2 * eye - a) @ two_n_inv - eye, out=out)
 
 
