@@ -188,13 +188,16 @@ _PERF_LOAD: dict = {}
 
 @pytest.fixture
 def perf_table():
-    """add(check, measured, goal, bound="", asserted=True): one row of make perf's table.
-    `goal` states the target ("<= 1.10"), `bound` what this run measured it against,
-    `asserted` whether the test asserts it (False: a goal this machine cannot meet, printed)."""
+    """add(check, measured, goal, holds, bound="", asserted=True): one row of make perf's
+    table. `goal` states the target ("<= 1.10"), `holds` whether the measured value meets it,
+    `bound` what this run measured it against, `asserted` whether the test asserts it (False:
+    a goal this machine cannot meet, printed only)."""
     _PERF_LOAD.setdefault("before", os.getloadavg())
 
-    def add(check: str, measured: str, goal: str, bound: str = "", asserted: bool = True):
+    def add(check: str, measured: str, goal: str, holds: bool, bound: str = "",
+            asserted: bool = True):
         PERF_ROWS.append(dict(check=check, measured=measured, goal=goal, bound=bound,
+                              holds="yes" if holds else "**no**",
                               asserted="yes" if asserted else "no (printed only)"))
     return add
 
@@ -221,11 +224,11 @@ def _perf_markdown() -> str:
         "- ratios are measured side by side in one process (interleaved, best of rounds); "
         "`bound` is what the same run measured the goal against",
         "",
-        "| check | measured | goal | bound (this run) | asserted |",
-        "|---|---|---|---|---|",
+        "| check | measured | goal | holds | bound (this run) | asserted |",
+        "|---|---|---|---|---|---|",
     ]
-    rows = [f"| {r['check']} | {r['measured']} | {r['goal']} | {r['bound']} | {r['asserted']} |"
-            for r in PERF_ROWS]
+    rows = [f"| {r['check']} | {r['measured']} | {r['goal']} | {r['holds']} | {r['bound']} | "
+            f"{r['asserted']} |" for r in PERF_ROWS]
     return "\n".join(head + rows) + "\n"
 
 

@@ -97,7 +97,7 @@ def test_lanczos_30_costs_at_most_40_training_steps(setting, perf_table):
         f"whole training batch: {full_s:.2f} s, ratio {full_s / step_s:.1f}"
     )
     perf_table("Hessian estimate (30 Lanczos) / LoRA training step (gpt_tiny, 1 thread)",
-               f"{ratio:.1f}", "<= 40", f"step {1e3 * step_s:.0f} ms (CPU time)")
+               f"{ratio:.1f}", "<= 40", ratio <= 40, f"step {1e3 * step_s:.0f} ms (CPU time)")
     assert ratio <= 40
 
 
@@ -130,5 +130,6 @@ def test_overhead_of_a_200_step_run(setting, perf_table):
         f"every >= {below} keeps it under 10%"
     )
     perf_table(f"Hessian monitor overhead, 200-step run (every={default_every})",
-               f"{overhead(default_every):.1%}", "< 10%", f"estimate {est_s:.2f} s")
+               f"{overhead(default_every):.1%}", "< 10%", overhead(default_every) < 0.10,
+               f"estimate {est_s:.2f} s")
     assert overhead(default_every) < 0.10
