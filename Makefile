@@ -52,8 +52,8 @@ check-results: setup          ## the committed study records in results/: data c
 plots: setup                  ## every figure and table, from the run records in runs/
 	$(PY) -m analysis
 
-perf: setup                   ## benchmarks: ratios measured side by side in one run
-	WANDB_MODE=disabled $(PY) -m pytest -m perf -s -q -p no:randomly -p no:xdist
+perf: setup                   ## benchmarks: ratios side by side in one run; table in results/perf/<date>.md
+	WANDB_MODE=disabled PERF_RESULTS=results/perf $(PY) -m pytest -m perf -s -q -p no:randomly -p no:xdist
 
 studies: setup                ## every study at its documented size (resumable)
 	$(PY) -m experiments

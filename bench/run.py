@@ -197,6 +197,8 @@ def prepare(cfg, inputs: Inputs | None = None) -> Prepared:
         meta["base_sha256"] = base_sha
     if getattr(optimizer, "evaluates_at", None):  # e.g. averaged (Schedule-Free, bench.train)
         meta["evaluates_at"] = optimizer.evaluates_at
+    if hasattr(optimizer, "ns_dtype"):  # Muon's Newton-Schulz dtype (bench/optim/muon.py)
+        meta["ns_dtype"] = str(optimizer.ns_dtype)
     return Prepared(parts, meta, {"trainable_params": trainable})
 
 

@@ -204,3 +204,74 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# ------------------------------------------------------------------- make perf: one table
+# Every perf test adds its ratios here (`perf_table`); at the end of the session they are
+# printed as one table and, when PERF_RESULTS names a folder (make perf), written to
+# PERF_RESULTS/<date>.md with the machine and its load, so the trend across machines is kept.
+PERF_ROWS: list[dict] = []
+_PERF_LOAD: dict = {}
+
+
+@pytest.fixture
+def perf_table():
+    """add(check, measured, goal, holds, bound="", asserted=True): one row of make perf's
+    table. `goal` states the target ("<= 1.10"), `holds` whether the measured value meets it,
+    `bound` what this run measured it against, `asserted` whether the test asserts it (False:
+    a goal this machine cannot meet, printed only)."""
+    _PERF_LOAD.setdefault("before", os.getloadavg())
+
+    def add(check: str, measured: str, goal: str, holds: bool, bound: str = "",
+            asserted: bool = True):
+        PERF_ROWS.append(dict(check=check, measured=measured, goal=goal, bound=bound,
+                              holds="yes" if holds else "**no**",
+                              asserted="yes" if asserted else "no (printed only)"))
+    return add
+
+
+def _perf_markdown() -> str:
+    import datetime
+    import platform
+
+    info = Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    cpu = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                if line.startswith("model name")), platform.processor())
+    bf16 = next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in info), "none")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            capture_output=True).stdout.strip()
+    before, after = _PERF_LOAD.get("before", ("?",) * 3), os.getloadavg()
+    head = [
+        f"# make perf, {datetime.date.today().isoformat()}",
+        "",
+        f"- machine: {cpu}, {os.cpu_count()} cores, native bfloat16: {bf16}; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} intra-op threads; commit {commit}",
+        f"- load average (1, 5, 15 min) at the first perf test: "
+        f"{', '.join(f'{x:.2f}' for x in before)}; at the end: "
+        f"{', '.join(f'{x:.2f}' for x in after)}",
+        "- ratios are measured side by side in one process (interleaved, best of rounds); "
+        "`bound` is what the same run measured the goal against",
+        "",
+        "| check | measured | goal | holds | bound (this run) | asserted |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [f"| {r['check']} | {r['measured']} | {r['goal']} | {r['holds']} | {r['bound']} | "
+            f"{r['asserted']} |" for r in PERF_ROWS]
+    return "\n".join(head + rows) + "\n"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not PERF_ROWS:
+        return
+    text = _perf_markdown()
+    terminalreporter.write_sep("=", "make perf: every ratio")
+    terminalreporter.write(text)
+    folder = os.environ.get("PERF_RESULTS")
+    if folder:
+        import datetime
+
+        path = Path(folder) if Path(folder).is_absolute() else ROOT / folder
+        path.mkdir(parents=True, exist_ok=True)
+        out = path / f"{datetime.date.today().isoformat()}.md"
+        out.write_text(text)
+        terminalreporter.write_line(f"written to {out.relative_to(ROOT)}")

@@ -17,7 +17,7 @@ import numbers
 import geoopt
 import torch
 
-from .linalg import factored_svd, frob, mT, polar_svd, qr_pos, skew, sym
+from .linalg import combine, factored_svd, frob, mT, polar_svd, qr_pos, skew, sym
 
 # What a geometry's points are: "fixed_rank" (W of rank r, its singular values free) or
 # "partial_isometry" (W = U V^T, every singular value 1; a model adds a scale s of s U V^T).
@@ -116,6 +116,12 @@ class LowRankManifold(geoopt.Manifold):
     def extra_repr(self) -> str:
         return f"n={self.n}, m={self.m}, r={self.r}"
 
+    def batch_key(self) -> tuple:
+        """Equal for manifolds that act alike on points of one shape: their points may be
+        stacked along a leading dimension and stepped by one batched call (bench.optim's
+        Riemannian optimizers do). A subclass with options adds them."""
+        return (type(self), self.n, self.m, self.r)
+
     def _check_shape(self, shape, name):
         if len(shape) < 2 or tuple(shape[-2:]) != self.point_shape:
             rows, r = self.point_shape
@@ -195,6 +201,14 @@ class LowRankManifold(geoopt.Manifold):
         y = self.retr(x, u)
         return y, self.transp(x, y, v)
 
+    def retr_transp_along(self, x: torch.Tensor, v: torch.Tensor, t: torch.Tensor):
+        """retr_transp(x, t v, v) for a TANGENT v at x and step sizes t (a tensor that
+        broadcasts against the points, e.g. one per point, (..., 1, 1)): the step of an
+        optimizer that moves along its own transported momentum (RiemannianNormalized).
+        Geometries with a cheaper exact form for this case (no projection of a tangent step,
+        Gram products shared by retraction and transport) override it."""
+        return self.retr_transp(x, t * v, v)
+
     def expmap(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """No closed-form exponential map is used: the retraction stands in (as in geoopt)."""
         return self.retr(x, u)
@@ -267,16 +281,32 @@ class PartialIsometryBase(LowRankManifold):
         """Re-orthonormalise U and V by QR (diag(R) > 0, so an orthonormal factor is kept)."""
         return self.pack(*(qr_pos(f)[0] for f in self.unpack(x)))
 
-    def _proju_blocks(self, x, u):
+    def _proju_parts(self, x, u):
+        """(U, V, U_dot, V_dot, C_u, C_v, H) for the projection of u: with C_u = U^T U_dot,
+        C_v = V^T V_dot (r x r) the projection (`proju`) is
+            U_dot - U C_u',  V_dot - V C_v',   C_u' = sym(C_u) + A,  C_v' = sym(C_v) + A,
+        A = (skew(C_u) + skew(C_v)) / 2 (the vertical part), and the projected vector's
+        rotation is H = U^T U_dot' = -V^T V_dot' = (skew(C_u) - skew(C_v)) / 2. Retractions
+        take these r x r matrices instead of recomputing them from the projected vector."""
         uu, vv = self.unpack(x)
         ud, vd = self.unpack(u)
         cu = mT(uu) @ ud  # (..., r, r)
         cv = mT(vv) @ vd  # (..., r, r)
-        vertical = 0.5 * (skew(cu) + skew(cv))
-        return ud - uu @ (sym(cu) + vertical), vd - vv @ (sym(cv) + vertical)
+        su, sv = skew(cu), skew(cv)
+        vertical = 0.5 * (su + sv)
+        return uu, vv, ud, vd, sym(cu) + vertical, sym(cv) + vertical, 0.5 * (su - sv)
+
+    def _proju_blocks(self, x, u):
+        uu, vv, ud, vd, cu, cv, _ = self._proju_parts(x, u)
+        return combine(ud, uu, None, -cu), combine(vd, vv, None, -cv)
 
     def proju(self, x, u):
-        return self.pack(*self._proju_blocks(x, u))
+        uu, vv, ud, vd, cu, cv, _ = self._proju_parts(x, u)
+        out = torch.empty_like(u)  # the blocks are written in place: no concatenation
+        ou, ov = self.unpack(out)
+        combine(ud, uu, None, -cu, out=ou)
+        combine(vd, vv, None, -cv, out=ov)
+        return out
 
     def egrad2rgrad(self, x, u):
         uu, vv = self.unpack(x)
@@ -284,7 +314,11 @@ class PartialIsometryBase(LowRankManifold):
         cu = mT(uu) @ gu  # U^T G_U = U^T G V: (..., r, r)
         cv = mT(vv) @ gv  # V^T G_V = V^T G^T U: (..., r, r)
         rot = (skew(cu) - skew(cv)) / self.rotation_weight  # (2 / w) theta
-        return self.pack(gu - uu @ (cu - rot), gv - vv @ (cv + rot))
+        out = torch.empty_like(u)  # the blocks are written in place: no concatenation
+        ou, ov = self.unpack(out)
+        combine(gu, uu, None, rot - cu, out=ou)
+        combine(gv, vv, None, -(cv + rot), out=ov)
+        return out
 
     def _rotation(self, x, u):
         """a = (U^T U_dot - V^T V_dot) / 2 (the rotational part of a tangent vector)."""

@@ -6,12 +6,18 @@ import torch
 
 from .base import LowRankManifold, euclidean_inner, orthonormality_error
 from .linalg import (
-    embedded_tangent,
+    combine,
+    eye_like,
     factored_svd,
+    inverse,
     mT,
-    orthographic_retraction,
+    on_threads,
+    orthographic_core,
+    orthographic_svd,
     qr_pos,
     transport_embedded,
+    transport_embedded_from,
+    truncated_core,
     truncated_retraction,
 )
 
@@ -32,16 +38,17 @@ class FixedRankEmbedded(LowRankManifold):
         G V = G_U S^{-T},   G^T U = G_V S^{-1},   U^T G V = G_S,
         M = G_S,   U_p = (I - U U^T) G V,   V_p = (I - V V^T) G^T U.
     Retraction (`retraction=`):
-      "svd" (default): the best rank-r approximation of W + xi, from thin QRs of U_p, V_p and
-        the SVD of a 2r x 2r core (`truncated_retraction`); defined for any step.
+      "svd" (default): the best rank-r approximation of W + xi, from the Gram matrices of U_p,
+        V_p and the SVD of a 2r x 2r core (`truncated_retraction`); defined for any step.
       "orthographic": W + xi + U_p (S + M)^{-1} V_p^T, back along the normal space (Absil &
-        Malick 2012, Prop. 24; `orthographic_retraction`): Cholesky QRs and an r x r inverse,
-        no SVD, about 4x cheaper for r = 32; also second order, but it needs S + M
-        invertible, i.e. steps small against S's smallest singular value (a LoRA update that
-        starts near 0 has tiny S: keep "svd" there). Its S' is not diagonal; an r x r SVD
-        S' = P diag(sigma) Q^T re-diagonalises it (U' P, V' Q, diag(sigma); W' unchanged), which
-        keeps the factors in the svd retraction's gauge, so that Adam's per-entry moments
-        follow the same factors from step to step.
+        Malick 2012, Prop. 24; `orthographic_retraction`): Cholesky factorisations, an r x r
+        inverse and an r x r SVD instead of the 2r x 2r one; also second order, but it needs
+        S + M invertible, i.e. steps small against S's smallest singular value (a LoRA update
+        that starts near 0 has tiny S: keep "svd" there). Its S' = R_L Z R_R^T is not
+        diagonal; the r x r SVD S' = P diag(sigma) Q^T re-diagonalises it (U' P, V' Q,
+        diag(sigma); W' unchanged, `orthographic_svd`), which keeps the factors in the svd
+        retraction's gauge, so that Adam's per-entry moments follow the same factors from step
+        to step.
     Transport: orthogonal projection of the dense tangent vector onto the new tangent space, in
     factored form. Every operation costs O((n + m) r^2 + r^3).
 
@@ -68,6 +75,9 @@ class FixedRankEmbedded(LowRankManifold):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, retraction={self.retraction}"
+
+    def batch_key(self) -> tuple:
+        return (*super().batch_key(), self.retraction, self.sigma_floor)
 
     @property
     def block_rows(self):
@@ -97,7 +107,7 @@ class FixedRankEmbedded(LowRankManifold):
 
     def repair(self, x):
         u, v, s = self.unpack(self.projx(x))
-        a, sigma, bh = torch.linalg.svd(s)  # (..., r, r), (..., r), (..., r, r)
+        a, sigma, bh = on_threads(torch.linalg.svd, s)  # (..., r, r), (..., r), (..., r, r)
         floor = self.sigma_floor
         if floor is None:
             floor = torch.finfo(x.dtype).eps ** 0.5
@@ -116,11 +126,23 @@ class FixedRankEmbedded(LowRankManifold):
     def egrad2rgrad(self, x, u):
         uu, vv, s = self.unpack(x)
         gu, gv, gs = self.unpack(u)
-        # one r x r inverse and products: much cheaper than solves with n right-hand sides
-        s_inv = torch.linalg.inv(s)  # (..., r, r)
-        zv = gu @ mT(s_inv)  # G V = G_U S^{-T}: (..., n, r)
-        ztu = gv @ s_inv  # G^T U = G_V S^{-1}: (..., m, r)
-        return self.pack(*embedded_tangent(uu, vv, zv, ztu, gs))
+        out = torch.empty_like(u)  # the blocks are written in place: no concatenation
+        up, vp, mm = self.unpack(out)
+        sigma = torch.diagonal(s, dim1=-2, dim2=-1)  # (..., r)
+        if bool((s == torch.diag_embed(sigma)).all()):
+            # S = diag(sigma), as every retraction leaves it: S^{-1} scales columns
+            inv = (1 / sigma).unsqueeze(-2)  # (..., 1, r)
+            torch.mul(gu, inv, out=up)  # G V = G_U S^{-T}: (..., n, r)
+            torch.mul(gv, inv, out=vp)  # G^T U = G_V S^{-1}: (..., m, r)
+        else:  # one r x r inverse and products: cheaper than solves with n right-hand sides
+            s_inv = inverse(s)  # (..., r, r)
+            up.copy_(gu @ mT(s_inv))
+            vp.copy_(gv @ s_inv)
+        # embedded_tangent in place: U_p = (I - U U^T) G V, V_p = (I - V V^T) G^T U, M = G_S
+        up.sub_(uu @ (mT(uu) @ up))
+        vp.sub_(vv @ (mT(vv) @ vp))
+        mm.copy_(gs)
+        return out
 
     def inner(self, x, u, v=None, *, keepdim=False):
         return euclidean_inner(u, v, keepdim)
@@ -129,24 +151,55 @@ class FixedRankEmbedded(LowRankManifold):
         uu, vv, s = self.unpack(x)
         up, vp, mm = self._proju_blocks(x, u)
         if self.retraction == "orthographic":
-            u_new, s_new, v_new = orthographic_retraction(uu, vv, s + mm, up, vp)
-            # Re-diagonalise (the gauge): S' = P diag(sigma) Q^T (an r x r SVD), then
-            # U' P, V' Q, diag(sigma) is the same W' = U' S' V'^T with orthonormal factors. A
+            # Re-diagonalised (the gauge): W' = U' diag(sigma) V'^T with orthonormal factors. A
             # non-diagonal S' lets U', V' drift by rotations P, Q from step to step; the point
             # is the same, but Adam's per-entry moments of the packed factors are not invariant
             # under those rotations (SGD's and the normalized step's are), so it diverged.
-            p, sigma, qh = torch.linalg.svd(s_new)  # (..., r, r), (..., r), (..., r, r)
-            return self.pack(u_new @ p, v_new @ mT(qh), torch.diag_embed(sigma))
-        u_new, sigma, v_new = truncated_retraction(uu, vv, s + mm, up, vp)
+            u_new, sigma, v_new = orthographic_svd(uu, vv, s + mm, up, vp)
+        else:
+            u_new, sigma, v_new = truncated_retraction(uu, vv, s + mm, up, vp)
         return self.pack(u_new, v_new, torch.diag_embed(sigma))
+
+    def retr_transp_along(self, x, v, t):
+        """retr_transp(x, t v, v) for a tangent v = (U_pv, V_pv, M_v): the step's blocks are
+        t (U_pv, V_pv, M_v) without a projection, its Gram matrices t^2 U_pv^T U_pv,
+        t^2 V_pv^T V_pv serve the retraction (`truncated_core`; for the orthographic one
+        L^T L = I + Z^{-T} G_u Z^{-1}, `orthographic_core`) and the transport
+        (`transport_embedded_from`, C_u = t U_pv^T U_pv): 12 products with n x r or m x r
+        factors instead of 20, and the new point and vector written in place."""
+        uu, vv, s = self.unpack(x)
+        upv, vpv, mv = self.unpack(v)
+        gram_u, gram_v = mT(upv) @ upv, mT(vpv) @ vpv  # (..., r, r)
+        core = s + t * mv  # Z = S + t M_v
+        if self.retraction == "orthographic":
+            z_inv = inverse(core)
+            eye = eye_like(core)
+            sigma, coefficients = orthographic_core(
+                core, z_inv, eye + (t * t) * mT(z_inv) @ gram_u @ z_inv,
+                eye + (t * t) * z_inv @ gram_v @ mT(z_inv))
+        else:
+            sigma, coefficients, _ = truncated_core(
+                core, upv, vpv, grams=((t * t) * gram_u, (t * t) * gram_v), scale=t)
+        alpha, beta, gamma, delta = coefficients
+        y, moved = torch.empty_like(x), torch.empty_like(v)
+        u2, v2, s2 = self.unpack(y)
+        combine(uu, upv, alpha, t * beta, out=u2)  # U alpha + U_p beta: (..., n, r)
+        combine(vv, vpv, gamma, t * delta, out=v2)  # (..., m, r)
+        s2.copy_(torch.diag_embed(sigma))
+        zv, ztu, m2 = transport_embedded_from(uu, vv, upv, vpv, mv, coefficients,
+                                              t * gram_u, t * gram_v)
+        up2, vp2, mm2 = self.unpack(moved)
+        combine(zv, u2, None, -m2, out=up2)  # Z V2 - U2 M2
+        combine(ztu, v2, None, -mT(m2), out=vp2)  # Z^T U2 - V2 M2^T
+        mm2.copy_(m2)
+        return y, moved
 
     def transp(self, x, y, v):
         uu, vv, _ = self.unpack(x)
         up, vp, mm = self.unpack(v)
         u2, v2, _ = self.unpack(y)
-        # dense Z = A V^T + U V_p^T with A = U M + U_p, projected onto T_y
-        up2, vp2, mm2 = transport_embedded(uu, vv, uu @ mm + up, vp, u2, v2)
-        return self.pack(up2, vp2, mm2)
+        # dense Z = (U M + U_p) V^T + U V_p^T, projected onto T_y
+        return self.pack(*transport_embedded(uu, vv, up, vp, u2, v2, m=mm))
 
     # ----------------------------------------------------------------- checks
     def _check_point_on_manifold(self, x, *, atol=1e-5, rtol=1e-5):

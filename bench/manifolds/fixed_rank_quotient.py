@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import LowRankManifold
-from .linalg import factored_svd, frob, mT
+from .linalg import combine, factored_svd, frob, mT, spd_inverse
 
 
 class FixedRankQuotient(LowRankManifold):
@@ -43,14 +43,14 @@ class FixedRankQuotient(LowRankManifold):
 
     @staticmethod
     def _gram_inverses(left, right):
-        gl_inv = torch.linalg.inv(mT(left) @ left)  # (L^T L)^{-1}: (..., r, r)
-        gr_inv = torch.linalg.inv(mT(right) @ right)  # (R^T R)^{-1}: (..., r, r)
+        gl_inv = spd_inverse(mT(left) @ left)  # (L^T L)^{-1}: (..., r, r)
+        gr_inv = spd_inverse(mT(right) @ right)  # (R^T R)^{-1}: (..., r, r)
         return gl_inv, gr_inv
 
     @staticmethod
-    def _horizontal(left, right, gl_inv, gr_inv, xl, xr):
+    def _horizontal(left, right, gl_inv, gr_inv, xl, xr, out=(None, None)):
         a = 0.5 * (gl_inv @ (mT(left) @ xl) - (mT(xr) @ right) @ gr_inv)  # (..., r, r)
-        return xl - left @ a, xr + right @ mT(a)
+        return combine(xl, left, None, -a, out=out[0]), combine(xr, right, None, mT(a), out=out[1])
 
     # ----------------------------------------------------------------- points
     def from_factors(self, left, right):
@@ -75,7 +75,9 @@ class FixedRankQuotient(LowRankManifold):
     def proju(self, x, u):
         left, right = self.unpack(x)
         gl_inv, gr_inv = self._gram_inverses(left, right)
-        return self.pack(*self._horizontal(left, right, gl_inv, gr_inv, *self.unpack(u)))
+        out = torch.empty_like(u)
+        self._horizontal(left, right, gl_inv, gr_inv, *self.unpack(u), out=self.unpack(out))
+        return out
 
     def egrad2rgrad(self, x, u):
         left, right = self.unpack(x)
@@ -83,7 +85,9 @@ class FixedRankQuotient(LowRankManifold):
         gl_inv, gr_inv = self._gram_inverses(left, right)
         xl = gl @ gr_inv  # G_L (R^T R)^{-1}: (..., n, r)
         xr = gr @ gl_inv  # G_R (L^T L)^{-1}: (..., m, r)
-        return self.pack(*self._horizontal(left, right, gl_inv, gr_inv, xl, xr))
+        out = torch.empty_like(u)
+        self._horizontal(left, right, gl_inv, gr_inv, xl, xr, out=self.unpack(out))
+        return out
 
     def inner(self, x, u, v=None, *, keepdim=False):
         left, right = self.unpack(x)
@@ -96,15 +100,24 @@ class FixedRankQuotient(LowRankManifold):
     def retr(self, x, u):
         return x + self.proju(x, u)
 
+    def retr_transp_along(self, x, v, t):
+        """retr_transp(x, t v, v) for a horizontal v: the step x + t v needs no projection."""
+        y = torch.addcmul(x, t, v)
+        return y, self.transp(x, y, v)
+
     def transp(self, x, y, v):
         left, right = self.unpack(x)
         vl, vr = self.unpack(v)
         l2, r2 = self.unpack(y)
         gl2_inv, gr2_inv = self._gram_inverses(l2, r2)
-        zr = vl @ (mT(right) @ r2) + left @ (mT(vr) @ r2)  # Z R2: (..., n, r)
-        ztl = right @ (mT(vl) @ l2) + vr @ (mT(left) @ l2)  # Z^T L2: (..., m, r)
+        zr = combine(vl, left, mT(right) @ r2, mT(vr) @ r2)  # Z R2: (..., n, r)
+        ztl = combine(right, vr, mT(vl) @ l2, mT(left) @ l2)  # Z^T L2: (..., m, r)
         c = gl2_inv @ (mT(l2) @ zr) @ gr2_inv  # (..., r, r)
-        return self.pack(zr @ gr2_inv - 0.5 * l2 @ c, ztl @ gl2_inv - 0.5 * r2 @ mT(c))
+        out = torch.empty_like(v)
+        ol, orr = self.unpack(out)
+        combine(zr, l2, gr2_inv, -0.5 * c, out=ol)
+        combine(ztl, r2, gl2_inv, -0.5 * mT(c), out=orr)
+        return out
 
     # ----------------------------------------------------------------- checks
     def _check_point_on_manifold(self, x, *, atol=1e-5, rtol=1e-5):

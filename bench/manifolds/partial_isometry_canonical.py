@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from .base import PartialIsometryBase
-from .linalg import eye_like, mT
+from .linalg import combine, eye_like, inverse, mT, skew
 
 
 def cayley(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -22,11 +22,27 @@ def cayley(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     builds A from d itself, which doubles the skew part of the velocity).
     """
     w = d - 0.5 * x @ (mT(x) @ d)  # (..., n, r)
-    a = mT(x) @ w  # (..., r, r)
-    b = mT(w) @ w  # (..., r, r)
+    return cayley_from(x, w, mT(x) @ w)
+
+
+def cayley_from(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    a: torch.Tensor,
+    t: torch.Tensor | float = 1.0,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""`cayley` from w = (d - x (x^T d) / 2) / t (..., n, r) and a = x^T (t w) (..., r, r),
+    in the form
+        Y = (t w) (2 N^{-1}) + x ((2I - a)(2 N^{-1}) - I),   N = t^2 w^T w / 2 + ...
+    (two products with n x r factors and one r x r inverse; t scales the step without
+    forming t w), into `out` if given.
+    """
     eye = eye_like(a)
+    b = (t * t) * (mT(w) @ w)  # (t w)^T (t w): (..., r, r)
     n_mat = 0.5 * b + (eye + 0.5 * mT(a)) @ (2 * eye - a)  # (..., r, r)
-    return (w + x @ (2 * eye - a)) @ (2 * torch.linalg.inv(n_mat)) - x
+    two_n_inv = 2 * inverse(n_mat)  # (..., r, r)
+    return combine(w, x, t * two_n_inv, (2 * eye - a) @ two_n_inv - eye, out=out)
 
 
 class PartialIsometryCanonical(PartialIsometryBase):
@@ -48,9 +64,29 @@ class PartialIsometryCanonical(PartialIsometryBase):
     rotation_weight = 1.0
 
     def retr(self, x, u):
+        uu, vv, ud, vd, cu, cv, half = self._proju_parts(x, u)
+        # projected velocities X_dot' = X_dot - X C' with X^T X_dot' = H (U), -H (V); then
+        # w = X_dot' - X (X^T X_dot') / 2 and a = X^T w = (X^T X_dot') / 2, without products
+        wu = combine(ud, uu, None, -(cu + 0.5 * half))  # (..., n, r)
+        wv = combine(vd, vv, None, 0.5 * half - cv)  # (..., m, r)
+        y = torch.empty_like(x)
+        yu, yv = self.unpack(y)
+        cayley_from(uu, wu, 0.5 * half, out=yu)
+        cayley_from(vv, wv, -0.5 * half, out=yv)
+        return y
+
+    def retr_transp_along(self, x, v, t):
+        """retr_transp(x, t v, v) for a horizontal v (rotation H = U^T U_dot = -V^T V_dot): the
+        step t v needs no projection, w = t (X_dot - X H_X / 2), a = t H_X / 2 (H_U = H,
+        H_V = -H) come from one Gram product, and t is kept out of the n x r products."""
         uu, vv = self.unpack(x)
-        ud, vd = self._proju_blocks(x, u)
-        return self.pack(cayley(uu, ud), cayley(vv, vd))
+        ud, vd = self.unpack(v)
+        h = skew(mT(uu) @ ud)  # (..., r, r)
+        y = torch.empty_like(x)
+        yu, yv = self.unpack(y)
+        cayley_from(uu, combine(ud, uu, None, -0.5 * h), 0.5 * t * h, t, out=yu)
+        cayley_from(vv, combine(vd, vv, None, 0.5 * h), -0.5 * t * h, t, out=yv)
+        return y, self.proju(y, v)
 
     def transp(self, x, y, v):
         return self.proju(y, v)

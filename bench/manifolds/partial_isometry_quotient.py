@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from .base import PartialIsometryBase
-from .linalg import polar
+from .linalg import combine, eye_like, polar_pair
 
 
 class PartialIsometryQuotient(PartialIsometryBase):
@@ -18,10 +20,11 @@ class PartialIsometryQuotient(PartialIsometryBase):
     Sepulchre 2008, §3.6 for quotient manifolds).
 
     Retraction: the polar factor of each factor, U' = (U + U_dot)(I + U_dot^T U_dot)^{-1/2}
-    (r x r eigendecomposition). We use the polar rather than the QR retraction of geoopt's
-    `EuclideanStiefel` because polar(A Q) = polar(A) Q: the retraction is then well defined
-    on the quotient (QR would make U'V'^T depend on the representative). Transport: the
-    orthogonal projection onto the horizontal space at the new point. Cost O((n + m) r^2 + r^3).
+    (r x r eigendecompositions, both factors' in one call: `polar_pair`). We use the polar
+    rather than the QR retraction of geoopt's `EuclideanStiefel` because polar(A Q) =
+    polar(A) Q: the retraction is then well defined on the quotient (QR would make U'V'^T
+    depend on the representative). Transport: the orthogonal projection onto the horizontal
+    space at the new point. Cost O((n + m) r^2 + r^3).
     """
 
     name = "partial_isometry_quotient"
@@ -29,9 +32,23 @@ class PartialIsometryQuotient(PartialIsometryBase):
     rotation_weight = 2.0
 
     def retr(self, x, u):
+        uu, vv, ud, vd, cu, cv, _ = self._proju_parts(x, u)
+        eye = eye_like(cu)
+        # X + X_dot' = X_dot + X (I - C') with the projected X_dot' = X_dot - X C'
+        y = torch.empty_like(x)
+        polar_pair(combine(ud, uu, None, eye - cu), combine(vd, vv, None, eye - cv),
+                   out=self.unpack(y))
+        return y
+
+    def retr_transp_along(self, x, v, t):
+        """retr_transp(x, t v, v) for a horizontal v: the step needs no projection, so the
+        retraction is polar(X + t X_dot) per factor (one eigendecomposition call for both)."""
         uu, vv = self.unpack(x)
-        ud, vd = self._proju_blocks(x, u)
-        return self.pack(polar(uu + ud), polar(vv + vd))
+        ud, vd = self.unpack(v)
+        y = torch.empty_like(x)
+        yu, yv = self.unpack(y)
+        polar_pair(torch.addcmul(uu, t, ud), torch.addcmul(vv, t, vd), out=(yu, yv))
+        return y, self.proju(y, v)
 
     def transp(self, x, y, v):
         return self.proju(y, v)

@@ -98,9 +98,29 @@ class ManifoldAttention(nn.Module):
         return torch.einsum("bhtd,hcd->btc", y, self._per_head(ro))  # sum_h y_h W_O,h^T
 
 
+def share_storage(params: list[nn.Parameter]) -> None:
+    """Give the points of one kind one storage: every parameter of `params` whose manifold has
+    the same batch_key (and dtype, point shape) becomes a view of one stacked (P, rows, r)
+    tensor, in order. Values, shapes and parameters are unchanged; a Riemannian optimizer then
+    steps the whole stack in place (bench.optim.riemannian.PointStack) instead of gathering the
+    points of every layer into a new tensor and copying them back each step."""
+    kinds: dict = {}
+    for p in params:
+        key = (p.manifold.batch_key(), p.dtype, p.device, tuple(p.shape[-2:]))
+        kinds.setdefault(key, []).append(p)
+    for group in kinds.values():
+        if len(group) < 2:
+            continue
+        stacked = torch.cat([p.detach().reshape(-1, *p.shape[-2:]) for p in group])
+        for p, view in zip(group, stacked.split([p[..., 0, 0].numel() for p in group])):
+            p.data = view.view(p.shape)
+
+
 def to_manifold_attention(model: GPT, geometry: str, block: bool, **options) -> GPT:
     """Replace every attention layer's q, k, v, o by manifold points (same function at init for
-    the fixed-rank geometries); `options` go to the geometry's constructor (e.g. retraction)."""
+    the fixed-rank geometries); `options` go to the geometry's constructor (e.g. retraction).
+    The points of all layers share one storage per kind (`share_storage`)."""
     for blk in model.blocks:
         blk.attn = ManifoldAttention(blk.attn, geometry, block, **options)
+    share_storage([p for blk in model.blocks for p in (blk.attn.qk, blk.attn.vo)])
     return model

@@ -428,3 +428,82 @@ def test_large_steps_never_allocate_an_n_by_m_matrix():
             assert manifold.check_point(p.detach())
     growth = _peak_rss() - baseline
     assert growth < 0.5 * dense_bytes, f"peak RSS grew by {growth / 1e6:.0f} MB"
+
+
+# ------------------------------------------------------------- fast exact forms (issue 32)
+def test_retr_transp_along_is_retr_transp_of_the_scaled_step(manifold, gen):
+    """retr_transp_along(x, v, t) = retr_transp(x, t v, v) for a tangent v and one t per point
+    (RiemannianNormalized's step), as dense matrices (the factors' gauge may differ)."""
+    xs = manifold.random_point(4, dtype=torch.float64, generator=gen)
+    v = manifold.random_tangent(xs, generator=gen)
+    t = torch.tensor([0.3, -0.1, 0.05, 0.0], dtype=torch.float64).view(4, 1, 1)
+    y1, w1 = manifold.retr_transp_along(xs, v, t)
+    y2, w2 = manifold.retr_transp(xs, t * v, v)
+    assert_on_manifold(manifold, y1)
+    torch.testing.assert_close(manifold.to_dense(y1), manifold.to_dense(y2))
+    for i in range(4):
+        assert_tangent(manifold, y1[i], w1[i])
+    torch.testing.assert_close(manifold.tangent_to_dense(y1, w1), manifold.tangent_to_dense(y2, w2))
+
+
+@pytest.mark.parametrize("cond", [1.0, 1e2, 4096.0])
+@pytest.mark.parametrize("name", EMBEDDED)
+def test_float32_truncated_retraction_is_exact_to_float32_rounding(name, cond, gen):
+    """In float32 the retraction's matrix is the float64 truncated SVD's to float32 rounding,
+    with S's condition number up to 4096 (repair's floor) for R1, whose 2r x 2r core goes to
+    LAPACK's SVD, and for P1, whose core is factorised through K^T K (`top_singular`)."""
+    manifold = make(name, 64, 48, 8)
+    x = manifold.random_point(16, generator=gen)
+    if name == "fixed_rank_embedded":
+        u, v, _ = manifold.unpack(x)
+        sigma = torch.logspace(0, -float(torch.log10(torch.tensor(cond))), 8, dtype=torch.float64)
+        x = manifold.pack(u, v, torch.diag_embed(sigma.expand(16, 8)))
+        size = sigma[-1]  # steps small against the smallest singular value
+    else:
+        size = 1.0
+    xi = manifold.random_tangent(x, generator=gen)
+    xi = 0.1 * size * xi / manifold.norm(x, xi, keepdim=True)
+    for step in (manifold.retr, lambda p, u: manifold.retr_transp_along(p, u, 1.0)[0]):
+        exact = manifold.to_dense(step(x, xi))
+        y = step(x.float(), xi.float())
+        manifold.check_point(y)
+        error = (manifold.to_dense(y).double() - exact).norm(dim=(-2, -1))
+        assert (error / exact.norm(dim=(-2, -1))).max() < 2e-6  # float32 rounding: ~1e-7
+
+
+def test_truncated_retraction_of_a_rank_deficient_step(gen):
+    """U_p of rank < r (here the zero step, and a step of rank 1) makes U_p^T U_p singular:
+    its root comes from a QR then (`gram_root`), and the retraction is still the truncation."""
+    from bench.manifolds.linalg import gram_root
+
+    manifold = make("fixed_rank_embedded", 12, 10, 3)
+    x = manifold.random_point(generator=gen)
+    u, v, _ = manifold.unpack(x)
+    a = randn_like(u[:, :1], gen)
+    up = (a - u @ (u.T @ a)) @ torch.ones(1, 3, dtype=torch.float64)  # rank 1, ⊥ U
+    for scale in (0.0, 0.1):
+        xi = manifold.pack(scale * up, torch.zeros_like(v), torch.zeros(3, 3, dtype=torch.float64))
+        root, gram = gram_root(scale * up)
+        torch.testing.assert_close(root.T @ root, gram)
+        target = manifold.to_dense(x) + manifold.tangent_to_dense(x, xi)
+        a_, sigma, bh = torch.linalg.svd(target)
+        torch.testing.assert_close(manifold.to_dense(manifold.retr(x, xi)),
+                                   (a_[:, :3] * sigma[:3]) @ bh[:3])
+
+
+def test_factorisations_on_threads_are_the_one_call_results():
+    """on_threads splits a stack of small factorisations across torch's threads: each matrix
+    is factorised by itself, so the results are bitwise those of one call."""
+    from bench.manifolds.linalg import on_threads
+
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(40, 8, 8, generator=gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for fn, arg in ((torch.linalg.svd, k), (torch.linalg.eigh, k @ k.mT)):
+            for mine, theirs in zip(on_threads(fn, arg), fn(arg)):
+                assert torch.equal(mine, theirs)
+        assert on_threads(torch.linalg.inv, k.view(5, 8, 8, 8)).shape == (5, 8, 8, 8)
+    finally:
+        torch.set_num_threads(previous)

@@ -34,7 +34,7 @@ def best_time(fn, repeats=20):
     return min(times)
 
 
-def test_projection_time_grows_at_most_linearly(one_thread):
+def test_projection_time_grows_at_most_linearly(one_thread, perf_table):
     g = torch.Generator().manual_seed(0)
     times = {}
     for n in SIZES:  # in = out = n
@@ -46,6 +46,11 @@ def test_projection_time_grows_at_most_linearly(one_thread):
     print(f"{'in=out':>7} {'ms':>8} {'time ratio':>11} {'size ratio':>11}")
     for n in SIZES:
         print(f"{n:>7} {1e3 * times[n]:>8.3f} {times[n] / times[base]:>11.2f} {n / base:>11.1f}")
+    growth = times[SIZES[-1]] / times[base]
+    perf_table(f"BaLoRA projection time, in = out {base} -> {SIZES[-1]} (r = {RANK})",
+               f"x{growth:.1f}", "<= 1.5 x size ratio (each size)",
+               all(times[n] / times[base] <= 1.5 * n / base for n in SIZES[1:]),
+               f"x{SIZES[-1] // base}")
     for n in SIZES[1:]:
         assert times[n] / times[base] <= 1.5 * n / base, (n, times)
 
@@ -100,7 +105,7 @@ def peak_growth(n, mode):
     return int(out.stdout.split()[-1])
 
 
-def test_projection_never_forms_the_dense_product():
+def test_projection_never_forms_the_dense_product(perf_table):
     n = MEMORY_N
     dense_bytes = n * n * 4
     grown = peak_growth(n, "project")
@@ -109,6 +114,9 @@ def test_projection_never_forms_the_dense_product():
     print(f"\npeak memory growth at in = out = {n} (dense product {dense_bytes / 2**20:.0f} MiB): "
           f"projection {grown / 2**20:.1f} MiB; controls: product kept {kept / 2**20:.1f} MiB, "
           f"product formed and freed {transient / 2**20:.1f} MiB")
+    perf_table(f"BaLoRA projection peak memory / dense product (in = out = {n})",
+               f"{grown / dense_bytes:.3f}", "< 0.05", grown < 0.05 * dense_bytes,
+               f"controls: kept {kept / dense_bytes:.2f}, freed {transient / dense_bytes:.2f}")
     assert kept > 0.9 * dense_bytes  # the probe sees an in x out matrix
     assert transient > 0.9 * dense_bytes  # ... even one freed before the call returns
     assert grown < 0.05 * dense_bytes
@@ -130,7 +138,7 @@ def test_projection_memory_on_cuda():
     assert grown < 0.05 * n * n * 4
 
 
-def test_projection_share_of_a_gpt_small_training_step():
+def test_projection_share_of_a_gpt_small_training_step(perf_table):
     """BaLoRA's projection after a step vs the whole training step: gpt_small, r = 8, attention
     and MLP adapted (24 + 12 layers), AdamW; interleaved rounds, best of each."""
     import time
@@ -167,4 +175,6 @@ def test_projection_share_of_a_gpt_small_training_step():
     print(f"\n[perf] BaLoRA projection on gpt_small (36 layers, r = 8): "
           f"{1e3 * min(projection_times):.1f} ms of a {1e3 * min(step_times):.0f} ms step "
           f"= {share:.1%}")
+    perf_table("BaLoRA projection / training step (gpt_small, 36 layers, r = 8)",
+               f"{share:.1%}", "<= 3%", share <= 0.03, f"step {1e3 * min(step_times):.0f} ms")
     assert share <= 0.03

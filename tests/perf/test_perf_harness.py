@@ -52,7 +52,7 @@ def harness_loop(model, corpus, steps, run_dir):
     return steps * BATCH * model.cfg.seq_len / (time.perf_counter() - t0)
 
 
-def test_harness_throughput_vs_bare_loop(tmp_path):
+def test_harness_throughput_vs_bare_loop(tmp_path, perf_table):
     corpus = load_corpus(domain="stdlib_core")
     cfg = GPTConfig()  # gpt_tiny
     peak = measure_matmul_peak()
@@ -72,4 +72,6 @@ def test_harness_throughput_vs_bare_loop(tmp_path):
         f"[perf] matmul peak {peak / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads); "
         f"MFU bare {mfu(fpt, max(bare), peak):.1%}, harness {mfu(fpt, max(harness), peak):.1%}"
     )
+    perf_table("harness / bare PyTorch loop tokens/s (gpt_tiny)", f"{ratio:.3f}", ">= 0.95",
+               ratio >= 0.95, f"bare {max(bare):.0f} tok/s")
     assert ratio >= 0.95

@@ -78,7 +78,7 @@ def interleaved(step, estimate, rounds: int, steps_per_round: int = 5):
     return statistics.median(step_s), statistics.median(est_s)
 
 
-def test_lanczos_30_costs_at_most_40_training_steps(setting):
+def test_lanczos_30_costs_at_most_40_training_steps(setting, perf_table):
     model, adapter, batch, step = setting
     half_batch = [t[: BATCH // 2] for t in batch]  # the default Hessian batch of a run
     mon = HessianMonitor(
@@ -97,10 +97,12 @@ def test_lanczos_30_costs_at_most_40_training_steps(setting):
         f"Hessian batch {BATCH // 2}x{SEQ}: {est_s:.2f} s, ratio {ratio:.1f} (bound 40); on the "
         f"whole training batch: {full_s:.2f} s, ratio {full_s / step_s:.1f}"
     )
+    perf_table("Hessian estimate (30 Lanczos) / LoRA training step (gpt_tiny, 1 thread)",
+               f"{ratio:.1f}", "<= 40", ratio <= 40, f"step {1e3 * step_s:.0f} ms (CPU time)")
     assert ratio <= 40
 
 
-def test_overhead_of_a_200_step_run(setting):
+def test_overhead_of_a_200_step_run(setting, perf_table):
     """The monitor's cost over a 200-step run logging every 10 steps, at the default settings
     and at every=50 (per_layer off, HessianConfig's default iters)."""
     model, adapter, batch, step = setting
@@ -128,4 +130,7 @@ def test_overhead_of_a_200_step_run(setting):
         f"{100 * overhead(default_every):.1f}% (+ {1e6 * hook_s:.1f} us per log-step call); "
         f"every >= {below} keeps it under 10%"
     )
+    perf_table(f"Hessian monitor overhead, 200-step run (every={default_every})",
+               f"{overhead(default_every):.1%}", "< 10%", overhead(default_every) < 0.10,
+               f"estimate {est_s:.2f} s")
     assert overhead(default_every) < 0.10

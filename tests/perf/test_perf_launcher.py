@@ -1,4 +1,8 @@
-"""Benchmark (make perf): 4 equal gpt_tiny runs, joblib launcher (2 workers) vs serial."""
+"""Benchmark (make perf): 4 equal gpt_tiny runs, joblib launcher (2 workers) vs serial.
+
+The speed-up two 1-thread workers can reach over one 2-thread process is measured in the same
+run (one run on 1 and on 2 threads): 2 t(2) / t(1), about 1.1x on 2 cores where a 2-thread run
+is almost twice as fast as a 1-thread one. The launcher must reach 90% of it."""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def _train_seconds(tmp_path, threads: int) -> float:
     return json.loads((run / "summary.json").read_text())["wall_s"]
 
 
-def test_parallel_launcher_beats_serial(tmp_path):
+def test_parallel_launcher_beats_serial(tmp_path, perf_table):
     serial = _sweep(tmp_path, "serial")
     parallel = _sweep(tmp_path, "local")
     ratio = serial / parallel
@@ -43,4 +47,8 @@ def test_parallel_launcher_beats_serial(tmp_path):
           f"({parallel:.0f} s vs {serial:.0f} s); one run on 2 threads is {one / two:.2f}x "
           f"faster than on 1, so 2 workers of 1 thread can gain at most {2 * two / one:.2f}x "
           "(plus start-up overlap)")
-    assert ratio >= 1.6
+    bound = 2 * two / one
+    perf_table("joblib (2 workers x 1 thread) vs serial (2 threads), 4 gpt_tiny runs: speed-up",
+               f"{ratio:.2f}", ">= 0.9 x bound", ratio >= 0.9 * bound,
+               f"2 t(2 threads) / t(1 thread) = {bound:.2f}")
+    assert ratio >= 0.9 * bound
