@@ -142,7 +142,7 @@ def run(args: dict) -> list[str]:
     from analysis.profiles import write_profiles
     from analysis.report import write_report
     from analysis.scale import write_scale
-    from analysis.selection import select_sweep
+    from analysis.selection import ladder_split, select_sweep
     from analysis.tables import curvature_cost, tuned_table, write_summary, write_tuned
     from analysis.toy import toy_figures
     from analysis.trend import write_trend
@@ -152,8 +152,9 @@ def run(args: dict) -> list[str]:
         raise ArgumentError(f"baseline {baseline!r} is not a method of these runs; "
                          f"methods: {', '.join(sorted(runs['method'].unique()))}")
     written, results, selections = [], [], {}
-    for sweep, sweep_runs in runs.groupby("sweep", sort=True):
+    for sweep, every_run in runs.groupby("sweep", sort=True):
         sweep_curves = curves[curves["sweep"] == sweep]
+        sweep_runs, ladder = ladder_split(every_run)  # a ladder's runs: the scale table's
         files, table, selection = [], None, None
         if not lm_runs(sweep_runs).empty:
             selection = select_sweep(sweep_runs)  # each method's choice, for every output
@@ -172,7 +173,9 @@ def run(args: dict) -> list[str]:
             files += write_tuned(table, args["figures"], sweep,
                                  curvature_cost(sweep_runs, sweep_curves), selection.tuned)
             files += write_summary(sweep_runs, args["figures"], sweep, selection)
-            files += write_scale(sweep_runs, args["figures"], sweep, own)  # [] at one budget
+            # [] at one budget
+            files += write_scale(ladder if not ladder.empty else sweep_runs, args["figures"],
+                                 sweep, own)
         files += draw_sweep(sweep_runs, sweep_curves, args["figures"], sweep, selection,
                             logy=args["logy"])
         files += delta_vs_step(sweep_runs, sweep_curves, args["figures"], sweep, table, selection)

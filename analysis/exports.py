@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.records import CURVE_INDEX
+from analysis.records import CURVE_INDEX, STATED_KEYS
 from analysis.selection import Selection
 from bench.record import SUMMARY_FILE, load_json
 
@@ -49,7 +49,8 @@ HOST_KEYS = ("meta.host.cpu", "meta.host.cpu_capability")
 def runs_table(runs: pd.DataFrame, selections: dict[str, Selection]) -> pd.DataFrame:
     """One row per run (module docstring), from `load_runs`' table and each sweep's
     `Selection` (by sweep; a sweep without one, the toy's, has no chosen runs)."""
-    table = runs.drop(columns=[c for c in ("row", "base", "adapter", "optimizer") if c in runs])
+    table = runs.drop(columns=[c for c in ("row", "base", "adapter", "optimizer", STATED_KEYS)
+                               if c in runs])
     table = table.assign(table_method=table["method"], chosen=False, reported=False)
     for sweep, selection in selections.items():
         names = dict(zip(selection.runs["run_id"], selection.runs["method"]))

@@ -92,10 +92,16 @@ def record_row(record: Record) -> dict:
                     record.sweep, record.method)
 
 
+STATED_KEYS = "meta.stated_keys"  # a row's column: the config keys its record states
+
+
 def make_row(config: dict, summary: dict | None, run_dir: str, run_id: str, sweep: str,
              method: str | None = None) -> dict:
     """A resolved config and a summary (None: the run never wrote one) -> one flat row."""
     row = flatten(config)
+    # the keys this record states: a key an older record lacks (added to the schema since, at
+    # its default) is no difference between its runs (analysis.selection.config_keys)
+    row[STATED_KEYS] = tuple(row)
     overrides = (config.get("meta") or {}).get("overrides")
     if isinstance(overrides, list):  # the launch's command line, kept whole (a study's stages)
         row["meta.overrides"] = [str(o) for o in overrides]
@@ -224,8 +230,10 @@ def check_compatible(df: pd.DataFrame) -> None:
     by = [c for c in ("sweep", "task") if c in df]
     groups = df.groupby(by, sort=True) if by else [(("",), df)]
     for (sweep, *_), runs in groups:
-        differing = {}
+        differing, sized = {}, size_keys(runs)
         for key in compat_keys(runs):
+            if key in sized:  # a ladder's model sizes (study.sizes) differ by design
+                continue
             values = {_hashable(v) for v in runs[key] if not _missing(v)}
             if len(values) > 1:
                 differing[key] = sorted(values, key=str)
@@ -235,6 +243,17 @@ def check_compatible(df: pd.DataFrame) -> None:
                 f"sweep {sweep!r} mixes runs of incompatible configs ({detail}); "
                 "put them in separate sweeps (sweep=<name>) or remove the stale records"
             )
+
+
+def size_keys(df: pd.DataFrame) -> set[str]:
+    """The config keys a study's model-size ladder sets (`study.sizes`: size name -> overrides,
+    flattened to the columns study.sizes.<name>)."""
+    keys = set()
+    for col in (c for c in df.columns if c.startswith("study.sizes.")):
+        for value in df[col].dropna():
+            overrides = value if isinstance(value, list) else str(value).split(",")
+            keys |= {str(o).partition("=")[0].strip() for o in overrides if "=" in str(o)}
+    return keys
 
 
 def _missing(value) -> bool:

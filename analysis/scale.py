@@ -65,7 +65,6 @@ from scipy import optimize
 from analysis.markdown import markdown_table
 from analysis.records import lm_runs
 from analysis.selection import Selection, declared_rows, row_suffix, select_sweep
-from analysis.tables import default_baseline
 from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, compare, verdicts
 
 BUDGET = "budget.tokens"  # the column this module adds: a run's token budget (a row key)
@@ -374,7 +373,7 @@ def scale_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
         chosen = sel.chosen(name)
         first = chosen.iloc[0]
         full_base = (baseline + methods.loc[name, "row"] if baseline
-                     else default_baseline(name, methods))
+                     else sel.default_baseline(name))
         losses = losses_of[name]
         finite = losses[np.isfinite(losses)]
         tokens = int(first[BUDGET])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis.records import ArgumentError, lm_runs
+from analysis.records import STATED_KEYS, ArgumentError, lm_runs
 from bench.record import BAD_STATUSES, SUMMARY_KEYS, semantic
 
 TUNED_KEYS = ("optimizer.lr", "optimizer.manifold_lr", "adapter.alpha", "adapter.scale")
@@ -59,10 +59,16 @@ def run_score(status, final_loss) -> float:
 def config_keys(runs: pd.DataFrame) -> list[str]:
     """The settings that vary between the runs of one method: the tuned ones first."""
     skip = set(SUMMARY_KEYS) | set(_BOOKKEEPING) | set(REPORTED_LOSSES)
+    stated = runs[STATED_KEYS].map(set) if STATED_KEYS in runs else None
+
+    def varies(c: str) -> bool:  # among the runs whose record states the key
+        values = runs[c] if stated is None else runs[c][stated.map(lambda keys: c in keys)]
+        return values.astype(str).nunique(dropna=False) > 1
+
     varying = [
         c for c in runs.columns
         if c not in skip and not c.startswith(_BOOKKEEPING_PREFIXES) and not c.endswith(".seed")
-        and semantic(c) and runs[c].astype(str).nunique(dropna=False) > 1
+        and semantic(c) and runs[c].astype(str).nunique(dropna=False) > 1 and varies(c)
     ]
     return [k for k in TUNED_KEYS if k in varying] + [k for k in varying if k not in TUNED_KEYS]
 
@@ -212,10 +218,14 @@ def declared_rows(df: pd.DataFrame) -> list[str]:
 
 
 def declared_tuning_seeds(df: pd.DataFrame) -> tuple[int, ...]:
-    """The tuning seeds the records' study block states (`study.tuning_seeds`), else
-    TUNING_SEEDS; records of one sweep that disagree are an error."""
-    stated = _declared(df, "study.tuning_seeds")
-    return tuple(int(seed) for seed in stated.split(",")) if stated else TUNING_SEEDS
+    """The tuning seeds the records' study block states (`study.tuning_seeds`; of records that
+    state different ones, all of them), else TUNING_SEEDS."""
+    values = df.get("study.tuning_seeds")
+    stated = set() if values is None else {str(v) for v in values.dropna() if str(v) != ""}
+    # records run under successive protocols (tuning seed 0, then 0 and 6): a seed any of them
+    # tuned on is never reported
+    seeds = sorted({int(seed) for value in stated for seed in value.split(",")})
+    return tuple(seeds) if seeds else TUNING_SEEDS
 
 
 def declares_study(df: pd.DataFrame) -> bool:
@@ -234,6 +244,25 @@ def declares_study(df: pd.DataFrame) -> bool:
         if key in df and not df[key].dropna().astype(str).isin(["", default]).all():
             return True
     return False
+
+
+LADDER_STAGE = "ladder"  # study.stage of a ladder's runs: "ladder@<size>@<budget>"
+
+
+def ladder_split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the study's own runs, its ladder's runs: `study.stage` ladder@...). The tables and
+    figures of a sweep read its own runs (a ladder's budgets and sizes mixed into one table
+    would choose across them), the scale table its ladder's (analysis.scale). A sweep of a
+    ladder alone reports its largest budget at its largest size in the tables."""
+    stage = df["study.stage"] if "study.stage" in df else pd.Series(None, index=df.index)
+    in_ladder = stage.astype(str).str.startswith(LADDER_STAGE)
+    own, ladder = df[~in_ladder], df[in_ladder]
+    if own.empty and not ladder.empty:
+        steps = pd.to_numeric(ladder.get("trainer.max_steps"), errors="coerce")
+        own = ladder[steps == steps.max()] if steps.notna().any() else ladder
+        width = pd.to_numeric(own.get("model.d_model"), errors="coerce")
+        own = own[width == width.max()] if width.notna().any() else own
+    return own, ladder
 
 
 def swept_keys(df: pd.DataFrame) -> list[str]:

@@ -239,8 +239,9 @@ def _in_stage(overrides, experiment: str, long: list[str] | None, study_long: li
     overrides = set(overrides if isinstance(overrides, list) else [])
     marks = long or study_long
     in_long = bool(marks) and set(marks) <= overrides
-    if not long and any(o.startswith("study.stage=ladder") for o in overrides):
-        return False  # a ladder's run never counts as a grid run
+    ladder = lambda ov: any(o.startswith("study.stage=ladder") for o in ov)  # noqa: E731
+    if ladder(overrides) != ladder(long or []):
+        return False  # a ladder's run counts in its ladder only
     return (f"+experiment={experiment}" in overrides and in_long == bool(long)
             and not any(set(e) <= overrides for e in exclude))
 

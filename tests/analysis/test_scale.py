@@ -308,3 +308,51 @@ def test_python_m_analysis_writes_the_scale_outputs_of_a_budget_ladder(tmp_path)
     assert muon.loc[2 * 10 * 4 * 16, "delta"] == pytest.approx(-0.05)  # (0.9 - 1) / 2
     report = (figures / "REPORT.md").read_text()
     assert "ladder_scale.md" in report and "![ladder_scale](ladder_scale.png)" in report
+
+
+def test_a_studys_ladder_feeds_the_scale_table_and_its_own_runs_the_tuned_table(tmp_path):
+    """A study sweep holding its reporting-budget runs and its ladder's (study.stage
+    ladder@<size>@<budget>, at two widths study.sizes declares): the tuned table is the study's
+    own runs' (nothing of the ladder's budgets or widths), the scale table the ladder's, one
+    panel per width; a width study.sizes does not declare is still refused."""
+    from analysis.records import IncompatibleRunsError, check_compatible, load_runs
+    from tests.analysis.test_analysis import write_run
+    from tests.conftest import run_analysis
+
+    sizes = {"d32": ["model.d_model=32"], "d64": ["model.d_model=64"]}
+
+    def study(stage=None):
+        return {"name": "s", "baseline": "lora/adamw", "tuning_seeds": [0], "sizes": sizes,
+                **({"stage": stage} if stage else {})}
+
+    for optimizer, gap in (("adamw", 0.0), ("muon", -0.1)):
+        for seed in range(4):  # the study's own runs: 3 evaluations (20 steps)
+            run_dir = write_run(tmp_path / "runs", "s", optimizer=optimizer, seed=seed,
+                                losses=[3.0, 2.8, 2.5 + gap + 0.01 * seed], study=study(),
+                                model={"name": "gpt_tiny", "d_model": 32, "seq_len": 16})
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}-own"))
+        for width in (32, 64):
+            for evals in (2, 4, 8):
+                for seed in range(4):
+                    run_dir = write_run(
+                        tmp_path / "runs", "s", optimizer=optimizer, seed=seed,
+                        model={"name": "gpt_tiny", "d_model": width, "seq_len": 16},
+                        losses=[3.0] * evals + [2.0 + 1.0 / evals + gap + 0.01 * seed],
+                        study=study(f"ladder@d{width}@{10 * evals}"),
+                        meta={"run_id": f"{optimizer}-s{seed}-{width}-{evals}",
+                              "method": f"lora/{optimizer}"})
+                    run_dir.rename(run_dir.with_name(f"{optimizer}-s{seed}-{width}-{evals}"))
+    figures = tmp_path / "figures"
+    run_analysis(tmp_path / "runs", figures)
+    tuned = pd.read_csv(figures / "s_tuned.csv").set_index("method")
+    assert list(tuned.index) == ["lora/adamw", "lora/muon"]
+    # one configuration a method: nothing tuned, every seed reports (seeds 0-3, 20 steps)
+    assert tuned.loc["lora/muon", "mean"] == pytest.approx(2.4 + 0.015)
+    scale = pd.read_csv(figures / "s_scale.csv")
+    assert sorted(scale["size"].unique()) == [32, 64]
+    assert sorted(scale["tokens"].unique()) == [10 * e * 4 * 16 for e in (2, 4, 8)]
+    assert scale[scale["method"] == "lora/muon"]["delta"].to_numpy() == pytest.approx(-0.1)
+    runs = load_runs(tmp_path / "runs")
+    runs.loc[0, "model.seq_len"] = 32
+    with pytest.raises(IncompatibleRunsError, match="model.seq_len"):
+        check_compatible(runs)

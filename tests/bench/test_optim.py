@@ -127,12 +127,15 @@ def test_muon_takes_the_lora_factors_in_a_lora_run():
 
 
 def test_muon_step_is_torchs_muon_and_adamw_built_by_hand():
-    """The same steps as torch.optim.Muon + AdamW constructed independently (bitwise)."""
+    """The same steps as torch.optim.Muon + AdamW constructed independently (bitwise), with the
+    Newton-Schulz iteration in torch's dtype (bfloat16; the batched one, MuonWithAdamW, runs in
+    ns_dtype: float32 on CPUs without native bfloat16, tests/bench/test_muon_newton_schulz.py)."""
     cfg = compose(["optimizer=muon", "adapter=full", "adapter.target_modules=[all]",
                    "optimizer.adjust_lr=original", "optimizer.weight_decay=0.01",
                    "optimizer.adamw_lr=0.002", "optimizer.lr=0.02"]).optimizer
     ours, ref = _gpt(), _gpt()
     opt = build_optimizer(ours, cfg)
+    opt.ns_dtype = torch.bfloat16
     matrices = [p for n, p in ref.named_parameters() if n.startswith("blocks") and p.ndim == 2]
     rest = [p for n, p in ref.named_parameters() if not (n.startswith("blocks") and p.ndim == 2)]
     ref_opts = [

@@ -3,7 +3,7 @@
 gpt_small (6 layers, 8 heads of width 32): 96 rank-32 points (48 QK, 48 VO, all of one kind,
 stepped as one stack). The models' steps are interleaved step by step in one process, so that
 machine noise hits both alike; each model's best step counts (noise only adds time).
-Goals (issue 32, docs/DESIGN.md §9): the training step within 1.10x AdamW's, the optimizer
+Goals (issue 32, docs/design.md §9): the training step within 1.10x AdamW's, the optimizer
 step alone within 4x AdamW's.
 """
 
