@@ -82,7 +82,9 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
         judged = verdicts(table[compared])
         table.loc[compared, "p_holm"] = judged["p_holm"]
         table.loc[compared, "conclusive"] = judged["conclusive"]
-    table = table.drop(columns="consistent").astype({"n": "Int64"})  # blank: not compared
+        table.loc[compared, "detectable"] = judged["detectable"]
+    table = table.drop(columns=[c for c in ("consistent", "se", "dof") if c in table])
+    table = table.astype({"n": "Int64"})  # blank: not compared
     table["loss"] = sel.loss_key
     table["tuning_seeds"] = ",".join(map(str, sel.left_out))
     if "sweep" in df:
@@ -282,8 +284,10 @@ PROTOCOL = (
     f"1); conclusive = yes when p_holm < {ALPHA} with n >= {MIN_SEEDS} and no diverged seed "
     f"points the other way, n/a when n < {MIN_SEEDS} (too few seeds for a verdict, whatever p "
     "says), else no; detectable = the smallest difference this design detects with "
-    f"{POWER:.0%} power at two-sided alpha {ALPHA}, from n and the observed spread (noncentral "
-    "t), so \"no\" reads as \"no difference larger than detectable\". edge = the best value is "
+    f"{POWER:.0%} power at the two-sided level Holm's procedure holds this comparison to in this "
+    f"table ({ALPHA} / (m - i + 1) for the comparison with the i-th smallest of m p-values), "
+    "from n and the observed spread (noncentral t), so \"no\" reads as \"no difference larger "
+    "than detectable\": a table with more comparisons detects less. edge = the best value is "
     "the lowest or highest of >= 3 values tried, or (key@steps) of those rerun at the reporting "
     "budget while the grid tried more beyond it."
 )

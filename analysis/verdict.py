@@ -114,6 +114,26 @@ def holm(p) -> np.ndarray:
     return out
 
 
+def holm_levels(p) -> np.ndarray:
+    """The level each of m tests is held to in Holm's step-down procedure: the test with the
+    i-th smallest p (i = 1..m) is rejected at alpha / (m - i + 1) (NaN p: no level)."""
+    p = np.asarray(p, dtype=float)
+    levels = np.full(p.shape, math.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    levels[order] = ALPHA / (len(tested) - np.arange(len(tested)))
+    return levels
+
+
+def holm_detectable(p, se, dof, power: float = POWER) -> np.ndarray:
+    """The smallest difference each comparison of a table detects with `power` at the Holm
+    level its rank needs (`holm_levels`): a table with more comparisons detects less. A
+    comparison without a p-value keeps the unadjusted level ALPHA."""
+    levels = holm_levels(p)
+    return np.array([detectable_difference(s, d, level if np.isfinite(level) else ALPHA, power)
+                     for s, d, level in zip(se, dof, levels)])
+
+
 def t_power(ncp, df, alpha: float = ALPHA) -> np.ndarray:
     """Power of the two-sided t-test when t ~ noncentral t(df, ncp):
     P(|t| > c) = P(t > c) + P(-t > c), c = t_{1 - alpha/2, df}, and -t ~ noncentral t(df, -ncp).
@@ -180,6 +200,9 @@ def compare(method: pd.Series, baseline: pd.Series) -> dict:
         "ci_high": float(result.high),
         "p": float(result.p),
         "detectable": detectable_difference(float(result.se), float(result.df)),
+        # the test's standard error and degrees of freedom: `verdicts` makes detectable the
+        # difference found at the Holm level the comparison needs in its table
+        "se": float(result.se), "dof": float(result.df),
         # whether no diverged seed contradicts the direction of the seeds that finished
         "consistent": bool(diverged == 0 or np.sign(diverged) == np.sign(mean)),
     }
@@ -190,7 +213,8 @@ def verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
 
     conclusive: "n/a" when n < MIN_SEEDS; "yes" when p_holm < ALPHA and no diverged seed points
     the other way; else "no". Expects the columns of ``compare``; returns a copy with p_holm and
-    conclusive added (the family is the rows given: one table's comparisons).
+    conclusive added (the family is the rows given: one table's comparisons), and, with the
+    columns se and dof, detectable at each comparison's Holm level (`holm_detectable`).
     """
     out = comparisons.copy()
     p = out["p"].to_numpy(dtype=float)
@@ -198,6 +222,9 @@ def verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
     p_holm = np.full(len(out), math.nan)
     p_holm[tested] = holm(p[tested])
     out["p_holm"] = p_holm
+    if {"se", "dof"} <= set(out.columns) and tested.any():
+        out["detectable"] = holm_detectable(p, out["se"].to_numpy(float),
+                                            out["dof"].to_numpy(float))
     enough = out["n"].to_numpy() >= MIN_SEEDS
     significant = (p_holm < ALPHA) & out["consistent"].to_numpy(dtype=bool)
     out["conclusive"] = np.where(~enough, "n/a", np.where(significant, "yes", "no"))

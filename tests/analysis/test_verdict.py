@@ -122,6 +122,26 @@ def test_detectable_difference_of_a_comparison_uses_its_observed_spread():
         detectable_difference(d.std(ddof=1) / math.sqrt(5), 4))
 
 
+def test_detectable_is_found_at_the_holm_level_each_comparison_needs():
+    """In a table of m comparisons the one with the i-th smallest p is held to alpha/(m-i+1):
+    its detectable difference has 80% power there (checked by simulation), and the same
+    comparison in a larger table detects less."""
+    rng = np.random.default_rng(3)
+    baseline = pd.Series(2.0 + rng.normal(0, 0.01, 5), index=[1, 2, 3, 4, 5])
+    methods = [baseline + shift + rng.normal(0, 0.004, 5) for shift in (0.05, 0.02, 0.003)]
+    alone = verdicts(pd.DataFrame([compare(methods[0], baseline)]))
+    table = verdicts(pd.DataFrame([compare(m, baseline) for m in methods]))
+    ranked = table.sort_values("p")
+    for i, (_, row) in enumerate(ranked.iterrows()):  # the i-th smallest p: alpha / (3 - i)
+        assert row["detectable"] == pytest.approx(
+            detectable_difference(row["se"], row["dof"], ALPHA / (3 - i)))
+    assert table.loc[0, "detectable"] > alone.loc[0, "detectable"]
+    row = ranked.iloc[0]
+    sd = row["se"] * math.sqrt(5)
+    diffs = np.random.default_rng(7).normal(row["detectable"], sd, (20_000, 5))
+    assert (paired_t(diffs).p < ALPHA / 3).mean() == pytest.approx(0.8, abs=0.015)
+
+
 def test_fewer_than_three_seeds_are_never_a_verdict():
     two = pd.Series([2.0, 2.1], index=[1, 2])
     rows = pd.DataFrame([compare(two - 0.5, two)])

@@ -1,10 +1,10 @@
 """Benchmark (make perf): each optimizer of issue 29 against AdamW on gpt_small (6 layers,
-d_model 256, seq_len 256), side by side in one process (tests/perf/test_perf_optim.py's
-_side_by_side: steps interleaved, best of the rounds): the optimizer step's and the training
-step's ratio to AdamW's.
+d_model 256, seq_len 256), side by side in one process
+(tests/perf/test_perf_riemannian.side_by_side: steps interleaved, each model's best step
+counts): the optimizer step's and the training step's ratio to AdamW's, in make perf's table.
 
 Every parameter trains (from scratch); LoRA-RITE: LoRA r = 8 on q, k, v, o against AdamW on the
-same factors. The first step of each round is untimed (state allocation, SOAP's first
+same factors. The first steps are untimed (state allocation, SOAP's first
 eigendecompositions). Shampoo is timed twice: between inverse-root computations (the steps its
 YAML runs 99 of every 100) and on a step that recomputes them all (coupled Schur-Newton on every
 block). NorMuon and MuonH orthogonalise in bfloat16 inside their libraries, which is very slow
@@ -17,13 +17,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.data.corpus import load_corpus
 from bench.models.gpt import GPT
-from tests.perf.test_perf_optim import FULL, _side_by_side
-from tests.perf.test_perf_riemannian import SMALL
+from tests.perf.test_perf_optim import FULL, _built
+from tests.perf.test_perf_riemannian import SMALL, side_by_side
 
 pytestmark = pytest.mark.perf
 LORA = ("adapter=lora", "adapter.r=8")
-CHEAP, ONE = {"rounds": 2, "steps": (1, 2)}, {"rounds": 1, "steps": (1, 1)}
+CHEAP, ONE = {"warmup": 1, "steps": 2}, {"warmup": 1, "steps": 1}  # side_by_side's
 
 # label -> (overrides, adapter, timing, whether the optimizer step must cost more than AdamW's:
 # asserted only where the extra work is matrix products, not elementwise, so noise cannot flip it)
@@ -45,10 +46,20 @@ CASES = {
 
 
 @pytest.mark.parametrize("label", CASES)
-def test_step_vs_adamw(label):
+def test_step_vs_adamw(label, perf_table):
     overrides, adapter, timing, costs_more = CASES[label]
     torch.manual_seed(0)
-    _, opt_ratio = _side_by_side(f"{label} (gpt_small)", GPT(SMALL), overrides, adapter=adapter,
-                                 **timing)
+    base = GPT(SMALL)
+    runs = {"adamw": _built(base, ["optimizer=adamw"], adapter),
+            "other": _built(base, overrides, adapter)}
+    best = side_by_side(runs, load_corpus(domain="stdlib_core").train, **timing)
+    (total_e, step_e), (total_o, step_o) = best["adamw"], best["other"]
+    ratio, opt_ratio = total_o / total_e, step_o / step_e
+    print(f"\n[perf] {label} (gpt_small): training step {ratio:.3f}x AdamW's, optimizer step "
+          f"{opt_ratio:.2f}x ({step_o * 1e3:.1f} vs {step_e * 1e3:.1f} ms)")
+    perf_table(f"{label}: training step / AdamW's", f"{ratio:.3f}", "(reported)", True,
+               f"AdamW {total_e * 1e3:.0f} ms", asserted=False)
     if costs_more:
+        perf_table(f"{label}: optimizer step / AdamW's", f"{opt_ratio:.2f}", "> 1",
+                   opt_ratio > 1, f"AdamW {step_e * 1e3:.1f} ms")
         assert opt_ratio > 1
