@@ -47,6 +47,7 @@ seconds of the study's completed runs (or the study's `seconds_per_run`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -325,8 +326,6 @@ def _dedupe(values: list[str]) -> list[str]:
 def owned_knobs(method: str, keys) -> list[str]:
     """The keys of `keys` a method has: an adapter's or optimizer's own knobs (its `knobs`
     dataclass), any other group's key ("lora/adamw r=4" -> lora's and adamw's)."""
-    import dataclasses
-
     from bench.adapters import ADAPTERS
     from bench.optim import OPTIMIZERS
 
@@ -485,6 +484,29 @@ def _ladder_minutes(study: StudyConfig, experiment: str, out_dir: Path, n: int,
                for size in sizes for budget in study.budgets) / 60
 
 
+def ladder_slice(name: str, study: StudyConfig, sizes: str | None,
+                 methods: str | None) -> StudyConfig:
+    """The study with its ladder narrowed to `sizes` and `methods` (comma-separated names; None:
+    all), so a long ladder runs in slices (each slice's records are the ladder's own: the runs'
+    configs still state the whole study block, and a later slice reads the earlier ones)."""
+    changes: dict = {}
+    if sizes is not None:
+        wanted = [s for s in sizes.split(",") if s]
+        wrong = [s for s in wanted if s not in study.sizes]
+        if wrong or not wanted:
+            raise ConfigError(f"--sizes={sizes!r}: study {name} has sizes "
+                              f"{', '.join(study.sizes) or '(none: study.sizes is empty)'}")
+        changes["sizes"] = {s: study.sizes[s] for s in study.sizes if s in wanted}
+    if methods is not None:
+        wanted = [m for m in methods.split(",") if m]
+        wrong = [m for m in wanted if m not in study.ladder_methods]
+        if wrong or not wanted:
+            raise ConfigError(f"--methods={methods!r}: study {name}'s ladder_methods are "
+                              f"{', '.join(study.ladder_methods) or '(none declared)'}")
+        changes["ladder_methods"] = [m for m in study.ladder_methods if m in wanted]
+    return dataclasses.replace(study, **changes) if changes else study
+
+
 def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2,
          kinds=STAGE_KINDS) -> float:
     total = 0.0
@@ -511,7 +533,8 @@ def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2,
                 carried = [m for m in found if not study.ladder_methods
                            or m.split(" ")[0] in study.ladder_methods]
                 n = (len(study.budgets) * max(1, len(study.sizes))
-                     * (3 * tuning + len(study.reporting_seeds)) * max(1, len(carried)))
+                     * (3 * tuning + len(study.reporting_seeds))
+                     * (len(carried) if found and study.ladder_methods else max(1, len(carried))))
             else:  # one extra run per seed for each method of the grid
                 n = len(study.reporting_seeds) * methods
             if kind == "ladder":
@@ -696,6 +719,8 @@ def ladder_batches(experiment: str, out_dir: Path, study: StudyConfig,
     start = carried(best_overrides(out_dir, study, experiment, study.long or None,
                                    exclude=variant_runs(study))
                     or best_overrides(out_dir, study, experiment))
+    if not start and study.ladder_methods and best_overrides(out_dir, study, experiment):
+        return  # none of this experiment's methods is carried (or in this slice)
     inherit = study.from_baseline.get(experiment, [])
     for size in list(study.sizes.items()) or [None]:
         previous, old_marks = start, set(study.long)
@@ -889,6 +914,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run (and plan) only the stages of these kinds, in the study's "
                              f"order (default: all of {', '.join(STAGE_KINDS)}); the others' "
                              "records are still read")
+    parser.add_argument("--sizes", default=None, metavar="NAME[,NAME]",
+                        help="a ladder's slice: only these of its model sizes (study.sizes)")
+    parser.add_argument("--methods", default=None, metavar="METHOD[,METHOD]",
+                        help="a ladder's slice: only these of its carried methods "
+                             "(study.ladder_methods)")
     parser.add_argument("--no-wait", action="store_true",
                         help="start each study's next batch of stage commands in a detached "
                              "process and exit; run the same command again to go on")
@@ -905,6 +935,11 @@ def main(argv: list[str] | None = None) -> int:
     wrong = [k for k in kinds if k not in STAGE_KINDS]
     if wrong or not kinds:
         parser.error(f"--stages={args.stages!r}: allowed kinds: {', '.join(STAGE_KINDS)}")
+    try:
+        chosen = {name: ladder_slice(name, study, args.sizes, args.methods)
+                  for name, study in chosen.items()}
+    except ConfigError as error:
+        parser.error(str(error))
     out_dir = Path(args.out_dir)
     plan(chosen, out_dir, kinds=kinds)
     if args.plan:
