@@ -466,3 +466,33 @@ def test_a_ladder_takes_the_baselines_tuned_values_at_the_same_budget(tmp_path, 
     assert first[4:] == ["+experiment=v", "adapter=full", "optimizer=riemannian_normalized",
                          "optimizer.manifold_lr=3e-3,1e-2", "optimizer.lr=0.001", *marks,
                          "seed=0", f"out_dir={out}"]
+
+
+def test_a_ladder_slice_runs_only_its_sizes_and_methods_and_names_the_allowed_ones(
+        tmp_path, monkeypatch, capsys):
+    """--sizes/--methods narrow a ladder to a slice (the wide size only here; the full/adamw
+    record's method is not in the slice), and a name the study does not declare is one line
+    listing those it does, before anything runs."""
+    files = {"t": TUNED["t"].replace(
+        "  budgets: [20, 80]\n",
+        "  budgets: [20]\n  ladder_methods: [lora/adamw, full/adamw]\n"
+        "  sizes: {narrow: [model.d_model=32, model.n_head=2], wide: [model.d_model=64]}\n")}
+    experiments, _, out = _stage_commands(tmp_path, monkeypatch, files, "t")
+    study = experiments.discover()[0]["t"]
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        _lora(out, f"g{lr}", lr, "16", 2.0 if lr == "3e-3" else 2.5)
+    _record(out, "t", "full", "full/adamw", ["+experiment=t", "adapter=full",
+                                             "optimizer.lr=1e-2"], 1.0, 1e-2)
+    part = experiments.ladder_slice("t", study, "wide", "lora/adamw")
+    assert list(part.sizes) == ["wide"] and part.ladder_methods == ["lora/adamw"]
+    assert list(study.sizes) == ["narrow", "wide"]  # the study itself is unchanged
+    (first,) = next(experiments.ladder_batches("t", out, part))
+    wide = experiments.ladder_marks(20, ("wide", ["model.d_model=64"]))
+    assert first[4:] == ["+experiment=t", "adapter=lora", "optimizer.lr=1e-3,3e-3,1e-2",
+                         "adapter.alpha=16", *wide, "seed=0,6", f"out_dir={out}"]
+    with pytest.raises(SystemExit):
+        experiments.main(["t", "--plan", "--out-dir", str(out), "--sizes", "narow"])
+    assert "--sizes='narow': study t has sizes narrow, wide" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        experiments.main(["t", "--plan", "--out-dir", str(out), "--methods", "lora/sgd"])
+    assert "ladder_methods are lora/adamw, full/adamw" in capsys.readouterr().err
