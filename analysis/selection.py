@@ -107,6 +107,9 @@ class Choice:
     run_ids: list[str]
     n_configs: int  # configurations tried
     edge: list[str] = field(default_factory=list)  # `grid_edges` + `budget_edges`
+    # other configurations whose tuning-seed mean is within the chosen one's tuning-seed spread
+    # (max - min) of its tuning-seed mean: "lr=0.003 (+0.0004)", closest first (`near_ties`)
+    near_ties: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -130,6 +133,8 @@ def score_configs(runs: pd.DataFrame, tuning_seeds) -> tuple[list[str], pd.DataF
             "scores": scores,
             "mean": scores.mean() if len(scores) else math.nan,
             "_tuning": tuning.mean() if len(tuning) else math.nan,
+            "_spread": (float(tuning.max() - tuning.min())
+                        if len(tuning) and np.isfinite(tuning).all() else math.nan),
             "n_diverged": int(group["status"].isin(BAD_STATUSES).sum()),
             "run_ids": list(group["run_id"]),
             "n_runs": len(group),
@@ -140,9 +145,23 @@ def score_configs(runs: pd.DataFrame, tuning_seeds) -> tuple[list[str], pd.DataF
     # on, the config it chose over one that had already run its reporting seeds), then the
     # lowest mean. NaN (no finished seed) sorts after +inf: a config with no result never wins.
     table = table.assign(_tier=-table["n_runs"]).sort_values(
-        ["_tier", "_tuning", "mean"], na_position="last", kind="stable").drop(
-        columns=["_tier", "_tuning"])
+        ["_tier", "_tuning", "mean"], na_position="last", kind="stable").drop(columns="_tier")
     return shown, table.reset_index(drop=True)
+
+
+def near_ties(keys: list[str], table: pd.DataFrame) -> list[str]:
+    """The configurations of `score_configs`' table (the chosen one first) whose tuning-seed
+    mean is at most the chosen one's plus its tuning seeds' spread (max - min; 0 with one
+    tuning seed, so only an exact tie): those the tuning seeds cannot tell from the choice.
+    Each as its label and its difference to the choice, closest first."""
+    best = table.iloc[0]
+    if not np.isfinite(best["_tuning"]) or len(keys) == 0:
+        return []
+    spread = best["_spread"] if np.isfinite(best["_spread"]) else 0.0
+    gaps = table["_tuning"].iloc[1:] - best["_tuning"]
+    close = gaps[np.isfinite(gaps) & (gaps <= spread)].sort_values(kind="stable")
+    return [f"{config_label(keys, [table.loc[i, k] for k in keys])} ({gap:+.4f})"
+            for i, gap in close.items()]
 
 
 def _tuning_scores(tuning_runs: pd.DataFrame, keys: list[str], config: pd.Series) -> pd.Series:
@@ -162,7 +181,8 @@ def choose(method: str, runs: pd.DataFrame, tuning_seeds=TUNING_SEEDS) -> Choice
     values = {k: best[k] for k in keys}
     return Choice(method, keys, values, best["scores"], best["mean"], best["n_diverged"],
                   best["run_ids"], len(table),
-                  grid_edges(runs, keys, values) + budget_edges(runs, keys, values))
+                  grid_edges(runs, keys, values) + budget_edges(runs, keys, values),
+                  near_ties(keys, table))
 
 
 def grid_edges(runs: pd.DataFrame, keys: list[str], values: dict) -> list[str]:

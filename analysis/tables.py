@@ -49,7 +49,8 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
     mean, std (over the reported seeds), then the comparison with the baseline (verdict.py):
     test ("paired" | "welch"), n, delta (method - baseline; negative = lower loss than the
     baseline), ci_low, ci_high, p, p_holm, conclusive ("yes" | "no" | "n/a" | "baseline"),
-    detectable; baseline, edge, loss (the summary column reported), tuning_seeds (left out).
+    detectable; baseline, edge, near_ties (`analysis.selection.near_ties`), loss (the summary
+    column reported), tuning_seeds (left out).
     """
     df = lm_runs(df)
     check_compatible(df)
@@ -164,6 +165,7 @@ def _table_row(method, chosen: Choice, losses: pd.Series, base, methods) -> dict
         "detectable": math.nan, "consistent": True,
         "baseline": base or "",
         "edge": ",".join(chosen.edge),
+        "near_ties": "; ".join(chosen.near_ties),
     }
     if chosen.edge:
         where = ", ".join(f"{k}={fmt(chosen.values[k.partition('@')[0]])}"
@@ -186,7 +188,7 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str 
     shown = ["method", "hyperparameters", "n_configs", "seeds", "n_diverged", "mean", "std",
              "test", "n", "delta", "ci_low", "ci_high", "p", "p_holm", "conclusive",
              "detectable", "kappa", "kappa_seeds", "kappa_gn", "kappa_gn_seeds", "baseline",
-             "edge"]
+             "edge", "near_ties"]
     for col in ("kappa", "kappa_gn"):
         if not measured_kappa(table, col):
             shown = [c for c in shown if c not in (col, f"{col}_seeds")]
@@ -289,7 +291,10 @@ PROTOCOL = (
     "from n and the observed spread (noncentral t), so \"no\" reads as \"no difference larger "
     "than detectable\": a table with more comparisons detects less. edge = the best value is "
     "the lowest or highest of >= 3 values tried, or (key@steps) of those rerun at the reporting "
-    "budget while the grid tried more beyond it."
+    "budget while the grid tried more beyond it. near_ties = the other configurations whose "
+    "mean over the tuning seeds is at most the chosen one's plus its tuning seeds' spread "
+    "(max - min; with one tuning seed only an exact tie), with their difference: choices the "
+    "tuning seeds cannot tell apart."
 )
 
 

@@ -350,3 +350,20 @@ def test_best_runs_choose_each_table_row_apart():
     assert chosen["base"].isin(["lora/adamw", "balora/adamw"]).all()  # the records' names
     assert set(chosen["method"]) == {f"{m} r={r}" for m in ("lora/adamw", "balora/adamw")
                                      for r in (4, 8)}  # chosen per table row
+
+
+def test_near_ties_are_the_configs_within_the_tuning_seeds_spread_of_the_choice():
+    """Two tuning seeds (0, 1): lr 1e-3 is chosen (mean 2.02, spread 0.04); 3e-3 (mean 2.04)
+    is within the spread, 1e-2 (2.11) is not; with only seed 0 tuning, the spread is 0."""
+    rows = []
+    for lr, tune in ((1e-3, (2.00, 2.04)), (3e-3, (2.05, 2.03)), (1e-2, (2.10, 2.12))):
+        rows += [run("lora/adamw", lr, s, loss) for s, loss in enumerate(tune)]
+    rows += [run("lora/adamw", 1e-3, s, 2.0 + s / 100) for s in range(2, 7)]
+    row = table(rows, tuning_seeds=(0, 1)).loc["lora/adamw"]
+    assert row["optimizer.lr"] == 1e-3
+    assert row["near_ties"] == "optimizer.lr=0.003 (+0.0200)"
+    one = [r for r in rows if r["seed"] != 1]
+    assert table(one, tuning_seeds=(0,)).loc["lora/adamw", "near_ties"] == ""
+    tied = one + [run("lora/adamw", 3e-4, 0, 2.00)]  # the same seed-0 loss: an exact tie
+    assert table(tied, tuning_seeds=(0,)).loc["lora/adamw", "near_ties"] == (
+        "optimizer.lr=0.0003 (+0.0000)")
