@@ -158,7 +158,10 @@ def near_ties(keys: list[str], table: pd.DataFrame) -> list[str]:
     if not np.isfinite(best["_tuning"]) or len(keys) == 0:
         return []
     spread = best["_spread"] if np.isfinite(best["_spread"]) else 0.0
-    gaps = table["_tuning"].iloc[1:] - best["_tuning"]
+    # the chosen values' other groups (reporting seeds recorded under another config_id) are
+    # the choice itself
+    other = ~np.logical_and.reduce([table[k].astype(str) == str(best[k]) for k in keys])
+    gaps = (table["_tuning"] - best["_tuning"])[other]
     close = gaps[np.isfinite(gaps) & (gaps <= spread)].sort_values(kind="stable")
     return [f"{config_label(keys, [table.loc[i, k] for k in keys])} ({gap:+.4f})"
             for i, gap in close.items()]

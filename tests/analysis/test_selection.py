@@ -362,6 +362,10 @@ def test_near_ties_are_the_configs_within_the_tuning_seeds_spread_of_the_choice(
     row = table(rows, tuning_seeds=(0, 1)).loc["lora/adamw"]
     assert row["optimizer.lr"] == 1e-3
     assert row["near_ties"] == "optimizer.lr=0.003 (+0.0200)"
+    for r in rows:  # as recorded: the reporting seeds' runs under another meta.config_id
+        r["meta.config_id"] = f"{r['optimizer.lr']}-{'tune' if r['seed'] < 2 else 'report'}"
+    assert table(rows, tuning_seeds=(0, 1)).loc["lora/adamw", "near_ties"] == (
+        "optimizer.lr=0.003 (+0.0200)")
     one = [r for r in rows if r["seed"] != 1]
     assert table(one, tuning_seeds=(0,)).loc["lora/adamw", "near_ties"] == ""
     tied = one + [run("lora/adamw", 3e-4, 0, 2.00)]  # the same seed-0 loss: an exact tie
