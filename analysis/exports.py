@@ -21,9 +21,8 @@ so one run's curve is a column (`steps.query("run_id == @r")[["step", "eval/loss
 form is one `melt` away.
 
 Both files keep every sweep analysed so far, like REPORT.md: an analysis replaces the rows of
-the sweeps it analysed and keeps the others (delete the files to start over). Parquet needs
-pyarrow (installed by `make setup`, the `hf` extra); without it these files are skipped with a
-warning.
+the sweeps it analysed and keeps the others (delete the files to start over). Parquet is
+written with pyarrow, a dependency of the package.
 """
 
 from __future__ import annotations
@@ -166,14 +165,7 @@ def merge(path: Path, new: pd.DataFrame, sweeps: set[str]) -> pd.DataFrame:
 
 def write_exports(runs: pd.DataFrame, curves: pd.DataFrame, selections: dict[str, Selection],
                   figures: str | Path) -> list[Path]:
-    """``figures/runs.parquet`` and ``figures/steps.parquet`` (module docstring); [] without
-    pyarrow (warned)."""
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        warnings.warn("pyarrow is not installed: runs.parquet and steps.parquet are skipped "
-                      "(pip install pyarrow)", stacklevel=2)
-        return []
+    """``figures/runs.parquet`` and ``figures/steps.parquet`` (module docstring)."""
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
     runs = runs_table(runs, selections)
