@@ -43,7 +43,9 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
     long = lambda k: (1 + 2 * k) * 2  # noqa: E731
     assert totals == {"balora_toy": 12,
                       # grids 7 + 50 + 4 x 25; long: full (lr, wd), five LoRA-type (+ alpha)
-                      "balora_finetune": 7 + 50 + 4 * 25 + long(2) + 5 * long(3) + 6 * 5,
+                      # ladders (full, LoRA/BaLoRA): 3 budgets x 11 runs, one method each
+                      "balora_finetune": 7 + 50 + 4 * 25 + long(2) + 5 * long(3) + 6 * 5
+                      + 2 * 3 * 11,
                       # grids 6 + 50 + 7; long: AdamW (lr, wd), Riemannian (manifold lr, AdamW
                       # part lr, wd), Muon (lr, wd, AdamW part lr), each also under cosine
                       # ladders (AdamW, Muon, the design points): 3 sizes x 3 budgets x
@@ -52,10 +54,11 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       + 3 * 3 * 3 * 11,
                       # long: full (lr, wd), LoRA (+ alpha), Riemannian (manifold lr, alpha,
                       # wd), Muon and preconditioned (lr, alpha, wd), LoRA+ (+ ratio)
+                      # ladders: four stages, 3 budgets x 11 runs, one method each
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75
-                      + long(2) + 4 * long(3) + long(4) + 6 * 5,
+                      + long(2) + 4 * long(3) + long(4) + 6 * 5 + 4 * 3 * 11,
                       "smollm2_finetune": 4 + 8 + 4 + 4 + 4 + 5 * long(3) + 5 * 5,
-                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5}
+                      "balora_rank": 2 * 210 + 240 + 245 + 3 * 5 + 3 * 11}
 
 
 def _conf(tmp_path, monkeypatch, files: dict[str, str]):
