@@ -17,7 +17,12 @@ and every command's output; gpu_check.json: the numbers; gpu_check.md: the summa
                   skipped with a note on one GPU and at the dry size)
   3. compare      AdamW vs R1 vs R2 at their tuned CPU learning rates, 2 seeds, paired by seed;
                   run records under <out>/runs/gpu_compare/
-  4. analysis     `python -m analysis runs=<out>/runs figures=<out>/figures`
+  4. smollm2      a real pretrained model (issue "Real workloads"): SmolLM2-135M-Instruct
+                  (model=smollm2, its own tokenizer) fine-tuned on the King James Bible with
+                  LoRA and BaLoRA at smollm2_finetune's size, SMOLLM2_STEPS steps each: tokens/s,
+                  peak memory, and the validation loss before and after (real size only; the
+                  tests run it on the CPU at a tiny size)
+  5. analysis     `python -m analysis runs=<out>/runs figures=<out>/figures`
 
 Everything goes through the CLI (`python -m bench.run`), so the script depends on the run-record
 contract only. The sizes below are the whole budget: the estimate is printed first, and the
@@ -61,6 +66,9 @@ TUNED_FALLBACK = {"full/adamw": {"optimizer.lr": 2e-3},
 
 
 MULTI_DEVICE = ("adamw", "r2")  # one run on every GPU: the Euclidean and a Riemannian step
+# SmolLM2 (step 4): its adapters' method names, their steps and LR (the study's grid middle)
+SMOLLM2 = {"lora": "lora/adamw", "balora": "balora/adamw"}
+SMOLLM2_STEPS, SMOLLM2_LR, SMOLLM2_EST_S = 60, 1e-3, 120.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class Size:
     est_analysis_s: float = 30.0
     concurrency_slowdown: float = 1.5  # methods' processes share the GPU during the comparison
     throughput_parallel: bool = False  # True only where timings are not the point (dry, CPU)
+    # step 4's overrides on top of smollm2_finetune's size; None: the step is skipped
+    smollm2: tuple[str, ...] | None = None
 
 
 # knight.yaml: d_model 512, 6 layers, 8 heads, seq_len 512, d_mlp 2048; n_kv_head 2 for R1/R2
@@ -91,7 +101,7 @@ REAL = Size(
     throughput_steps=200, compare_steps=1500, eval_every=100, eval_batches=4, seeds=(0, 1),
     threads=4, est_startup_s=15.0,
     est_step_s={"adamw": 0.015, "r1": 0.05, "r2": 0.05, "muon": 0.03},
-    est_cuda_tests_s=120.0, est_analysis_s=30.0,
+    est_cuda_tests_s=120.0, est_analysis_s=30.0, smollm2=(),
 )
 DRY = Size(
     device="cpu",
@@ -254,6 +264,7 @@ def estimate(size: Size, methods: list[str], gpus: int = 1) -> dict:
     compare = max(s.est_startup_s + len(s.seeds) * s.compare_steps * s.est_step_s[m]
                   * s.concurrency_slowdown for m in COMPARED)
     est = {"cuda_tests": s.est_cuda_tests_s, "throughput": throughput, "compare": compare,
+           "smollm2": SMOLLM2_EST_S if s.smollm2 is not None else 0.0,
            "analysis": s.est_analysis_s}
     est["total"] = sum(est.values())
     return {k: round(v, 1) for k, v in est.items()}
@@ -281,11 +292,11 @@ def read_run(out_dir: Path, sweep: str, method: str) -> list[tuple[dict, dict, P
 
 def step_cuda_tests(check: Check, has_cuda: bool) -> None:
     if not has_cuda:
-        check.say("[gpu_check] 1/4 cuda_tests: skipped (no CUDA device: torch.cuda.is_available()"
+        check.say("[gpu_check] 1/5 cuda_tests: skipped (no CUDA device: torch.cuda.is_available()"
                   " is false)")
         check.save("cuda_tests", {"status": "skipped", "note": "no CUDA device"})
         return
-    check.say("[gpu_check] 1/4 cuda_tests")
+    check.say("[gpu_check] 1/5 cuda_tests")
     t = time.perf_counter()
     rc = check.commands({"cuda_tests": [sys.executable, "-m", "pytest", "-m", "cuda", "-q",
                                         "-rs", "tests/bench/test_cuda.py",
@@ -299,7 +310,7 @@ def step_cuda_tests(check: Check, has_cuda: bool) -> None:
 
 def step_throughput(check: Check, methods: list[str], notes: list[str]) -> dict:
     size = check.size
-    check.say(f"[gpu_check] 2/4 throughput: {', '.join(methods)}, {size.throughput_steps} steps"
+    check.say(f"[gpu_check] 2/5 throughput: {', '.join(methods)}, {size.throughput_steps} steps"
               + (" (all at once: CPU timings are not the point)" if size.throughput_parallel
                  else " (one at a time)"))
     out_dir, sweep = check.out / "throughput", "gpu_throughput"
@@ -417,7 +428,8 @@ def fitted_compare_steps(check: Check, rows: dict) -> tuple[int, str]:
     """The comparison's steps: size.compare_steps, cut so that the slowest method's process (its
     seeds one after another) ends inside what is left of BUDGET_S after the analysis."""
     s = check.size
-    left = BUDGET_S - check.elapsed() - s.est_analysis_s - s.est_startup_s
+    smollm2 = SMOLLM2_EST_S if s.smollm2 is not None else 0.0  # step 4 runs after this one
+    left = BUDGET_S - check.elapsed() - s.est_analysis_s - s.est_startup_s - smollm2
     step_s = max((rows[m]["step_ms"] / 1e3 if rows.get(m, {}).get("step_ms")
                   else s.est_step_s[m]) for m in COMPARED)
     # each seed: its steps plus about one step's worth per eval batch at each evaluation
@@ -434,7 +446,7 @@ def step_compare(check: Check, rows: dict) -> None:
     steps, why = fitted_compare_steps(check, rows)
     lrs, lr_source = tuned_lrs(TUNED_RECORDS)
     seeds = ",".join(str(x) for x in s.seeds)
-    check.say(f"[gpu_check] 3/4 compare: {', '.join(COMPARED)} x seeds {seeds}, {why}")
+    check.say(f"[gpu_check] 3/5 compare: {', '.join(COMPARED)} x seeds {seeds}, {why}")
     check.say(f"  tuned learning rates from {lr_source}: {lrs}")
     runs = check.out / "runs"
     jobs = {}
@@ -472,8 +484,54 @@ def step_compare(check: Check, rows: dict) -> None:
                   f"paired delta {r.get('mean_paired_delta_vs_adamw', '-')}")
 
 
+def step_smollm2(check: Check) -> None:
+    """LoRA and BaLoRA on SmolLM2-135M (KJV, smollm2_finetune's adapters, batch and sequence
+    length), SMOLLM2_STEPS steps each on the GPU, one after another: tokens/s (steady, from the
+    metrics), peak memory, validation loss at step 0 and at the end. The first run converts the
+    GGUF file (cached under .cache/models), so its start-up is longer."""
+    size = check.size
+    if size.smollm2 is None:
+        check.say(f"[gpu_check] 4/5 smollm2: skipped at the {check.size_name} size (a SmolLM2 "
+                  "step takes seconds on a CPU; tests/bench/test_smollm2.py runs it tiny)")
+        check.save("smollm2", {"status": "skipped", "note": f"{check.size_name} size"})
+        return
+    check.say(f"[gpu_check] 4/5 smollm2: LoRA and BaLoRA, {SMOLLM2_STEPS} steps each")
+    runs, t = check.out / "runs", time.perf_counter()
+    cmd = [sys.executable, "-m", "bench.run", "-m", "+experiment=smollm2_finetune",
+           f"adapter={','.join(SMOLLM2)}", f"optimizer.lr={SMOLLM2_LR}",
+           f"trainer.max_steps={SMOLLM2_STEPS}", f"trainer.eval_every={SMOLLM2_STEPS}",
+           f"trainer.log_every={max(1, SMOLLM2_STEPS // 20)}",
+           f"trainer.checkpoint_every={SMOLLM2_STEPS}", f"trainer.device={size.device}",
+           "data.eval_batches=4", "data.test_batches=4", "seed=0", "hydra/launcher=serial",
+           *size.smollm2, f"out_dir={runs}", "sweep=gpu_smollm2"]
+    code = check.commands({"smollm2": cmd}, timeout=max(BUDGET_S - check.elapsed()
+                                                         - check.size.est_analysis_s, 60.0),
+                          parallel=False)["smollm2"]
+    results = {}
+    for adapter, method in SMOLLM2.items():
+        found = read_run(runs, "gpu_smollm2", method)
+        if not found:
+            results[adapter] = {"method": method, "status": "missing"}
+            continue
+        _, summary, run_dir = found[0]
+        evals = [r["eval/loss"] for r in read_rows(run_dir / METRICS_FILE)[0]
+                 if r.get("eval/loss") is not None]
+        results[adapter] = {
+            "method": method, "status": summary.get("status"),
+            "tokens_per_s": steady_tokens_per_s(run_dir),
+            "peak_mem_mb": summary.get("peak_mem_mb"),
+            "eval_loss_start": evals[0] if evals else None,
+            "eval_loss_end": evals[-1] if len(evals) > 1 else None}
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # records are text only
+    check.save("smollm2", {"status": "completed" if code == 0 else "failed", "exit": code,
+                           "steps": SMOLLM2_STEPS, "lr": SMOLLM2_LR,
+                           "seconds": round(time.perf_counter() - t, 1), "methods": results})
+    for adapter, r in results.items():
+        check.say(f"  {adapter:6s} {r}")
+
+
 def step_analysis(check: Check) -> None:
-    check.say("[gpu_check] 4/4 analysis")
+    check.say("[gpu_check] 5/5 analysis")
     rc = check.commands({"analysis": [sys.executable, "-m", "analysis",
                                       f"runs={check.out / 'runs'}",
                                       f"figures={check.out / 'figures'}"]},
@@ -541,9 +599,25 @@ def markdown(result: dict) -> str:
                                for k, v in r["final_eval_loss"].items())
             lines.append(f"| {r['method']} | {r['lr']} | {losses} | {delta} |")
         lines.append("")
+    if "smollm2" in steps:
+        m = steps["smollm2"]
+        lines += ["## 4. SmolLM2-135M fine-tuning (KJV)", ""]
+        if m["status"] == "skipped":
+            lines += [f"skipped: {m['note']}", ""]
+        else:
+            lines += [f"{m['steps']} steps at lr {m['lr']}, exit {m['exit']}, "
+                      f"{m['seconds']} s in all (the GGUF conversion included).", "",
+                      "| method | status | tokens/s | peak mem (MB) | eval loss step 0 | end |",
+                      "|---|---|---|---|---|---|"]
+            for r in m["methods"].values():
+                cells = [r.get(k) for k in ("tokens_per_s", "peak_mem_mb", "eval_loss_start",
+                                            "eval_loss_end")]
+                lines.append(f"| {r['method']} | {r['status']} | " + " | ".join(
+                    "-" if v is None else f"{v:.4g}" for v in cells) + " |")
+            lines.append("")
     if "analysis" in steps:
         a = steps["analysis"]
-        lines += ["## 4. Analysis", "", f"exit {a['exit']}; figures: "
+        lines += ["## 5. Analysis", "", f"exit {a['exit']}; figures: "
                   + (", ".join(a["figures"]) or "none"), ""]
     return "\n".join(lines)
 
@@ -588,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     step_cuda_tests(check, has_cuda and not args.dry)
     rows = step_throughput(check, methods, notes)
     step_compare(check, rows)
+    step_smollm2(check)
     step_analysis(check)
     check.say(f"[gpu_check] done in {check.elapsed():.0f} s (budget {BUDGET_S} s); "
               f"{check.out / 'gpu_check.md'}")
@@ -599,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     failed += [k for k, r in compare.items() if r["exit"] != 0]
     if check.result["steps"]["cuda_tests"]["status"] == "failed":
         failed.append("cuda_tests")
+    if check.result["steps"]["smollm2"]["status"] == "failed":
+        failed.append("smollm2")
     if check.result["steps"]["analysis"]["exit"] != 0:
         failed.append("analysis")
     if failed:

@@ -27,7 +27,8 @@ def test_dry_size_runs_every_step_on_the_cpu_and_writes_its_records(tmp_path):
     result = json.loads((out / "gpu_check.json").read_text())
     steps = result["steps"]
     assert result["size"] == "dry" and list(steps) == [
-        "cuda_tests", "throughput", "compare", "analysis"]
+        "cuda_tests", "throughput", "compare", "smollm2", "analysis"]
+    assert steps["smollm2"]["status"] == "skipped"  # SmolLM2 runs at the real size only
     assert steps["cuda_tests"]["status"] == "skipped"  # the dry size never runs them
 
     throughput = steps["throughput"]["methods"]
@@ -62,7 +63,7 @@ def test_dry_size_runs_every_step_on_the_cpu_and_writes_its_records(tmp_path):
     assert all((out / f).is_file() for f in steps["analysis"]["figures"])
     summary_md = (out / "gpu_check.md").read_text()
     for heading in ("## 1. CUDA tests", "## 2. Throughput", "## 3. Paired comparison",
-                    "## 4. Analysis"):
+                    "## 5. Analysis"):
         assert heading in summary_md
     log = (out / "gpu_check.log").read_text()
     assert "[gpu_check] estimate (s):" in log and "python -m analysis" in log.replace(
@@ -127,7 +128,8 @@ def test_the_comparison_is_cut_to_fit_the_budget_left(tmp_path):
     steps, why = gpu_check.fitted_compare_steps(check, slow)
     s = gpu_check.REAL
     assert steps < s.compare_steps and steps % s.eval_every == 0 and "cut" in why
-    left = gpu_check.BUDGET_S - s.est_analysis_s - s.est_startup_s
+    # the SmolLM2 step runs after the comparison: its estimate is kept free
+    left = gpu_check.BUDGET_S - s.est_analysis_s - s.est_startup_s - gpu_check.SMOLLM2_EST_S
     per_step = 0.2 * s.concurrency_slowdown * len(s.seeds) * (1 + s.eval_batches / s.eval_every)
     assert steps * per_step <= left < (steps + s.eval_every) * per_step
 
@@ -136,3 +138,28 @@ def test_the_comparison_is_cut_to_fit_the_budget_left(tmp_path):
 def test_the_real_size_without_cuda_stops_with_one_line(capsys):
     assert gpu_check.main([]) == 2
     assert "the real size needs a CUDA device" in capsys.readouterr().err
+
+
+def test_the_smollm2_step_fine_tunes_lora_and_balora_and_reports_their_losses(tmp_path,
+                                                                                monkeypatch):
+    """Step 4 at a tiny size on the CPU (the real size is smollm2_finetune's on the GPU): both
+    adapters complete, their tokens/s come from the metrics, and the loss at step 0 is SmolLM2's
+    own on KJV (about 2.45 nats at the real length; a short context reads higher, well below
+    the uniform ln 49,152 = 10.8)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    monkeypatch.setattr(gpu_check, "SMOLLM2_STEPS", 2)
+    size = gpu_check.DRY.__class__(**{**gpu_check.DRY.__dict__, "smollm2": (
+        "model.seq_len=32", "trainer.batch_size=1", "trainer.threads=1")})
+    check = gpu_check.Check(tmp_path / "gpu", "tiny", size)
+    gpu_check.step_smollm2(check)
+    result = json.loads((tmp_path / "gpu" / "gpu_check.json").read_text())["steps"]["smollm2"]
+    assert result["status"] == "completed" and set(result["methods"]) == {"lora", "balora"}
+    for row in result["methods"].values():
+        assert row["status"] == "completed", row
+        assert row["tokens_per_s"] is None or row["tokens_per_s"] > 0
+        assert 1.0 < row["eval_loss_start"] < 6.0 and row["eval_loss_end"] is not None
+    # LoRA and BaLoRA start from the same weights (B = 0): the same loss before training
+    rows = result["methods"]
+    assert rows["lora"]["eval_loss_start"] == pytest.approx(rows["balora"]["eval_loss_start"])
+    assert "SmolLM2-135M" in (tmp_path / "gpu" / "gpu_check.md").read_text()
