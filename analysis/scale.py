@@ -65,7 +65,7 @@ from scipy import optimize
 from analysis.markdown import markdown_table
 from analysis.records import lm_runs
 from analysis.selection import Selection, declared_rows, row_suffix, select_sweep
-from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, compare, verdicts
+from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, compare, judge_table
 
 BUDGET = "budget.tokens"  # the column this module adds: a run's token budget (a row key)
 SIZE = "model.d_model"  # a model size is its width; its own panel where the runs differ in it
@@ -405,12 +405,7 @@ def scale_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
                        delta_lo=result["ci_low"], delta_hi=result["ci_high"], p=result["p"],
                        consistent=result["consistent"])
         rows.append(row)
-    table = pd.DataFrame(rows)
-    compared = table["test"].ne("")
-    if compared.any():
-        judged = verdicts(table[compared])
-        table.loc[compared, "p_holm"] = judged["p_holm"]
-        table.loc[compared, "conclusive"] = judged["conclusive"]
+    table = judge_table(pd.DataFrame(rows))
     fits = _speedups(table, losses_of, resamples, seed)
     table = table.sort_values(["size", "method", "tokens"] if has_sizes else ["method", "tokens"],
                               kind="stable").reset_index(drop=True)

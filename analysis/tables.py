@@ -21,7 +21,7 @@ from analysis.selection import (
     fmt,
     select_sweep,
 )
-from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, POWER, compare, verdicts
+from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, POWER, compare, judge_table
 
 # The last Hessian estimate of a run (None where the horizontal Hessian was not positive
 # definite) and a key every estimate sets, to tell "not measured" from "not defined"
@@ -77,14 +77,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
         row.update(final_kappa(runs, losses.index))
         row.update(reporting_hosts(runs, losses.index))
         rows.append(row)
-    table = pd.DataFrame(rows)
-    compared = table["test"].ne("")
-    if compared.any():
-        judged = verdicts(table[compared])
-        table.loc[compared, "p_holm"] = judged["p_holm"]
-        table.loc[compared, "conclusive"] = judged["conclusive"]
-        table.loc[compared, "detectable"] = judged["detectable"]
-    table = table.drop(columns=[c for c in ("consistent", "se", "dof") if c in table])
+    table = judge_table(pd.DataFrame(rows))
     table = table.astype({"n": "Int64"})  # blank: not compared
     table["loss"] = sel.loss_key
     table["tuning_seeds"] = ",".join(map(str, sel.left_out))

@@ -231,6 +231,19 @@ def verdicts(comparisons: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def judge_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A table's rows compared with a baseline (`test` set by `compare`) judged as one family
+    (`verdicts`): their p_holm, conclusive and, where the table has se and dof, detectable
+    written in place; those helper columns (and consistent) dropped."""
+    compared = table["test"].ne("")
+    if compared.any():
+        judged = verdicts(table[compared])
+        for col in ("p_holm", "conclusive", "detectable"):
+            if col in judged:
+                table.loc[compared, col] = judged[col]
+    return table.drop(columns=[c for c in ("consistent", "se", "dof") if c in table])
+
+
 # ------------------------------------------------------- paired difference at every step (budget)
 def seed_curves(selection, curves: pd.DataFrame, method: str, metric: str) -> pd.DataFrame:
     """(step x seed) `metric` of a method's chosen configuration (an analysis.selection.

@@ -183,6 +183,17 @@ def point_stacks(optimizer, params, default_manifold=None, by_step=False) -> lis
     return [PointStack(optimizer, ps, manifold) for manifold, ps in kinds.values()]
 
 
+def _stabilize(optimizer, group, moment: str) -> None:
+    """geoopt's stabilize_group, batched: every point of the group re-projected (projx), its
+    `moment` state (where it has one) re-projected onto the new tangent space (proju)."""
+    for stack in _stacks_with_state(optimizer, group):
+        new_x = stack.manifold.projx(stack.points())
+        stack.write(new_x)
+        if moment in stack.states[0]:
+            buf = stack.state(moment)
+            buf.copy_(stack.manifold.proju(new_x, buf))
+
+
 class RiemannianNormalized(torch.optim.Optimizer):
     r"""Transported momentum with a trust-region normalisation (docs/papers/knight.md §1, the
     template).
@@ -304,12 +315,7 @@ class RiemannianSGD(geoopt.optim.RiemannianSGD):
     @torch.no_grad()
     def stabilize_group(self, group):
         """geoopt's: every point re-projected (projx), its momentum re-projected (proju)."""
-        for stack in _stacks_with_state(self, group):
-            new_x = stack.manifold.projx(stack.points())
-            stack.write(new_x)
-            if "momentum_buffer" in stack.states[0]:
-                buf = stack.state("momentum_buffer")
-                buf.copy_(stack.manifold.proju(new_x, buf))
+        _stabilize(self, group, "momentum_buffer")
 
 
 class RiemannianAdam(geoopt.optim.RiemannianAdam):
@@ -363,11 +369,7 @@ class RiemannianAdam(geoopt.optim.RiemannianAdam):
     @torch.no_grad()
     def stabilize_group(self, group):
         """geoopt's: every point re-projected (projx), its first moment re-projected (proju)."""
-        for stack in _stacks_with_state(self, group):
-            new_x = stack.manifold.projx(stack.points())
-            stack.write(new_x)
-            exp_avg = stack.state("exp_avg")
-            exp_avg.copy_(stack.manifold.proju(new_x, exp_avg))
+        _stabilize(self, group, "exp_avg")
 
 
 def _stacks_with_state(optimizer, group) -> list[PointStack]:

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS, build_riemannian
-from tests.bench.test_riemannian_optim import LR, approximation_problem, loss_fn
+from bench.optim.riemannian import RIEMANNIAN_OPTIMIZERS
+from tests.bench.test_riemannian_optim import approximation_problem, solve
 from tests.conftest import (
     GEOMETRY_VARIANTS,
     kill_at_first_checkpoint,
@@ -156,13 +156,7 @@ def test_riemannian_optimizers_step_on_cuda(variant, opt_name):
     manifold, target, x0, scale = approximation_problem(variant, dtype=torch.float32)
     target = target.cuda()
     p = geoopt.ManifoldParameter(x0.cuda(), manifold=manifold)
-    opt = build_riemannian(opt_name, [p], LR[opt_name])
-    first = loss_fn(manifold, p, target, scale).item()
-    for _ in range(300):
-        opt.zero_grad()
-        loss_fn(manifold, p, target, scale).backward()
-        opt.step()
-    last = loss_fn(manifold, p, target, scale).item()
+    opt, first, last = solve(opt_name, manifold, p, target, scale)
     assert p.device.type == "cuda" and p.dtype == torch.float32
     assert all(t.device.type == "cuda" for t in opt.state[p].values() if torch.is_tensor(t))
     assert last < 1e-3 * first, (first, last)

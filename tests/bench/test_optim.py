@@ -354,6 +354,26 @@ def test_each_trains_gpt_tiny_from_scratch_and_is_its_own_method(tmp_path, tiny,
     assert evals[-1] < evals[0] - 0.03  # from ln 256 = 5.55
 
 
+def interrupt_and_resume(args: list[str], step: int, out: Path, monkeypatch) -> Path:
+    """Run `args`, interrupted when it asks for the batch of `step` (after a checkpoint: the
+    record stays `running`, as after kill -9), then relaunch it; its record folder in `out`."""
+    real = bench.train.get_batch
+
+    def interrupt(data, batch_size, seq_len, seed, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return real(data, batch_size, seq_len, seed, at)
+
+    monkeypatch.setattr(bench.train, "get_batch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose(args))
+    (d,) = run_dirs(out)
+    assert json.loads((d / "summary.json").read_text())["status"] == "running"
+    monkeypatch.setattr(bench.train, "get_batch", real)
+    assert run(compose(args))["status"] == "completed"
+    return d
+
+
 @pytest.mark.parametrize("extra", [
     ["optimizer=muon", "adapter=full", "adapter.target_modules=[all]"],
     ["optimizer=lora_preconditioned", "adapter=lora", "optimizer.base=sgd"],
@@ -364,23 +384,11 @@ def test_an_interrupted_run_resumes_to_the_bitwise_same_curve(tmp_path, tiny, ex
     """Interrupted after its checkpoint at step 12 (the record stays `running`, as after kill -9)
     and relaunched: the curve is the uninterrupted run's, float for float."""
     args = [*tiny, "trainer.max_steps=24", "trainer.checkpoint_every=12", *extra]
-    clean = run(compose([*args, f"out_dir={tmp_path / 'clean'}"]))
-    real = bench.train.get_batch
-
-    def interrupt_at_15(data, batch_size, seq_len, seed, step):
-        if step == 15:
-            raise KeyboardInterrupt
-        return real(data, batch_size, seq_len, seed, step)
-
-    monkeypatch.setattr(bench.train, "get_batch", interrupt_at_15)
-    with pytest.raises(KeyboardInterrupt):
-        run(compose(args))
-    (d,) = run_dirs(tmp_path / "runs")
-    assert json.loads((d / "summary.json").read_text())["status"] == "running"
-    monkeypatch.setattr(bench.train, "get_batch", real)
-    resumed = run(compose(args))
-    assert resumed["final_eval_loss"] == clean["final_eval_loss"]
+    run(compose([*args, f"out_dir={tmp_path / 'clean'}"]))
+    d = interrupt_and_resume(args, 15, tmp_path / "runs", monkeypatch)
     (c,) = run_dirs(tmp_path / "clean")
+    assert json.loads((d / "summary.json").read_text())["final_eval_loss"] == json.loads(
+        (c / "summary.json").read_text())["final_eval_loss"]
     assert [r.get("train/loss") for r in read_jsonl(c / "metrics.jsonl")] == [
         r.get("train/loss") for r in read_jsonl(d / "metrics.jsonl")]
 

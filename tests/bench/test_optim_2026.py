@@ -22,7 +22,15 @@ from bench.optim.base import lora_pairs
 from bench.run import prepare, run
 from bench.tracking.checkpoint import load_checkpoint
 from bench.tracking.identity import method_name
-from tests.bench.test_optim import LORA, _batch, _gpt, _lora_gpt, _loss, _named
+from tests.bench.test_optim import (
+    LORA,
+    _batch,
+    _gpt,
+    _lora_gpt,
+    _loss,
+    _named,
+    interrupt_and_resume,
+)
 from tests.conftest import compose, read_jsonl, run_dirs
 
 pytest.importorskip("pytorch_optimizer")
@@ -336,21 +344,10 @@ def test_each_trains_gpt_tiny_as_its_own_method_and_resumes_bitwise(tmp_path, ti
     assert ("evaluates_at" in meta) == (name == "schedule_free_adamw")
     evals = [r["eval/loss"] for r in read_jsonl(c / "metrics.jsonl") if "eval/loss" in r]
     assert evals[-1] < evals[0]  # it learns (from ln 256 = 5.55)
-    real = bench.train.get_batch
+    d = interrupt_and_resume(args, 9, tmp_path / "runs", monkeypatch)
+    assert json.loads((d / "summary.json").read_text())["final_eval_loss"] == (
+        clean["final_eval_loss"])
 
-    def interrupt_at_9(data, batch_size, seq_len, seed, step):
-        if step == 9:
-            raise KeyboardInterrupt
-        return real(data, batch_size, seq_len, seed, step)
-
-    monkeypatch.setattr(bench.train, "get_batch", interrupt_at_9)
-    with pytest.raises(KeyboardInterrupt):
-        run(compose(args))
-    (d,) = run_dirs(tmp_path / "runs")
-    assert json.loads((d / "summary.json").read_text())["status"] == "running"
-    monkeypatch.setattr(bench.train, "get_batch", real)
-    resumed = run(compose(args))
-    assert resumed["final_eval_loss"] == clean["final_eval_loss"]
     def rows(record):  # every logged value but the wall clock
         return [{k: v for k, v in r.items() if k != "wall_s"}
                 for r in read_jsonl(record / "metrics.jsonl")]

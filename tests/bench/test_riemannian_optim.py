@@ -43,18 +43,24 @@ def loss_fn(manifold, p, target, scale):
     return 0.5 * ((scale * left @ right.T - target) ** 2).sum()
 
 
+def solve(opt_name, manifold, p, target, scale, steps=300):
+    """`steps` of the named Riemannian optimizer on the approximation problem from the point
+    `p`: (the optimizer, the loss before, the loss after)."""
+    opt = build_riemannian(opt_name, [p], LR[opt_name])
+    first = loss_fn(manifold, p, target, scale).item()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(manifold, p, target, scale).backward()
+        opt.step()
+    return opt, first, loss_fn(manifold, p, target, scale).item()
+
+
 @pytest.mark.parametrize("opt_name", RIEMANNIAN_OPTIMIZERS)
 @pytest.mark.parametrize("variant", GEOMETRY_VARIANTS)
 def test_optimizer_solves_low_rank_approximation(variant, opt_name):
     manifold, target, x0, scale = approximation_problem(variant)
     p = geoopt.ManifoldParameter(x0.clone(), manifold=manifold)
-    opt = build_riemannian(opt_name, [p], LR[opt_name])
-    first = loss_fn(manifold, p, target, scale).item()
-    for _ in range(300):
-        opt.zero_grad()
-        loss_fn(manifold, p, target, scale).backward()
-        opt.step()
-    last = loss_fn(manifold, p, target, scale).item()
+    _, first, last = solve(opt_name, manifold, p, target, scale)
     assert last < 1e-3 * first, (first, last)
     assert manifold.check_point(p.detach())
 
