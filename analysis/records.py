@@ -13,6 +13,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.record import (
@@ -267,3 +268,27 @@ def _hashable(value):
 def lm_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The language-model runs (toy-study runs have their own figures)."""
     return df[df["task"] != "toy"] if "task" in df else df
+
+
+# A run's token budget: the product of these keys (bench's trainer and model)
+TOKEN_KEYS = ("trainer.max_steps", "trainer.batch_size", "model.seq_len")
+
+
+def run_tokens(df: pd.DataFrame) -> pd.Series:
+    """Each run's token budget: trainer.max_steps x trainer.batch_size x model.seq_len, else
+    the record's `tokens` column; NaN where neither is known."""
+    tokens = pd.Series(np.nan, index=df.index, dtype=float)
+    if all(k in df for k in TOKEN_KEYS):
+        product = np.prod([pd.to_numeric(df[k], errors="coerce").to_numpy(dtype=float)
+                           for k in TOKEN_KEYS], axis=0)
+        tokens[:] = product
+    if "tokens" in df:
+        tokens = tokens.fillna(pd.to_numeric(df["tokens"], errors="coerce"))
+    return tokens
+
+
+def trainable_params(runs: pd.DataFrame) -> float:
+    """The median `trainable_params` of these runs' summaries (NaN where none states it)."""
+    values = pd.to_numeric(runs.get("trainable_params", pd.Series(dtype=float)),
+                           errors="coerce").dropna()
+    return float(values.median()) if len(values) else math.nan

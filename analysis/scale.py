@@ -63,13 +63,12 @@ import pandas as pd
 from scipy import optimize
 
 from analysis.markdown import markdown_table
-from analysis.records import lm_runs
+from analysis.records import lm_runs, run_tokens, trainable_params
 from analysis.selection import Selection, declared_rows, row_suffix, select_sweep
 from analysis.verdict import ALPHA, CONFIDENCE, MIN_SEEDS, compare, judge_table
 
 BUDGET = "budget.tokens"  # the column this module adds: a run's token budget (a row key)
 SIZE = "model.d_model"  # a model size is its width; its own panel where the runs differ in it
-TOKEN_KEYS = ("trainer.max_steps", "trainer.batch_size", "model.seq_len")
 FIT_MIN_BUDGETS = 3  # a*D^-b + c has three parameters
 B_MIN, B_MAX = 1e-4, 10.0  # bounds of the fitted exponent
 RANGE_FACTOR = 2.0  # D_base is read off the fit within [D_min / 2, D_max * 2], never beyond
@@ -83,19 +82,6 @@ COLUMNS = ["method", "size", "tokens", "trainable_params", "tokens_per_param", "
 
 
 # ------------------------------------------------------------------------------ budgets
-def run_tokens(df: pd.DataFrame) -> pd.Series:
-    """Each run's token budget: trainer.max_steps x trainer.batch_size x model.seq_len, else
-    the record's `tokens` column; NaN where neither is known."""
-    tokens = pd.Series(np.nan, index=df.index, dtype=float)
-    if all(k in df for k in TOKEN_KEYS):
-        product = np.prod([pd.to_numeric(df[k], errors="coerce").to_numpy(dtype=float)
-                           for k in TOKEN_KEYS], axis=0)
-        tokens[:] = product
-    if "tokens" in df:
-        tokens = tokens.fillna(pd.to_numeric(df["tokens"], errors="coerce"))
-    return tokens
-
-
 def with_budget(df: pd.DataFrame) -> pd.DataFrame:
     """The LM runs with a known budget, with it as the integer column BUDGET (an exact integer,
     so that a budget's row name is exact)."""
@@ -339,12 +325,6 @@ class Scale:
     loss: str  # the summary column reported (analysis.selection.reported_loss)
 
 
-def _trainable(runs: pd.DataFrame) -> float:
-    values = pd.to_numeric(runs.get("trainable_params", pd.Series(dtype=float)),
-                           errors="coerce").dropna()
-    return float(values.median()) if len(values) else math.nan
-
-
 def scale_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None,
                 resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Scale | None:
     """The scale table of one sweep's runs (module docstring); None where fewer than two
@@ -377,7 +357,7 @@ def scale_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
         losses = losses_of[name]
         finite = losses[np.isfinite(losses)]
         tokens = int(first[BUDGET])
-        trainable = _trainable(chosen[chosen["seed"].isin(losses.index)])
+        trainable = trainable_params(chosen[chosen["seed"].isin(losses.index)])
         row = {
             "row_name": name, "baseline_row": full_base or "",
             "method": display[name],

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.markdown import interval, markdown_table
-from analysis.records import ArgumentError, check_compatible, lm_runs
+from analysis.records import (
+    ArgumentError,
+    check_compatible,
+    lm_runs,
+    run_tokens,
+    trainable_params,
+)
 from analysis.selection import (
     Choice,
     Selection,
@@ -49,8 +55,9 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
     mean, std (over the reported seeds), then the comparison with the baseline (verdict.py):
     test ("paired" | "welch"), n, delta (method - baseline; negative = lower loss than the
     baseline), ci_low, ci_high, p, p_holm, conclusive ("yes" | "no" | "n/a" | "baseline"),
-    detectable; baseline, edge, near_ties (`analysis.selection.near_ties`), loss (the summary
-    column reported), tuning_seeds (left out).
+    detectable; tokens, tokens_per_param (`scale_of`); baseline, edge, near_ties
+    (`analysis.selection.near_ties`), loss (the summary column reported), tuning_seeds (left
+    out).
     """
     df = lm_runs(df)
     check_compatible(df)
@@ -74,6 +81,7 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
         if base in sel.choices and base != method:
             row.update(compare(losses, sel.losses(base)))
         runs = sel.chosen(method)
+        row.update(scale_of(runs[runs["seed"].isin(losses.index)]))
         row.update(final_kappa(runs, losses.index))
         row.update(reporting_hosts(runs, losses.index))
         rows.append(row)
@@ -84,6 +92,15 @@ def tuned_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
     if "sweep" in df:
         table.insert(0, "sweep", df["sweep"].iloc[0])
     return table
+
+
+def scale_of(runs: pd.DataFrame) -> dict:
+    """The scale a row is measured at: its reported runs' tokens (trainer.max_steps x
+    trainer.batch_size x model.seq_len) and tokens per trainable parameter (medians)."""
+    tokens = float(run_tokens(runs).median()) if len(runs) else math.nan
+    params = trainable_params(runs)
+    return {"tokens": tokens,
+            "tokens_per_param": tokens / params if params > 0 else math.nan}
 
 
 def final_kappa(runs: pd.DataFrame, seeds) -> dict:
@@ -178,7 +195,8 @@ def write_tuned(table: pd.DataFrame, figures: str | Path, sweep: str, note: str 
     figures.mkdir(parents=True, exist_ok=True)
     md, csv = figures / f"{sweep}_tuned.md", figures / f"{sweep}_tuned.csv"
     table.to_csv(csv, index=False)
-    shown = ["method", "hyperparameters", "n_configs", "seeds", "n_diverged", "mean", "std",
+    shown = ["method", "hyperparameters", "n_configs", "tokens_per_param", "seeds", "n_diverged",
+             "mean", "std",
              "test", "n", "delta", "ci_low", "ci_high", "p", "p_holm", "conclusive",
              "detectable", "kappa", "kappa_seeds", "kappa_gn", "kappa_gn_seeds", "baseline",
              "edge", "near_ties"]
@@ -287,7 +305,8 @@ PROTOCOL = (
     "budget while the grid tried more beyond it. near_ties = the other configurations whose "
     "mean over the tuning seeds is at most the chosen one's plus its tuning seeds' spread "
     "(max - min; with one tuning seed only an exact tie), with their difference: choices the "
-    "tuning seeds cannot tell apart."
+    "tuning seeds cannot tell apart. tokens_per_param = the reported runs' tokens (steps x "
+    "batch x sequence length) / their trainable parameters: the scale the row is measured at."
 )
 
 

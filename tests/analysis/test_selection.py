@@ -371,3 +371,14 @@ def test_near_ties_are_the_configs_within_the_tuning_seeds_spread_of_the_choice(
     tied = one + [run("lora/adamw", 3e-4, 0, 2.00)]  # the same seed-0 loss: an exact tie
     assert table(tied, tuning_seeds=(0,)).loc["lora/adamw", "near_ties"] == (
         "optimizer.lr=0.0003 (+0.0000)")
+
+
+def test_each_row_states_its_scale_in_tokens_per_trainable_parameter():
+    """tokens = steps x batch x sequence length of the reported runs; / trainable_params."""
+    scale = {"trainer.max_steps": 800, "trainer.batch_size": 8, "model.seq_len": 128}
+    rows = (seeds("lora/adamw", 1e-3, [2.0, 2.1, 2.2, 2.3], trainable_params=32768, **scale)
+            + seeds("full/adamw", 1e-3, [1.9, 2.0, 2.1, 2.2], trainable_params=262144, **scale))
+    t = table(rows)
+    assert t.loc["lora/adamw", "tokens"] == 800 * 8 * 128
+    assert t.loc["lora/adamw", "tokens_per_param"] == pytest.approx(800 * 8 * 128 / 32768)
+    assert t.loc["full/adamw", "tokens_per_param"] == pytest.approx(800 * 8 * 128 / 262144)
