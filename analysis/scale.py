@@ -225,6 +225,30 @@ def fit_power_law(tokens, losses, start=None) -> Fit:
     return Fit(float(big_a * d_min ** b), float(b), float(c), d_min, d_max, len(d), rmse)
 
 
+def misfit(fit: Fit, tokens, losses: list[pd.Series]) -> str:
+    """Why the fit does not describe the baseline it was fitted to ("" where it does): at some
+    budget its L(D) lies outside the CONFIDENCE t interval of the baseline's mean there (its
+    seeds' losses; a budget with fewer than 2 finite seeds is not judged). Three budgets and
+    three parameters make a near-exact fit possible, so a miss means the bounds bind: the
+    losses do not fall like a D^-b + c with c >= 0 over these budgets (too few tokens, or a
+    schedule effect), and a speedup read off that curve would be the curve's, not the data's."""
+    from scipy import stats
+
+    for d, seed_losses in zip(tokens, losses):
+        x = seed_losses[np.isfinite(seed_losses)].to_numpy(dtype=float)
+        if len(x) < 2:
+            continue
+        half = (stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1)
+                / math.sqrt(len(x)))
+        off = float(fit.loss(d)) - x.mean()
+        if abs(off) > half:
+            return (f"the best L(D) = {fit.a:.4g} D^-{fit.b:.4g} + {fit.c:.4g} misses the "
+                    f"baseline's mean at {d:,.0f} tokens by {off:+.3g}, outside its "
+                    f"{CONFIDENCE:.0%} interval (+-{half:.2g}): a power law does not describe "
+                    "these budgets")
+    return ""
+
+
 def speedup_of(fit: Fit, loss: float, tokens: float) -> tuple[float, str]:
     """(speedup, bound) of a method with mean loss `loss` at budget `tokens`: D_base / D with
     D_base = `Fit.tokens_for`; where D_base would leave the fit's limits, (NaN, "> x") or
@@ -407,6 +431,8 @@ def _speedups(table: pd.DataFrame, losses_of: dict, resamples: int, seed: int) -
         base_losses = [losses_of[n] for n in own["row_name"]]
         means = np.array([s.mean() for s in base_losses], dtype=float)
         fit = fit_power_law(own["tokens"].to_numpy(dtype=float), means)
+        if fit.ok:
+            fit.reason = misfit(fit, own["tokens"].to_numpy(dtype=float), base_losses)
         fits[(base, size)] = fit
         if not fit.ok:
             continue

@@ -11,6 +11,7 @@ from scipy import stats
 
 from analysis.scale import (
     RANGE_FACTOR,
+    describe,
     fit_power_law,
     reporting_budgets,
     scale_selection,
@@ -103,6 +104,24 @@ def test_speedup_beyond_the_fit_is_a_bound_never_a_number():
     assert speedup_of(fit, math.inf, d_min)[1] == f"< {1 / RANGE_FACTOR:.3g}"
     # inside the range: D_base / D
     assert speedup_of(fit, float(law(1.5 * d_min)), d_min) == (pytest.approx(1.5, rel=1e-4), "")
+
+
+def test_a_baseline_no_power_law_describes_gives_no_speedup_and_says_why():
+    """A baseline whose loss falls faster at each doubling (2.47, 2.27, 1.93: concave in log D,
+    as riemannian_attention's short cosine budgets) with a seed spread of about 0.01: the best
+    a D^-b + c (c >= 0) misses its means by more than their 95% intervals, so no speedup is
+    read off it, and the fit's line says so; the paired deltas stand."""
+    curve = {100: 2.47, 200: 2.27, 400: 1.93}
+    df = ladder({"lora/adamw": lambda d: curve[round(d / (BATCH * SEQ))],
+                 "lora/muon": lambda d: curve[round(d / (BATCH * SEQ))] - 0.05},
+                steps=tuple(curve))
+    scale = table_of(df, resamples=50)
+    fit = scale.fits[("lora/adamw", None)]
+    assert not fit.ok and "a power law does not describe these budgets" in fit.reason
+    muon = scale.table[scale.table["method"] == "lora/muon"]
+    assert muon["speedup"].isna().all() and (muon["speedup_bound"] == "").all()
+    assert muon["delta"].to_numpy() == pytest.approx(-0.05, abs=0.02)
+    assert "no fit (the best L(D)" in describe(scale)
 
 
 # ------------------------------------------------------------------------------ the table
