@@ -48,7 +48,13 @@ baseline series (the baseline with its `study.rows` row, at one model size):
   above), and take the 2.5th and 97.5th percentiles of D_base / D over the resamples whose fit
   succeeded; an end at the range's limit is open (NaN in speedup_lo / speedup_hi, "< x" or
   "> x" in the Markdown's interval);
-- the baseline's own rows have speedup 1 (its interval [1, 1]) by definition.
+- the baseline's own rows have speedup 1 (its interval [1, 1]) by definition;
+- where the fit misses the baseline's own mean at some budget by more than that mean's 95% t
+  interval (`misfit`: three budgets and three parameters allow a near-exact fit, so a miss
+  means the bounds bind and the losses do not fall like a D^-b + c), the speedup is read off the
+  baseline's own means instead (`Interpolation`: linear in log D between adjacent budgets,
+  within its budgets only, bounds beyond; it needs means that fall with every budget), the same
+  way and with the same bootstrap; `speedup_from` says which ("power law" | "interpolated").
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ BOOTSTRAP_SEED = 0
 COLUMNS = ["method", "size", "tokens", "trainable_params", "tokens_per_param", "config",
            "n_seeds", "mean", "baseline", "test", "n", "delta", "delta_lo", "delta_hi", "p",
            "p_holm", "conclusive", "speedup", "speedup_lo", "speedup_hi", "speedup_bound",
-           "resamples"]
+           "speedup_from", "resamples"]
 
 
 # ------------------------------------------------------------------------------ budgets
@@ -149,6 +155,14 @@ class Fit:
         """The budgets D_base may take: [D_min / RANGE_FACTOR, D_max x RANGE_FACTOR]."""
         return self.d_min / RANGE_FACTOR, self.d_max * RANGE_FACTOR
 
+    def refit(self, tokens, means) -> Fit:
+        """The fit to resampled baseline means (the bootstrap), started from this one, read
+        within this one's limits."""
+        refit = fit_power_law(tokens, means, start=(self.a * self.d_min ** -self.b, self.b,
+                                                    self.c))
+        refit.d_min, refit.d_max = self.d_min, self.d_max
+        return refit
+
     def tokens_for(self, loss):
         """D_base = L^-1(loss) = (a / (loss - c))^(1/b), clipped to `limits`: a loss at or below
         c (never reached) maps to the upper limit, +inf (diverged) to the lower one; NaN stays
@@ -159,6 +173,60 @@ class Fit:
             excess = loss - self.c
             d = np.where(excess > 0, np.power(self.a / excess, 1.0 / self.b), np.inf)
         return np.where(np.isnan(loss), np.nan, np.clip(d, low, high))
+
+
+@dataclass
+class Interpolation:
+    """Where no power law describes the baseline (`misfit`): its own mean losses, linear in
+    log D between adjacent budgets, read only within its budgets (a loss below its lowest mean
+    is the bound `> D_max / D`, above its highest `< D_min / D`). Needs means that fall with
+    every budget (`reason` says where they do not). The same interface as `Fit` for
+    `speedup_of`, `bootstrap_speedups` and `interval`."""
+
+    tokens: np.ndarray  # ascending budgets
+    means: np.ndarray  # the baseline's mean loss at each
+    why: str  # why the power law was not used
+    reason: str = ""
+
+    @classmethod
+    def of(cls, tokens, means, why: str) -> Interpolation:
+        d, y = np.asarray(tokens, dtype=float), np.asarray(means, dtype=float)
+        keep = np.isfinite(d) & np.isfinite(y)
+        order = np.argsort(d[keep])
+        d, y = d[keep][order], y[keep][order]
+        reason = ""
+        if len(d) < 2:
+            reason = "fewer than 2 budgets with a finite baseline loss"
+        elif not (np.diff(y) < 0).all():
+            reason = "the baseline's mean loss does not fall with every budget"
+        return cls(d, y, why, reason)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return float(self.tokens[0]), float(self.tokens[-1])
+
+    def loss(self, tokens):
+        """The baseline's mean at D, linear in log D between budgets (its end values beyond)."""
+        return np.interp(np.log(np.asarray(tokens, dtype=float)), np.log(self.tokens),
+                         self.means)
+
+    def tokens_for(self, loss):
+        """D_base: the inverse of `loss`, clipped to `limits` (+inf: the lower one; NaN stays)."""
+        loss = np.asarray(loss, dtype=float)
+        log_d = np.interp(np.where(np.isnan(loss), 0.0, loss), self.means[::-1],
+                          np.log(self.tokens[::-1]))
+        return np.where(np.isnan(loss), np.nan, np.exp(log_d))
+
+    def refit(self, tokens, means) -> Interpolation:
+        return Interpolation.of(tokens, means, self.why)
 
 
 def _model(x, a, b, c):
@@ -304,16 +372,14 @@ def bootstrap_speedups(base_tokens: np.ndarray, base_values: np.ndarray, fit: Fi
     np.add.at(counts, (np.repeat(np.arange(resamples), n_seeds), draws.ravel()), 1.0)
     base_means = resampled_means(base_values, counts)  # (R, k)
     method_means = resampled_means(method_values, counts)  # (R, m)
-    start = (fit.a * fit.d_min ** -fit.b, fit.b, fit.c)
     out = []
     for r in range(resamples):
         y = base_means[r]
         ok = np.isfinite(y)
-        refit = fit_power_law(base_tokens[ok], y[ok], start=start)
+        # the limits stay the full sample's: every resample reads D_base off the same range
+        refit = fit.refit(base_tokens[ok], y[ok])
         if not refit.ok:
             continue
-        # the limits stay the full sample's: every resample reads D_base off the same range
-        refit.d_min, refit.d_max = fit.d_min, fit.d_max
         out.append(refit.tokens_for(method_means[r]) / method_tokens)
     return np.array(out).reshape(len(out), len(method_tokens)), len(out)
 
@@ -343,7 +409,7 @@ class Scale:
     `speedup_interval`, its Markdown form) and the baseline fits, by (baseline, size)."""
 
     table: pd.DataFrame
-    fits: dict[tuple[str, object], Fit]
+    fits: dict[tuple[str, object], Fit | Interpolation]
     has_sizes: bool
     resamples: int
     loss: str  # the summary column reported (analysis.selection.reported_loss)
@@ -393,7 +459,7 @@ def scale_table(df: pd.DataFrame, baseline: str | None = None, tuning_seeds=None
             "baseline": "", "test": "", "n": None, "delta": math.nan, "delta_lo": math.nan,
             "delta_hi": math.nan, "p": math.nan, "p_holm": math.nan, "conclusive": "n/a",
             "consistent": True, "speedup": math.nan, "speedup_lo": math.nan,
-            "speedup_hi": math.nan, "speedup_bound": "", "resamples": 0,
+            "speedup_hi": math.nan, "speedup_bound": "", "speedup_from": "", "resamples": 0,
             "lo_bound": "", "hi_bound": "",
         }
         if len(finite) < len(losses):
@@ -432,8 +498,13 @@ def _speedups(table: pd.DataFrame, losses_of: dict, resamples: int, seed: int) -
         means = np.array([s.mean() for s in base_losses], dtype=float)
         fit = fit_power_law(own["tokens"].to_numpy(dtype=float), means)
         if fit.ok:
-            fit.reason = misfit(fit, own["tokens"].to_numpy(dtype=float), base_losses)
+            why = misfit(fit, own["tokens"].to_numpy(dtype=float), base_losses)
+            if why:  # the baseline's own means, interpolated, stand in for the curve
+                fit = Interpolation.of(own["tokens"].to_numpy(dtype=float), means, why)
         fits[(base, size)] = fit
+        table.loc[panel.index, "speedup_from"] = (
+            "" if not fit.ok else "interpolated" if isinstance(fit, Interpolation)
+            else "power law")
         if not fit.ok:
             continue
         others = panel[panel["method"] != base]
@@ -533,7 +604,14 @@ def describe(scale: Scale) -> str:
     lines = []
     for (base, size), fit in scale.fits.items():
         where = f"`{base}`" + (f" at d_model={size}" if size is not None else "")
-        if fit.ok:
+        if isinstance(fit, Interpolation):
+            lines.append(f"- {where}: no power law ({fit.why}); "
+                         + (f"speedups read off the baseline's own means instead, linear in "
+                            f"log D between adjacent budgets ({fit.n} budgets, "
+                            f"{fit.limits[0]:,.0f} to {fit.limits[1]:,.0f} tokens; a loss "
+                            "beyond them is a bound)." if fit.ok
+                            else f"no interpolation either ({fit.reason}), so no speedup."))
+        elif fit.ok:
             lines.append(f"- {where}: L(D) = {fit.a:.4g} D^-{fit.b:.4g} + {fit.c:.4g} over "
                          f"{fit.n} budgets ({fit.d_min:,.0f} to {fit.d_max:,.0f} tokens; rms "
                          f"residual {fit.rmse:.2g}).")
