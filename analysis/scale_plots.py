@@ -153,9 +153,9 @@ def speedup_figure(scale, figures: Path, sweep: str) -> list[Path]:
             labels.setdefault(label, handle)
     handles = list(labels.values()) + [
         plt.Line2D([], [], ls="", marker="^", markerfacecolor="white", color="tab:gray",
-                   label="bound (> x): below the fit's reach"),
+                   label="bound (> x): a loss lower than the baseline's range reaches"),
         plt.Line2D([], [], ls="", marker="v", markerfacecolor="white", color="tab:gray",
-                   label="bound (< x): above the fit's reach"),
+                   label="bound (< x): a loss higher than at its range's start"),
         plt.Line2D([], [], color="k", lw=1, label="1: as fast as the baseline")]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7,
                frameon=False)
