@@ -270,18 +270,24 @@ def test_a_run_name_says_what_its_sweep_varies(tiny):
 
 def test_peak_memory_is_each_run_s_own(tmp_path, tiny):
     """Two runs in one worker process: the second's peak does not include a big allocation the
-    process made before it started (the lifetime peak, ru_maxrss, would)."""
-    import resource
-
-    import torch
-
-    from bench.run import run
-    from tests.conftest import compose
-
-    first = run(compose(tiny))["peak_mem_mb"]
-    big = torch.ones(64 * 2**20)  # 256 MiB, touched
-    big.add_(1)
-    del big
-    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    second = run(compose([*tiny, "seed=1"]))["peak_mem_mb"]
+    process made before it started (the lifetime peak, ru_maxrss, would). In a fresh process,
+    so that what earlier tests left in this one (a test worker's retained memory) cannot make
+    the runs' own peaks the lifetime one."""
+    script = f"""
+import json, resource, torch
+from bench.run import run
+from tests.conftest import compose
+tiny = {tiny!r}
+first = run(compose(tiny))["peak_mem_mb"]
+big = torch.ones(64 * 2**20)  # 256 MiB, touched
+big.add_(1)
+del big
+lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+second = run(compose([*tiny, "seed=1"]))["peak_mem_mb"]
+print(json.dumps([first, lifetime, second]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, lifetime, second = json.loads(proc.stdout.strip().splitlines()[-1])
     assert second < lifetime - 200 and abs(second - first) < 100
