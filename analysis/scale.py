@@ -66,7 +66,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, stats
 
 from analysis.markdown import markdown_table
 from analysis.records import lm_runs, run_tokens, trainable_params
@@ -300,8 +300,6 @@ def misfit(fit: Fit, tokens, losses: list[pd.Series]) -> str:
     three parameters make a near-exact fit possible, so a miss means the bounds bind: the
     losses do not fall like a D^-b + c with c >= 0 over these budgets (too few tokens, or a
     schedule effect), and a speedup read off that curve would be the curve's, not the data's."""
-    from scipy import stats
-
     for d, seed_losses in zip(tokens, losses):
         x = seed_losses[np.isfinite(seed_losses)].to_numpy(dtype=float)
         if len(x) < 2:

@@ -489,21 +489,22 @@ def ladder_slice(name: str, study: StudyConfig, sizes: str | None,
     """The study with its ladder narrowed to `sizes` and `methods` (comma-separated names; None:
     all), so a long ladder runs in slices (each slice's records are the ladder's own: the runs'
     configs still state the whole study block, and a later slice reads the earlier ones)."""
+    def pick(option: str, given: str, declared: list[str], says: str) -> list[str]:
+        """The declared names `given` lists, in the study's order; one line if any is not."""
+        wanted = [x for x in given.split(",") if x]
+        if not wanted or any(x not in declared for x in wanted):
+            raise ConfigError(f"{option}={given!r}: {says}")
+        return [x for x in declared if x in wanted]
+
     changes: dict = {}
     if sizes is not None:
-        wanted = [s for s in sizes.split(",") if s]
-        wrong = [s for s in wanted if s not in study.sizes]
-        if wrong or not wanted:
-            raise ConfigError(f"--sizes={sizes!r}: study {name} has sizes "
-                              f"{', '.join(study.sizes) or '(none: study.sizes is empty)'}")
-        changes["sizes"] = {s: study.sizes[s] for s in study.sizes if s in wanted}
+        kept = pick("--sizes", sizes, list(study.sizes), f"study {name} has sizes "
+                    f"{', '.join(study.sizes) or '(none: study.sizes is empty)'}")
+        changes["sizes"] = {s: study.sizes[s] for s in kept}
     if methods is not None:
-        wanted = [m for m in methods.split(",") if m]
-        wrong = [m for m in wanted if m not in study.ladder_methods]
-        if wrong or not wanted:
-            raise ConfigError(f"--methods={methods!r}: study {name}'s ladder_methods are "
-                              f"{', '.join(study.ladder_methods) or '(none declared)'}")
-        changes["ladder_methods"] = [m for m in study.ladder_methods if m in wanted]
+        changes["ladder_methods"] = pick(
+            "--methods", methods, study.ladder_methods, f"study {name}'s ladder_methods are "
+            f"{', '.join(study.ladder_methods) or '(none declared)'}")
     return dataclasses.replace(study, **changes) if changes else study
 
 
@@ -716,10 +717,11 @@ def ladder_batches(experiment: str, out_dir: Path, study: StudyConfig,
     carried = lambda found: {m: ov for m, ov in found.items()  # noqa: E731
                              if not study.ladder_methods
                              or m.split(" ")[0] in study.ladder_methods}
-    start = carried(best_overrides(out_dir, study, experiment, study.long or None,
-                                   exclude=variant_runs(study))
-                    or best_overrides(out_dir, study, experiment))
-    if not start and study.ladder_methods and best_overrides(out_dir, study, experiment):
+    found = (best_overrides(out_dir, study, experiment, study.long or None,
+                            exclude=variant_runs(study))
+             or best_overrides(out_dir, study, experiment))
+    start = carried(found)
+    if found and not start:
         return  # none of this experiment's methods is carried (or in this slice)
     inherit = study.from_baseline.get(experiment, [])
     for size in list(study.sizes.items()) or [None]:
