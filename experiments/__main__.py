@@ -76,17 +76,28 @@ LR_KEYS = ("optimizer.manifold_lr", "optimizer.lr")
 
 
 # ------------------------------------------------------------------------- the study YAMLs
+# The command line's `study.*` overrides (`main`): they reach the study block the runner reads
+# as they reach every run's record, e.g. an earlier protocol's `study.tuning_seeds=[0]`.
+STUDY_OVERRIDES: tuple[str, ...] = ()
+
+
+def study_overrides(overrides: list[str]) -> tuple[str, ...]:
+    """The overrides among `overrides` that set a key of the study block."""
+    return tuple(o for o in overrides if o.lstrip("+~").startswith("study."))
+
+
 def load_experiment(name: str) -> DictConfig:
     """The config `python -m bench.run +experiment=<name>` composes (Hydra's compose, with the
-    hydra node: its `hydra.sweeper.params`), `study` included and checked by its schema."""
+    hydra node: its `hydra.sweeper.params`), `study` included and checked by its schema, with
+    the command line's `study.*` overrides (STUDY_OVERRIDES)."""
     path = CONF / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"experiment {name!r}: no file {path.relative_to(ROOT)}")
-    return _compose(str(CONF.parent), name, path.stat().st_mtime_ns)
+    return _compose(str(CONF.parent), name, path.stat().st_mtime_ns, STUDY_OVERRIDES)
 
 
 @functools.lru_cache(maxsize=128)
-def _compose(conf: str, name: str, _mtime: int) -> DictConfig:
+def _compose(conf: str, name: str, _mtime: int, overrides: tuple[str, ...] = ()) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -95,7 +106,7 @@ def _compose(conf: str, name: str, _mtime: int) -> DictConfig:
     register_configs()
     try:
         with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            return compose("config", overrides=[f"+experiment={name}"],
+            return compose("config", overrides=[f"+experiment={name}", *overrides],
                            return_hydra_config=True)
     except (HydraException, ValueError) as error:
         raise ConfigError(_composition_error(name, error)) from None
@@ -296,7 +307,8 @@ def tuned_values(experiment: str, study: StudyConfig, out_dir: Path) -> dict[str
                     values[key].add(value)
     own = study_of(experiment) or study
     for key, candidates in {**study.tune, **own.tune}.items():
-        if key not in values:  # a key the grid sweeps is tuned on the grid's values
+        # a key the grid sweeps is tuned on the grid's values; no candidates: not tuned
+        if key not in values and candidates:
             values[key] = {_fmt(v) for v in candidates}
     ordered = {k: _dedupe(sorted(v, key=float)) for k, v in values.items()}
     return {**{k: ordered[k] for k in LR_KEYS if k in ordered},
@@ -509,16 +521,16 @@ def ladder_slice(name: str, study: StudyConfig, sizes: str | None,
 
 
 def plan(studies: dict[str, StudyConfig], out_dir: Path, workers: int = 2,
-         kinds=STAGE_KINDS) -> float:
+         kinds=STAGE_KINDS, only: set[str] | None = None) -> float:
     total = 0.0
     print(f"{'study':<24}{'stage':<60}{'runs':>6}{'est. minutes':>14}")
     for name, study in studies.items():
         per_run = seconds_per_run(sweep_of(name), out_dir, study.seconds_per_run)
         runs, study_minutes = 0, 0.0
         for kind, stage in stages(study):
-            if kind not in kinds:
-                continue
             exp, variant = split_stage(f"{kind}:{stage}")[1:]
+            if kind not in kinds or (only and exp not in only):
+                continue
             found = best_overrides(out_dir, study, exp)
             if variant in study.variant_methods:  # its methods among this grid's
                 found = {m: o for m, o in found.items()
@@ -867,12 +879,12 @@ def run_command(cmd: list[str]) -> int:
 
 
 def run_study(name: str, study: StudyConfig, out_dir: Path, overrides: list[str],
-              flight: Flight | None, kinds=STAGE_KINDS) -> int:
-    """Run a study's stages of `kinds` in order (completed runs skip); with `flight`
-    (--no-wait), start its first batch not done yet in a detached process and return. 1 when a
-    stage failed."""
+              flight: Flight | None, kinds=STAGE_KINDS, only: set[str] | None = None) -> int:
+    """Run a study's stages of `kinds` (and of the experiments `only`, when given) in order
+    (completed runs skip); with `flight` (--no-wait), start its first batch not done yet in a
+    detached process and return. 1 when a stage failed."""
     for kind, stage in stages(study):
-        if kind not in kinds:
+        if kind not in kinds or (only and split_stage(f"{kind}:{stage}")[1] not in only):
             continue
         for batch in stage_batches(kind, stage, out_dir, study, overrides):
             if flight is not None:
@@ -901,6 +913,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--flight"]:  # the detached process of --no-wait (Flight)
         return fly(Path(argv[1]))
+    global STUDY_OVERRIDES
+    STUDY_OVERRIDES = study_overrides([a for a in argv if "=" in a and not a.startswith("-")])
     try:
         studies, loose = discover()
     except ConfigError as error:
@@ -921,6 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=None, metavar="METHOD[,METHOD]",
                         help="a ladder's slice: only these of its carried methods "
                              "(study.ladder_methods)")
+    parser.add_argument("--experiments", default=None, metavar="NAME[,NAME]",
+                        help="run (and plan) only the stages of these experiments (a new arm's "
+                             "stages, say); the others' records are still read")
     parser.add_argument("--no-wait", action="store_true",
                         help="start each study's next batch of stage commands in a detached "
                              "process and exit; run the same command again to go on")
@@ -942,8 +959,15 @@ def main(argv: list[str] | None = None) -> int:
                   for name, study in chosen.items()}
     except ConfigError as error:
         parser.error(str(error))
+    only = None
+    if args.experiments is not None:
+        only = {e for e in args.experiments.split(",") if e}
+        known = {split_stage(s)[1] for study in chosen.values() for s in study.stages}
+        if not only or only - known:
+            parser.error(f"--experiments={args.experiments!r}: allowed: the stage experiments "
+                         f"of {', '.join(chosen)}: {', '.join(sorted(known))}")
     out_dir = Path(args.out_dir)
-    plan(chosen, out_dir, kinds=kinds)
+    plan(chosen, out_dir, kinds=kinds, only=only)
     if args.plan:
         return 0
     for name, study in chosen.items():
@@ -959,7 +983,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"study {name}: its batch in flight failed (exit status {landed}; output: "
                   f"{flight.log}); rerun to resume", file=sys.stderr)
             return 1
-        if run_study(name, study, out_dir, overrides, flight if args.no_wait else None, kinds):
+        if run_study(name, study, out_dir, overrides, flight if args.no_wait else None, kinds,
+                     only):
             return 1
     return 0
 
