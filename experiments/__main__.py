@@ -436,8 +436,11 @@ def baseline_values(study: StudyConfig, keys: list[str], out_dir: Path,
             found = best_runs(out_dir, study, exp, study.long or None,
                               exclude=variant_runs(study))
             found = found or best_runs(out_dir, study, exp)
-        if study.baseline in found:
-            run = found[study.baseline]
+        # the baseline's method, in its row where the study has rows ("full/adamw
+        # lr_schedule=warmup_constant"): the variant picks the runs, so there is one
+        mine = [run for method, run in found.items() if method.split(" ")[0] == study.baseline]
+        if mine:
+            run = mine[0]
             pairs = [key.partition("=") for key in keys]  # target=source, or key
             return [f"{target}={run[source or target]}" for target, _, source in pairs]
     return []
