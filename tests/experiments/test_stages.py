@@ -50,13 +50,17 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       # part lr, wd), Muon (lr, wd, AdamW part lr), each also under cosine
                       # ladders (AdamW, Muon, the design points): 3 sizes x 3 budgets x
                       # (3 rates x 2 tuning seeds + 5 reporting seeds), one method each
+                      # the 2026 optimizers' three grids of 2 x 7 (lr, wd, AdamW part lr)
                       "riemannian_attention": 6 + 50 + 7 + 2 * (long(2) + 2 * long(3)) + 6 * 5
-                      + 3 * 3 * 3 * 11,
+                      + 3 * 3 * 3 * 11 + 3 * (14 + long(3) + 5),
                       # long: full (lr, wd), LoRA (+ alpha), Riemannian (manifold lr, alpha,
                       # wd), Muon and preconditioned (lr, alpha, wd), LoRA+ (+ ratio)
                       # ladders: four stages, 3 budgets x 11 runs, one method each
+                      # the 2026 optimizers: LoRA-RITE (lr, alpha, wd), SOAP/MuonH on full
+                      # (lr, wd; full trains attention only: no AdamW part)
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75
-                      + long(2) + 4 * long(3) + long(4) + 6 * 5 + 4 * 3 * 11,
+                      + long(2) + 4 * long(3) + long(4) + 6 * 5 + 4 * 3 * 11
+                      + 60 + long(3) + 5 + 16 + long(2) + 5,
                       "smollm2_finetune": 4 + 8 + 4 + 4 + 4 + 5 * long(3) + 5 * 5,
                       "balora_rank": 2 * 210 + 240 + 245 + 3 * 5 + 3 * 11}
 
@@ -131,11 +135,12 @@ def test_a_stage_inherits_its_study_and_a_plain_experiment_is_named(tmp_path, mo
     assert "not part of a study (no study block): plain" in capsys.readouterr().err
 
 
-def _record(out, sweep, name, method, overrides, loss, lr, seed=0):
-    """A finished seed run's record as bench.run writes it (the keys the stages read)."""
+def _record(out, sweep, name, method, overrides, loss, lr, seed=0, **config):
+    """A finished seed run's record as bench.run writes it (the keys the stages read; more of
+    its config in `config`)."""
     run_dir = out / sweep / name
     run_dir.mkdir(parents=True)
-    config = {"seed": seed, "optimizer": {"lr": lr},
+    config = {**config, "seed": seed, "optimizer": {"lr": lr},
               "meta": {"method": method, "overrides": [*overrides, f"seed={seed}"],
                        "config_id": config_digest({"overrides": overrides}, {})}}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -287,6 +292,20 @@ def test_a_variant_reruns_the_grid_best_with_its_overrides_and_keeps_to_its_meth
     assert bad.main(["--plan"]) == 2
     assert ("study.stages entry 'seeds:v@warm': a variant (@name) needs a long or seeds stage "
             "and an entry in study.variants (declared: cosine)") in capsys.readouterr().err
+
+
+def test_a_study_with_rows_finds_its_baseline_in_the_baseline_row(tmp_path, monkeypatch):
+    """With study.rows the baseline's method key carries its row ("full/adamw
+    lr_schedule=warmup_constant"); the Muon grid still takes the baseline's tuned LR."""
+    files = {**VARIANTS, "v": VARIANTS["v"].replace(
+        "  long: [", "  rows: [trainer.lr_schedule]\n  long: [")}
+    _, cmd, out = _stage_commands(tmp_path, monkeypatch, files, "v")
+    adamw, long = ["+experiment=v", "adapter=full"], "trainer.max_steps=40"
+    for lr, loss in (("1e-3", 1.7), ("3e-3", 1.8)):
+        _record(out, "v", f"al-{lr}", "full/adamw", [*adamw, f"optimizer.lr={lr}", long], loss,
+                float(lr), trainer={"lr_schedule": "warmup_constant"})
+    assert cmd("grid", "v_muon") == [["+experiment=v_muon", "optimizer.adamw_lr=0.001",
+                                      f"out_dir={out}"]]
 
 
 def test_a_variant_long_stage_takes_the_baseline_keys_from_the_baseline_under_that_variant(
@@ -499,3 +518,33 @@ def test_a_ladder_slice_runs_only_its_sizes_and_methods_and_names_the_allowed_on
     with pytest.raises(SystemExit):
         experiments.main(["t", "--plan", "--out-dir", str(out), "--methods", "lora/sgd"])
     assert "ladder_methods are lora/adamw, full/adamw" in capsys.readouterr().err
+
+
+def test_experiments_and_study_overrides_narrow_what_runs_and_how_it_is_tuned(
+        tmp_path, monkeypatch, capsys):
+    """--experiments plans (and runs) only those experiments' stages; the command line's
+    study.* overrides reach the study block the runner reads (tuning seeds, a knob left
+    untuned by an empty candidate list), not only the runs; an unknown experiment is one line
+    naming the study's."""
+    files = {**STAGED, "s": STAGED["s"].replace(
+        "  long: [", "  tune: {optimizer.weight_decay: [0.0, 0.1]}\n  long: [")}
+    experiments = _conf(tmp_path, monkeypatch, files)
+    out = str(tmp_path / "runs")
+
+    def planned(*argv):
+        assert experiments.main(["s", "--plan", "--out-dir", out, *argv]) == 0
+        rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+        return {f"{r[1]} {r[2]}": int(r[-2]) for r in rows if r[0] == "s" and r[1] != "all"}
+
+    # one tuning seed (the schema's default); the long stage stars the LR (grid) and weight decay
+    assert planned("--experiments", "s_base") == {
+        "grid s_base": 4, "long s_base": 5, "seeds s_base": 5}
+    assert planned("--experiments", "s_base", "study.tuning_seeds=[0,6]")["long s_base"] == 10
+    assert planned("--experiments", "s_base",
+                   "++study.tune={optimizer.weight_decay:[]}")["long s_base"] == 3
+    assert set(planned()) == {"grid s_base", "long s_base", "grid s", "long s", "seeds s_base",
+                              "seeds s"}
+    with pytest.raises(SystemExit):
+        experiments.main(["s", "--plan", "--out-dir", out, "--experiments", "s_bsae"])
+    assert ("--experiments='s_bsae': allowed: the stage experiments of s: s, s_base"
+            in capsys.readouterr().err)
