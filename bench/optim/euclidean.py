@@ -14,12 +14,12 @@ class SGDKnobs(OptimizerKnobs):
     momentum: float = 0.9  # heavy ball
 
 
-def adamw_over(params, cfg, lr: float | None = None) -> torch.optim.AdamW:
-    """AdamW at `lr` (default cfg.lr) with cfg.betas, cfg.eps and decoupled cfg.weight_decay:
-    the Euclidean part of the optimizers that combine AdamW with another."""
+def adamw_over(params, cfg, lr: float | None = None, betas=None) -> torch.optim.AdamW:
+    """AdamW at `lr` (default cfg.lr) with `betas` (default cfg.betas), cfg.eps and decoupled
+    cfg.weight_decay: the Euclidean part of the optimizers that combine AdamW with another."""
     return torch.optim.AdamW(
         euclidean_groups(params, cfg.weight_decay), lr=cfg.lr if lr is None else lr,
-        betas=tuple(cfg.betas), eps=cfg.eps,
+        betas=tuple(cfg.betas if betas is None else betas), eps=cfg.eps,
     )
 
 

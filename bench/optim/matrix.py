@@ -7,15 +7,16 @@ modules named in `optimizer.muon_modules`; embeddings, head, norms and biases to
 elementwise ones (ademamix, schedule_free_adamw) step every trainable parameter, or, with
 `optimizer.muon_modules` set, the matrices of those modules only (a study's row "on the attention
 weights"), AdamW the rest. AdamW runs at `optimizer.adamw_lr` (null: `optimizer.lr`) with
-cfg.betas, cfg.eps and decoupled weight decay on matrices (bench.optim.euclidean.adamw_over), and
-the two are stepped as one (CombinedOptimizer), exactly as optimizer=muon does.
+`optimizer.adamw_betas` (null: cfg.betas; SOAP's paper betas (0.95, 0.95) are not AdamW's),
+cfg.eps and decoupled weight decay on matrices (bench.optim.euclidean.adamw_over), and the two
+are stepped as one (CombinedOptimizer), exactly as optimizer=muon does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.errors import positive
+from bench.errors import ConfigError, in_unit, positive
 from bench.optim.base import AdamKnobs, CombinedOptimizer
 from bench.optim.euclidean import adamw_over
 from bench.optim.muon import block_matrices
@@ -29,11 +30,20 @@ class MatrixKnobs(AdamKnobs):
     # the modules whose matrices the library class steps, by their last name ([q, k, v, o]:
     # attention only); empty: every block matrix (matrix optimizers) or every parameter
     muon_modules: list[str] = field(default_factory=list)
+    adamw_betas: list[float] | None = None  # the AdamW part's betas; None: betas
 
 
 def check_matrix(cfg) -> None:
-    if cfg.optimizer.adamw_lr is not None:
-        positive("optimizer.adamw_lr", cfg.optimizer.adamw_lr)
+    o = cfg.optimizer
+    if o.adamw_lr is not None:
+        positive("optimizer.adamw_lr", o.adamw_lr)
+    if o.get("adamw_betas") is not None:
+        betas = list(o.adamw_betas)
+        if len(betas) != 2:
+            raise ConfigError(f"optimizer.adamw_betas={betas} must be null (the optimizer's "
+                              "betas) or two numbers in [0, 1) (beta1, beta2)")
+        for i, beta in enumerate(betas):
+            in_unit(f"optimizer.adamw_betas[{i}]", beta)
 
 
 def split(model, params, cfg, matrices_only: bool = True) -> tuple[list, list]:
@@ -48,5 +58,6 @@ def with_adamw(name: str, opt, rest: list, cfg,
     """`opt` (under `name`) and AdamW at cfg.adamw_lr or cfg.lr on `rest` (if any), as one."""
     opts = {name: opt}
     if rest:
-        opts["adamw"] = adamw_over(rest, cfg, lr=cfg.adamw_lr or cfg.lr)
+        opts["adamw"] = adamw_over(rest, cfg, lr=cfg.adamw_lr or cfg.lr,
+                                   betas=cfg.get("adamw_betas"))
     return combined(opts)

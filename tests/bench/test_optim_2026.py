@@ -106,7 +106,7 @@ def _references(name, ref):
     if name == "soap":
         return [po.SOAP(blocks, lr=0.004, betas=(0.9, 0.95), shampoo_beta=0.8, eps=1e-7,
                         weight_decay=0.02, precondition_frequency=2, max_precondition_dim=48),
-                _adamw(rest, 0.002, 0.02, (0.9, 0.95), 1e-7)]
+                _adamw(rest, 0.002, 0.02, (0.8, 0.99), 1e-7)]  # adamw_betas, not SOAP's
     if name == "shampoo":
         from pytorch_optimizer.optimizer.utils.graft import LayerWiseGrafting
 
@@ -137,6 +137,7 @@ def _references(name, ref):
 
 OVERRIDES = {  # every knob off its default, so a knob passed wrongly changes the steps
     "soap": ["optimizer.lr=0.004", "optimizer.adamw_lr=0.002", "optimizer.betas=[0.9,0.95]",
+             "optimizer.adamw_betas=[0.8,0.99]",
              "optimizer.shampoo_beta=0.8", "optimizer.eps=1e-7", "optimizer.weight_decay=0.02",
              "optimizer.precondition_frequency=2", "optimizer.max_precondition_dim=48"],
     "shampoo": ["optimizer.lr=0.004", "optimizer.adamw_lr=0.002", "optimizer.betas=[0.8,0.99]",
@@ -468,6 +469,8 @@ def test_a_missing_library_is_one_line_saying_how_to_install_it(tmp_path, tiny, 
     (["optimizer=soap"], "optimizer.precondition_frequency", "0",
      "optimizer.precondition_frequency=0 must be >= 1"),
     (["optimizer=muonh"], "optimizer.adamw_lr", "0", "optimizer.adamw_lr=0.0 must be > 0"),
+    (["optimizer=soap"], "optimizer.adamw_betas", "[0.9,1.0]",
+     "optimizer.adamw_betas[1]=1.0 must be in [0, 1)"),
 ])
 def test_bad_values_are_one_line(owner, key, value, message):
     overrides = [*owner, *FULL] + ([f"{key}={value}"] if key else [])
