@@ -109,6 +109,10 @@ def _compose(conf: str, name: str, _mtime: int, overrides: tuple[str, ...] = ())
             return compose("config", overrides=[f"+experiment={name}", *overrides],
                            return_hydra_config=True)
     except (HydraException, ValueError) as error:
+        if overrides and "override" in str(error).lower():  # the command line's, not the file's
+            raise ConfigError(f"{' '.join(str(error).split())} (command line: "
+                              f"{' '.join(overrides)}); allowed keys of study: "
+                              f"{', '.join(StudyConfig.__dataclass_fields__)}") from None
         raise ConfigError(_composition_error(name, error)) from None
 
 

@@ -529,6 +529,7 @@ def test_experiments_and_study_overrides_narrow_what_runs_and_how_it_is_tuned(
     files = {**STAGED, "s": STAGED["s"].replace(
         "  long: [", "  tune: {optimizer.weight_decay: [0.0, 0.1]}\n  long: [")}
     experiments = _conf(tmp_path, monkeypatch, files)
+    monkeypatch.setattr(experiments, "STUDY_OVERRIDES", ())  # restored however the test ends
     out = str(tmp_path / "runs")
 
     def planned(*argv):
@@ -548,3 +549,7 @@ def test_experiments_and_study_overrides_narrow_what_runs_and_how_it_is_tuned(
         experiments.main(["s", "--plan", "--out-dir", out, "--experiments", "s_bsae"])
     assert ("--experiments='s_bsae': allowed: the stage experiments of s: s, s_base"
             in capsys.readouterr().err)
+    assert experiments.main(["s", "--plan", "--out-dir", out, "study.tuning_sedes=[0]"]) == 2
+    err = capsys.readouterr().err
+    assert "Could not override 'study.tuning_sedes'" in err and "allowed keys of study: " in err
+    assert "(command line: study.tuning_sedes=[0])" in err
