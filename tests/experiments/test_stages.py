@@ -55,12 +55,12 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       + 3 * 3 * 3 * 11 + 3 * (14 + long(3) + 5),
                       # long: full (lr, wd), LoRA (+ alpha), Riemannian (manifold lr, alpha,
                       # wd), Muon and preconditioned (lr, alpha, wd), LoRA+ (+ ratio)
-                      # ladders: four stages, 3 budgets x 11 runs, one method each
+                      # ladders: six stages, 3 budgets x 11 runs, one method each
                       # the 2026 optimizers: LoRA-RITE (lr, alpha, wd), SOAP/MuonH on full
                       # (lr, wd; full trains attention only: no AdamW part)
                       "adapters_x_optimizers": 16 + 60 + 21 + 72 + 126 + 75
                       + long(2) + 4 * long(3) + long(4) + 6 * 5 + 4 * 3 * 11
-                      + 60 + long(3) + 5 + 16 + long(2) + 5,
+                      + 60 + long(3) + 5 + 16 + long(2) + 5 + 2 * 3 * 11,
                       "smollm2_finetune": 4 + 8 + 4 + 4 + 4 + 5 * long(3) + 5 * 5,
                       "balora_rank": 2 * 210 + 240 + 245 + 3 * 5 + 3 * 11}
 

@@ -74,3 +74,28 @@ def test_existing_records_are_still_found():
         assert found.is_complete(), path
         assert config_digest(as_schema(found.dir / "config.yaml")) == config_digest(cfg), path
 
+
+
+def test_re_executions_on_another_processor_reproduce_their_records():
+    """results/processor_check/<sweep>/: baselines' reporting runs re-executed on the processor
+    of rows added later (its README): each equals the record of the same overrides in
+    results/<sweep>/ bitwise in its final validation and test losses."""
+    import json
+
+    def records(folder):
+        out = {}
+        for cfg in folder.glob("*/config.yaml"):
+            overrides = yaml.safe_load(cfg.read_text())["meta"]["overrides"]
+            key = frozenset(o for o in overrides if not o.startswith(("out_dir=", "study.stage=")))
+            out[key] = json.loads((cfg.parent / "summary.json").read_text())
+        return out
+
+    checks = [p for p in (REPO / "results" / "processor_check").glob("*") if p.is_dir()]
+    if not checks:
+        pytest.skip("no re-executions in results/processor_check")
+    for folder in checks:
+        again, first = records(folder), records(REPO / "results" / folder.name)
+        assert again and set(again) <= set(first), folder
+        for key, summary in again.items():
+            for loss in ("final_eval_loss", "final_test_loss"):
+                assert summary[loss] == first[key][loss], (folder.name, sorted(key), loss)
