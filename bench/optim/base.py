@@ -31,16 +31,20 @@ class AdamKnobs(OptimizerKnobs):
     eps: float = 1e-8
 
 
+def check_betas(key: str, betas: list, allowed: str = "") -> None:
+    """`betas` (at `key`) is two numbers in [0, 1); `allowed` names another accepted value."""
+    if len(betas) != 2:
+        raise ConfigError(f"{key}={betas} must be {allowed}two numbers in [0, 1) (beta1, beta2)")
+    for i, beta in enumerate(betas):
+        in_unit(f"{key}[{i}]", beta)
+
+
 def check_common(cfg) -> None:
     """lr > 0, weight_decay >= 0, and betas, eps, momentum where the optimizer has them."""
     o = cfg.optimizer
     positive("optimizer.lr", o.lr)
     at_least("optimizer.weight_decay", o.weight_decay, 0)
-    betas = list(o.get("betas") or [])
-    if len(betas) != 2:
-        raise ConfigError(f"optimizer.betas={betas} must be two numbers in [0, 1) (beta1, beta2)")
-    for i, beta in enumerate(betas):
-        in_unit(f"optimizer.betas[{i}]", beta)
+    check_betas("optimizer.betas", list(o.get("betas") or []))
     positive("optimizer.eps", o.eps)
     in_unit("optimizer.momentum", o.momentum)
 

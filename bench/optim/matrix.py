@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.errors import ConfigError, in_unit, positive
-from bench.optim.base import AdamKnobs, CombinedOptimizer
+from bench.errors import positive
+from bench.optim.base import AdamKnobs, CombinedOptimizer, check_betas
 from bench.optim.euclidean import adamw_over
 from bench.optim.muon import block_matrices
 
@@ -38,12 +38,8 @@ def check_matrix(cfg) -> None:
     if o.adamw_lr is not None:
         positive("optimizer.adamw_lr", o.adamw_lr)
     if o.get("adamw_betas") is not None:
-        betas = list(o.adamw_betas)
-        if len(betas) != 2:
-            raise ConfigError(f"optimizer.adamw_betas={betas} must be null (the optimizer's "
-                              "betas) or two numbers in [0, 1) (beta1, beta2)")
-        for i, beta in enumerate(betas):
-            in_unit(f"optimizer.adamw_betas[{i}]", beta)
+        check_betas("optimizer.adamw_betas", list(o.adamw_betas),
+                    allowed="null (the optimizer's betas) or ")
 
 
 def split(model, params, cfg, matrices_only: bool = True) -> tuple[list, list]:
