@@ -440,11 +440,18 @@ def baseline_values(study: StudyConfig, keys: list[str], out_dir: Path,
             found = best_runs(out_dir, study, exp, study.long or None,
                               exclude=variant_runs(study))
             found = found or best_runs(out_dir, study, exp)
-        # the baseline's method, in its row where the study has rows ("full/adamw
-        # lr_schedule=warmup_constant"): the variant picks the runs, so there is one
-        mine = [run for method, run in found.items() if method.split(" ")[0] == study.baseline]
-        if mine:
-            run = mine[0]
+        values = _baseline_keys(study, keys, found)  # the variant picks the runs: one row
+        if values:
+            return values
+    return []
+
+
+def _baseline_keys(study: StudyConfig, keys: list[str], found: dict) -> list[str]:
+    """`key=value` for each of `keys` from the baseline's run among `found` (best_runs: its
+    method key carries its row where the study has rows, "full/adamw
+    lr_schedule=warmup_constant"); a key "target=source" takes `source` as `target`."""
+    for method, run in found.items():
+        if method.split(" ")[0] == study.baseline:
             pairs = [key.partition("=") for key in keys]  # target=source, or key
             return [f"{target}={run[source or target]}" for target, _, source in pairs]
     return []
@@ -457,11 +464,9 @@ def _baseline_at(study: StudyConfig, keys: list[str], out_dir: Path,
     for kind, exp in stages(study):
         if kind != "ladder":
             continue
-        found = best_runs(out_dir, study, exp, marks)
-        for method, run in found.items():
-            if method.split(" ")[0] == study.baseline:
-                pairs = [key.partition("=") for key in keys]  # target=source, or key
-                return [f"{target}={run[source or target]}" for target, _, source in pairs]
+        values = _baseline_keys(study, keys, best_runs(out_dir, study, exp, marks))
+        if values:
+            return values
     return []
 
 
