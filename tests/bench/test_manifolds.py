@@ -471,6 +471,31 @@ def test_float32_truncated_retraction_is_exact_to_float32_rounding(name, cond, g
         assert (error / exact.norm(dim=(-2, -1))).max() < 2e-6  # float32 rounding: ~1e-7
 
 
+def test_top_singular_takes_the_svd_where_the_values_spread(gen):
+    """top_singular: K^T K's eigendecomposition for cores whose kept values spread at most
+    SPREAD_FOR_EIGH, LAPACK's SVD (bitwise) for the others, in one stack; both give the top r
+    triplets (K B = A diag(s), K^T A = B diag(s), s the float64 singular values')."""
+    from bench.manifolds.linalg import SPREAD_FOR_EIGH, top_singular
+
+    r = 4
+    a0 = torch.linalg.qr(torch.randn(6, 8, 8, generator=gen, dtype=torch.float64))[0]
+    b0 = torch.linalg.qr(torch.randn(6, 8, 8, generator=gen, dtype=torch.float64))[0]
+    kept = torch.tensor([[2.0, 1.5, 1.2, 1.0], [1000.0, 10.0, 2.0, 1.0]], dtype=torch.float64)
+    tail = torch.tensor([1e-2, 5e-3, 1e-3, 0.0], dtype=torch.float64)
+    values = torch.cat((kept.repeat(3, 1), tail.expand(6, 4)), dim=-1)  # rows alternate
+    k = ((a0 * values.unsqueeze(-2)) @ b0.mT).float()  # (6, 8, 8)
+    a, s, b = top_singular(k, r)
+    wide = (values[:, 0] / values[:, r - 1] > SPREAD_FOR_EIGH)
+    assert wide.tolist() == [False, True] * 3
+    u, sv, vh = torch.linalg.svd(k[wide])
+    assert torch.equal(a[wide], u[..., :r]) and torch.equal(s[wide], sv[..., :r])
+    assert torch.equal(b[wide], vh[..., :r, :].mT)
+    scale = values[:, :1].unsqueeze(-1).float()  # (6, 1, 1): s_1 of each core
+    torch.testing.assert_close(k @ b / scale, a * s.unsqueeze(-2) / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(k.mT @ a / scale, b * s.unsqueeze(-2) / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.double(), values[:, :r], rtol=1e-5, atol=0)
+
+
 def test_truncated_retraction_of_a_rank_deficient_step(gen):
     """U_p of rank < r (here the zero step, and a step of rank 1) makes U_p^T U_p singular:
     its root comes from a QR then (`gram_root`), and the retraction is still the truncation."""
