@@ -33,7 +33,7 @@ def eye_like(a: torch.Tensor, k: int | None = None) -> torch.Tensor:
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
 MIN_CHUNK = 8  # matrices per thread below which splitting a stack costs more than it saves
-SPREAD_FOR_EIGH = 4.0  # top_singular: s_1 / s_r up to which K^T K's eigendecomposition serves
+SPREAD_FOR_EIGH = 4.0  # top_singular(unit_values): s_1 / s_r above which the SVD takes over
 
 
 def _one_thread() -> None:
@@ -318,26 +318,29 @@ def gram_root(
 
 
 def top_singular(
-    k: torch.Tensor, r: int, max_spread: float = SPREAD_FOR_EIGH
+    k: torch.Tensor, r: int, unit_values: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The top r singular triplets (A_r (..., p, r), s (..., r), B_r (..., q, r)) of small
     matrices K (..., p, q), descending, with K B_r = A_r diag(s) and K^T A_r = B_r diag(s).
 
-    From the eigendecomposition K^T K = B diag(s^2) B^T, A_r = K B_r diag(s)^{-1} (about half
-    of LAPACK's SVD time for 64 x 64 on CPU), for every matrix whose kept values spread at
-    most `max_spread` (s_1 / s_r); LAPACK's SVD for the others (both `on_threads`). The
-    eigendecomposition's subspace error, eps s_1^2 / (s_r^2 - s_(r+1)^2), is the SVD's
-    eps s_1 / (s_r - s_(r+1)) times s_1 / (s_r + s_(r+1)) < s_1 / s_r, and so is the error
-    of s_r: within `max_spread` of the SVD's accuracy. A partial isometry's step core (s_1 / s_r =
-    1 + O(step)) always takes the first path; R1's cores (s_1 / s_r up to 4096 after repair's
-    floor) take it while S is well conditioned (about 2.5 for a freshly initialised gpt_small
-    attention head).
+    LAPACK's SVD (on all threads, `on_threads`), or, where `unit_values` says that the kept
+    singular values are all about 1 and the rest small (the core of a partial isometry's
+    step: s_1 / s_r = 1 + O(step)), the eigendecomposition K^T K = B diag(s^2) B^T with
+    A_r = K B_r diag(s)^{-1}: half the SVD's time for 64 x 64 on CPU. Its subspace error,
+    eps s_1^2 / (s_r^2 - s_(r+1)^2), is the SVD's eps s_1 / (s_r - s_(r+1)) times
+    s_1 / (s_r + s_(r+1)) < s_1 / s_r, so it is as accurate where s_1 / s_r ~ 1; a matrix whose
+    kept values spread more than SPREAD_FOR_EIGH (a step as long as the point) goes to the SVD.
+    Not for R1's cores: a trained R1 point's S spreads 4-40x (median about 10 in the
+    riemannian_attention records), where the eigendecomposition loses that factor in accuracy.
     """
+    if not unit_values:
+        a, s, bh = on_threads(torch.linalg.svd, k)  # (..., p, p), (..., min), (..., q, q)
+        return a[..., :r], s[..., :r], mT(bh[..., :r, :])
     lam, vecs = on_threads(torch.linalg.eigh, mT(k) @ k)  # ascending: (..., q), (..., q, q)
     s = lam[..., -r:].flip(-1).clamp_min(0).sqrt()  # (..., r), descending
     b = vecs[..., -r:].flip(-1)  # (..., q, r)
     a = (k @ b) / s.clamp_min(torch.finfo(k.dtype).tiny).unsqueeze(-2)  # (..., p, r)
-    wide = ~(s[..., 0] <= max_spread * s[..., -1])  # (...): to the SVD (NaN-safe)
+    wide = ~(s[..., 0] <= SPREAD_FOR_EIGH * s[..., -1])  # (...): to the SVD (NaN-safe)
     if bool(wide.any()):
         a_w, s_w, bh_w = on_threads(torch.linalg.svd, k[wide])  # (w, p, p), (w, min), (w, q, q)
         a[wide], s[wide], b[wide] = a_w[..., :r], s_w[..., :r], mT(bh_w[..., :r, :])
@@ -348,6 +351,7 @@ def truncated_core(
     core: torch.Tensor,
     up: torch.Tensor,
     vp: torch.Tensor,
+    unit_values: bool = False,
     grams: tuple[torch.Tensor, torch.Tensor] | None = None,
     scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor]]:
@@ -362,9 +366,9 @@ def truncated_core(
     for orthonormal Q_u ⊥ U, Q_v ⊥ V, and the matrix equals
         [U, Q_u] K [V, Q_v]^T,   K = [[core, R_v^T], [R_u, 0]]   (2r x 2r),
     so its rank-r truncation comes from the top r singular triplets of the small core K
-    (Vandereycken 2013, §3; Absil & Oseledets 2015; docs/papers/knight.md §3, R1;
-    `top_singular`): with A_r = [A_1; A_2], B_r = [B_1; B_2] (r x r blocks) and
-    Sigma = diag(s_1..s_r),
+    (Vandereycken 2013, §3; Absil & Oseledets 2015; docs/papers/knight.md §3, R1; `top_singular`,
+    `unit_values` for partial isometries): with A_r = [A_1; A_2], B_r = [B_1; B_2] (r x r blocks)
+    and Sigma = diag(s_1..s_r),
         U' = U A_1 + Q_u A_2,   V' = V B_1 + Q_v B_2.
     Q_u, Q_v are never formed: the block rows of K B_r = A_r Sigma and K^T A_r = B_r Sigma read
     R_u B_1 = A_2 Sigma and R_v A_1 = B_2 Sigma, so Q_u A_2 = U_p B_1 Sigma^{-1} and
@@ -384,7 +388,7 @@ def truncated_core(
         (torch.cat((core, mT(rv)), dim=-1), torch.cat((ru, torch.zeros_like(ru)), dim=-1)),
         dim=-2,
     )  # (..., 2r, 2r)
-    a, sigma, b = top_singular(k, r)  # (..., 2r, r), (..., r), (..., 2r, r)
+    a, sigma, b = top_singular(k, r, unit_values)  # (..., 2r, r), (..., r), (..., 2r, r)
     a1, b1 = a[..., :r, :], b[..., :r, :]  # A_1, B_1: (..., r, r)
     inv = 1 / sigma.unsqueeze(-2)  # Sigma^{-1} on the columns: (..., 1, r)
     return sigma, (a1, b1 * inv, b1, a1 * inv), (g_u, g_v)
@@ -396,10 +400,11 @@ def truncated_retraction(
     core: torch.Tensor,
     up: torch.Tensor,
     vp: torch.Tensor,
+    unit_values: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best rank-r approximation of U core V^T + U_p V^T + U V_p^T (U_p ⊥ U, V_p ⊥ V) as
     (U' (..., n, r), sigma' (..., r), V' (..., m, r)), from `truncated_core`."""
-    sigma, (alpha, beta, gamma, delta), _ = truncated_core(core, up, vp)
+    sigma, (alpha, beta, gamma, delta), _ = truncated_core(core, up, vp, unit_values)
     return combine(u, up, alpha, beta), sigma, combine(v, vp, gamma, delta)
 
 

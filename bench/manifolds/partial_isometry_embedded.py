@@ -43,7 +43,7 @@ class PartialIsometryEmbedded(PartialIsometryBase):
         up = combine(ud, uu, None, -(cu + half_omega))  # (..., n, r)
         vp = combine(vd, vv, None, half_omega - cv)  # (..., m, r)
         core = eye_like(half_omega) + 2 * half_omega  # I + Omega
-        u_new, _, v_new = truncated_retraction(uu, vv, core, up, vp)
+        u_new, _, v_new = truncated_retraction(uu, vv, core, up, vp, unit_values=True)
         return self.pack(u_new, v_new)
 
     def retr_transp_along(self, x, v, t):
@@ -59,7 +59,7 @@ class PartialIsometryEmbedded(PartialIsometryBase):
         upv, vpv = combine(ud, uu, None, -h), combine(vd, vv, None, h)  # (..., n|m, r)
         gram_u, gram_v = mT(upv) @ upv, mT(vpv) @ vpv  # (..., r, r)
         _, coefficients, _ = truncated_core(
-            eye_like(h) + t * omega, upv, vpv,
+            eye_like(h) + t * omega, upv, vpv, unit_values=True,
             grams=((t * t) * gram_u, (t * t) * gram_v), scale=t)
         alpha, beta, gamma, delta = coefficients
         y, moved = torch.empty_like(x), torch.empty_like(v)

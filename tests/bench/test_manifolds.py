@@ -472,9 +472,10 @@ def test_float32_truncated_retraction_is_exact_to_float32_rounding(name, cond, g
 
 
 def test_top_singular_takes_the_svd_where_the_values_spread(gen):
-    """top_singular: K^T K's eigendecomposition for cores whose kept values spread at most
-    SPREAD_FOR_EIGH, LAPACK's SVD (bitwise) for the others, in one stack; both give the top r
-    triplets (K B = A diag(s), K^T A = B diag(s), s the float64 singular values')."""
+    """top_singular(unit_values=True) (P1's cores): K^T K's eigendecomposition for cores whose
+    kept values spread at most SPREAD_FOR_EIGH, LAPACK's SVD (bitwise) for the others, in one
+    stack; both give the top r triplets (K B = A diag(s), K^T A = B diag(s), s the float64
+    singular values')."""
     from bench.manifolds.linalg import SPREAD_FOR_EIGH, top_singular
 
     r = 4
@@ -484,7 +485,7 @@ def test_top_singular_takes_the_svd_where_the_values_spread(gen):
     tail = torch.tensor([1e-2, 5e-3, 1e-3, 0.0], dtype=torch.float64)
     values = torch.cat((kept.repeat(3, 1), tail.expand(6, 4)), dim=-1)  # rows alternate
     k = ((a0 * values.unsqueeze(-2)) @ b0.mT).float()  # (6, 8, 8)
-    a, s, b = top_singular(k, r)
+    a, s, b = top_singular(k, r, unit_values=True)
     wide = (values[:, 0] / values[:, r - 1] > SPREAD_FOR_EIGH)
     assert wide.tolist() == [False, True] * 3
     u, sv, vh = torch.linalg.svd(k[wide])
