@@ -165,7 +165,7 @@ class FixedRankEmbedded(LowRankManifold):
         t (U_pv, V_pv, M_v) without a projection, its Gram matrices t^2 U_pv^T U_pv,
         t^2 V_pv^T V_pv serve the retraction (`truncated_core`; for the orthographic one
         L^T L = I + Z^{-T} G_u Z^{-1}, `orthographic_core`) and the transport
-        (`transport_embedded_from`, C_u = t U_pv^T U_pv): 12 products with n x r or m x r
+        (`transport_embedded_from`, C_u = t U_pv^T U_pv): 10 products with n x r or m x r
         factors instead of 20, and the new point and vector written in place."""
         uu, vv, s = self.unpack(x)
         upv, vpv, mv = self.unpack(v)
@@ -186,11 +186,12 @@ class FixedRankEmbedded(LowRankManifold):
         combine(uu, upv, alpha, t * beta, out=u2)  # U alpha + U_p beta: (..., n, r)
         combine(vv, vpv, gamma, t * delta, out=v2)  # (..., m, r)
         s2.copy_(torch.diag_embed(sigma))
-        zv, ztu, m2 = transport_embedded_from(uu, vv, upv, vpv, mv, coefficients,
-                                              t * gram_u, t * gram_v)
+        # Z V2 - U2 M2 and Z^T U2 - V2 M2^T in U, U_pv (V, V_pv): (a_u, b_u, a_v, b_v)
+        (a_u, b_u, a_v, b_v), m2 = transport_embedded_from(
+            mv, coefficients, t * gram_u, t * gram_v, t, lambda m: -m, lambda m: -mT(m))
         up2, vp2, mm2 = self.unpack(moved)
-        combine(zv, u2, None, -m2, out=up2)  # Z V2 - U2 M2
-        combine(ztu, v2, None, -mT(m2), out=vp2)  # Z^T U2 - V2 M2^T
+        combine(uu, upv, a_u, b_u, out=up2)  # (..., n, r)
+        combine(vv, vpv, a_v, b_v, out=vp2)  # (..., m, r)
         mm2.copy_(m2)
         return y, moved
 

@@ -258,37 +258,42 @@ def transport_embedded(
 
 
 def transport_embedded_from(
-    u: torch.Tensor,
-    v: torch.Tensor,
-    up_v: torch.Tensor,
-    vp_v: torch.Tensor,
     m_v: torch.Tensor,
     coefficients: tuple[torch.Tensor, ...],
     c_u: torch.Tensor,
     c_v: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Z V2, Z^T U2 and U2^T Z V2 for the dense tangent vector Z = U M_v V^T + U_pv V^T +
-    U V_pv^T at (U, V) (U_pv ⊥ U, V_pv ⊥ V) and the point (U2, V2) of a retraction along a
-    step (U_p, V_p) ⊥ (U, V) whose factors are U2 = U alpha + U_p beta, V2 = V gamma + V_p delta
-    (`truncated_core`; `coefficients` = (alpha, beta, gamma, delta)), given the r x r products
-    C_u = U_pv^T U_p and C_v = V_pv^T V_p.
+    scale: torch.Tensor | float,
+    x_u: torch.Tensor,
+    x_v: torch.Tensor,
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """The coefficients of Z V2 + U2 X_u and Z^T U2 + V2 X_v in the old factors, for the dense
+    tangent vector Z = U M_v V^T + U_pv V^T + U V_pv^T at (U, V) (U_pv ⊥ U, V_pv ⊥ V) and the
+    point (U2, V2) of a retraction along the step (U_p, V_p) = scale (U_pv, V_pv), whose
+    factors are U2 = U alpha + U_p beta, V2 = V gamma + V_p delta (`truncated_core`;
+    `coefficients` = (alpha, beta, gamma, delta)), given C_u = U_pv^T U_p, C_v = V_pv^T V_p.
 
-    Then U^T U2 = alpha, V^T V2 = gamma, U_pv^T U2 = C_u beta, V_pv^T V2 = C_v delta: the four
-    Gram products of `transport_embedded` are r x r products here, and with A = U M_v + U_pv,
+    Then U^T U2 = alpha, V^T V2 = gamma, U_pv^T U2 = C_u beta, V_pv^T V2 = C_v delta, and with
+    A = U M_v + U_pv:
         Z V2 = U (M_v gamma + C_v delta) + U_pv gamma,   Z^T U2 = V (A^T U2) + V_pv alpha,
-        A^T U2 = M_v^T alpha + C_u beta,   U2^T Z V2 = (A^T U2)^T gamma + alpha^T C_v delta.
-    The projection onto T_(U2, V2) is then (Z V2 - U2 M2, Z^T U2 - V2 M2^T, M2) with
-    M2 = U2^T Z V2 (Absil, Mahony & Sepulchre 2008, §8.1.3): six products with n x r or m x r
-    factors in all instead of ten. RiemannianNormalized steps along its own momentum, so
-    C_u, C_v are the step's Gram matrices over the step size.
-    Returns (Z V2 (..., n, r), Z^T U2 (..., m, r), U2^T Z V2 (..., r, r)).
+        A^T U2 = M_v^T alpha + C_u beta,   M2 = U2^T Z V2 = (A^T U2)^T gamma + alpha^T C_v delta.
+    `x_u`, `x_v` (..., r, r) are functions of M2 (called with it): the projection onto
+    T_(U2, V2) (Absil, Mahony & Sepulchre 2008, §8.1.3) is Z V2 - U2 M2, Z^T U2 - V2 M2^T (R1:
+    X_u = -M2, X_v = -M2^T), plus a rotation for a partial isometry. Every term is a product
+    of U, U_pv (or V, V_pv) with r x r matrices, so
+        Z V2 + U2 X_u = U (M_v gamma + C_v delta + alpha X_u) + U_pv (gamma + scale beta X_u),
+        Z^T U2 + V2 X_v = V (A^T U2 + gamma X_v) + V_pv (alpha + scale delta X_v):
+    two products with n x r or m x r factors each (`combine`), instead of the ten of a
+    transport to a point given by its factors (`transport_embedded`).
+    Returns ((a_u, b_u, a_v, b_v), M2): the moved vector's factors are U a_u + U_pv b_u and
+    V a_v + V_pv b_v.
     """
     alpha, beta, gamma, delta = coefficients
     vtv2 = c_v @ delta  # V_pv^T V2: (..., r, r)
     atu2 = mT(m_v) @ alpha + c_u @ beta  # A^T U2: (..., r, r)
-    zv = combine(u, up_v, m_v @ gamma + vtv2, gamma)  # Z V2: (..., n, r)
-    ztu = combine(v, vp_v, atu2, alpha)  # Z^T U2: (..., m, r)
-    return zv, ztu, mT(atu2) @ gamma + mT(alpha) @ vtv2
+    m2 = mT(atu2) @ gamma + mT(alpha) @ vtv2  # U2^T Z V2
+    xu, xv = x_u(m2), x_v(m2)
+    return (m_v @ gamma + vtv2 + alpha @ xu, gamma + scale * (beta @ xu),
+            atu2 + gamma @ xv, alpha + scale * (delta @ xv)), m2
 
 
 def gram_root(

@@ -50,7 +50,7 @@ class PartialIsometryEmbedded(PartialIsometryBase):
         """retr_transp(x, t v, v) for a tangent v = (U_dot, V_dot): its rotation H = U^T U_dot
         (V^T V_dot = -H), U_pv = U_dot - U H, V_pv = V_dot + V H and their Gram matrices serve
         the retraction (core I + 2 t H, `truncated_core`) and the transport of the dense
-        Z = U (2H) V^T + U_pv V^T + U V_pv^T (`transport_embedded_from`): 15 products with
+        Z = U (2H) V^T + U_pv V^T + U V_pv^T (`transport_embedded_from`): 13 products with
         n x r or m x r factors instead of 22."""
         uu, vv = self.unpack(x)
         ud, vd = self.unpack(v)
@@ -66,12 +66,14 @@ class PartialIsometryEmbedded(PartialIsometryBase):
         u2, v2 = self.unpack(y)
         combine(uu, upv, alpha, t * beta, out=u2)  # (..., n, r)
         combine(vv, vpv, gamma, t * delta, out=v2)  # (..., m, r)
-        zv, ztu, core = transport_embedded_from(uu, vv, upv, vpv, omega, coefficients,
-                                                t * gram_u, t * gram_v)
-        half_omega = skew(core) / 2  # as `transp`: U_p2 + U2 Omega/2, V_p2 - V2 Omega/2
+        # as `transp`: U_p2 + U2 Omega/2 = Z V2 + U2 (Omega/2 - M2), V_p2 - V2 Omega/2 =
+        # Z^T U2 - V2 (M2^T + Omega/2), Omega/2 = skew(M2) / 2, in U, U_pv (V, V_pv)
+        (a_u, b_u, a_v, b_v), _ = transport_embedded_from(
+            omega, coefficients, t * gram_u, t * gram_v, t,
+            lambda m: skew(m) / 2 - m, lambda m: -(mT(m) + skew(m) / 2))
         up2, vp2 = self.unpack(moved)
-        combine(zv, u2, None, half_omega - core, out=up2)
-        combine(ztu, v2, None, -(mT(core) + half_omega), out=vp2)
+        combine(uu, upv, a_u, b_u, out=up2)  # (..., n, r)
+        combine(vv, vpv, a_v, b_v, out=vp2)  # (..., m, r)
         return y, moved
 
     def transp(self, x, y, v):
