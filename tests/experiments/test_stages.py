@@ -50,9 +50,10 @@ def test_plan_lists_every_study_with_its_run_count(tmp_path, capsys):
                       # part lr, wd), Muon (lr, wd, AdamW part lr), each also under cosine
                       # ladders (AdamW, Muon, the design points): 3 sizes x 3 budgets x
                       # (3 rates x 2 tuning seeds + 5 reporting seeds), one method each
-                      # the 2026 optimizers' three grids of 2 x 7 (lr, wd, AdamW part lr)
+                      # the 2026 optimizers' three grids of 2 x 7 (lr, wd, AdamW part lr), the
+                      # AdEMAMix/Schedule-Free one extended by 2.5e-4 to 2 x 8
                       "riemannian_attention": 6 + 50 + 7 + 2 * (long(2) + 2 * long(3)) + 6 * 5
-                      + 3 * 3 * 3 * 11 + 3 * (14 + long(3) + 5),
+                      + 3 * 3 * 3 * 11 + 3 * (14 + long(3) + 5) + 2,
                       # long: full (lr, wd), LoRA (+ alpha), Riemannian (manifold lr, alpha,
                       # wd), Muon and preconditioned (lr, alpha, wd), LoRA+ (+ ratio)
                       # ladders: six stages, 3 budgets x 11 runs, one method each
