@@ -7,6 +7,7 @@ O((n + m) r^2 + r^3): nothing here forms an n x m matrix.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -263,8 +264,8 @@ def transport_embedded_from(
     c_u: torch.Tensor,
     c_v: torch.Tensor,
     scale: torch.Tensor | float,
-    x_u: torch.Tensor,
-    x_v: torch.Tensor,
+    x_u: Callable[[torch.Tensor], torch.Tensor],
+    x_v: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """The coefficients of Z V2 + U2 X_u and Z^T U2 + V2 X_v in the old factors, for the dense
     tangent vector Z = U M_v V^T + U_pv V^T + U V_pv^T at (U, V) (U_pv ⊥ U, V_pv ⊥ V) and the

@@ -75,7 +75,6 @@ def test_existing_records_are_still_found():
         assert config_digest(as_schema(found.dir / "config.yaml")) == config_digest(cfg), path
 
 
-
 def test_re_executions_on_another_processor_reproduce_their_records():
     """results/processor_check/<sweep>/: baselines' reporting runs re-executed on the processor
     of rows added later (its README): each equals the record of the same overrides in
