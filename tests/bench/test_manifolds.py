@@ -517,6 +517,26 @@ def test_truncated_retraction_of_a_rank_deficient_step(gen):
                                    (a_[:, :3] * sigma[:3]) @ bh[:3])
 
 
+@pytest.mark.parametrize("with_c", [True, False])
+def test_combine_into_a_block_of_a_packed_stack_is_the_product(with_c, gen):
+    """combine(x, xp, c, cp, out=block) for a block of a packed (P, n + m, r) stack (not
+    contiguous: the fresh product is copied in) writes x c + xp cp (x + xp cp without c), the
+    float64 einsum's, into that block only, and returns it."""
+    from bench.manifolds.linalg import combine
+
+    x, xp = (torch.randn(5, 7, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    c, cp = (torch.randn(5, 3, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    packed = torch.full((5, 11, 3), 7.0, dtype=torch.float64)
+    block = packed[:, :7]
+    assert not block.is_contiguous()
+    written = combine(x, xp, c if with_c else None, cp, out=block)
+    expected = torch.einsum("pnk,pkr->pnr", xp, cp)
+    expected = expected + (torch.einsum("pnk,pkr->pnr", x, c) if with_c else x)
+    assert written.data_ptr() == block.data_ptr()
+    torch.testing.assert_close(packed[:, :7], expected)
+    assert torch.equal(packed[:, 7:], torch.full((5, 4, 3), 7.0, dtype=torch.float64))
+
+
 def test_factorisations_on_threads_are_the_one_call_results():
     """on_threads splits a stack of small factorisations across torch's threads: each matrix
     is factorised by itself, so the results are bitwise those of one call."""
