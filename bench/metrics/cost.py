@@ -26,15 +26,51 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def free_cpus() -> int:
-    """The usable cores no other process is busy on: `usable_cpus` minus the machine's load
-    (its 1-minute average, rounded), at least 1. A busy 2-core machine gives 1: two intra-op
-    threads there share a core with the other load and run several times slower than one."""
+def busy_elsewhere(interval: float = 0.1, stat: str = "/proc/stat") -> float | None:
+    """How many CPUs other processes keep busy, averaged over `interval` seconds: the machine's
+    busy time (/proc/stat: every state but idle and iowait) less this process's own CPU time
+    (os.times), over the elapsed time. None where /proc/stat cannot be read.
+
+    Unlike the load average, it leaves out this process's own recent work: a run that follows
+    another in the same process (hydra/launcher=serial, a test session) would otherwise count
+    its predecessor's threads as another program's and take one core where two are free."""
+
+    def sample() -> tuple[int, int, float]:
+        with open(stat) as f:
+            ticks = [int(x) for x in f.readline().split()[1:9]]  # user .. steal (jiffies)
+        own = os.times()
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks), own.user + own.system
+
     try:
-        busy = round(os.getloadavg()[0])
-    except OSError:  # no load average on this system
-        busy = 0
-    return max(1, usable_cpus() - busy)
+        busy0, total0, own0 = sample()
+        time.sleep(interval)
+        busy1, total1, own1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = os.cpu_count() or 1
+    elapsed = (total1 - total0) / cpus  # jiffies of wall time (every CPU ticks)
+    if elapsed <= 0:
+        return None
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return max(0.0, (busy1 - busy0) / elapsed - (own1 - own0) * tick / elapsed)
+
+
+def free_cpus() -> int:
+    """The usable cores no other process is busy on: `usable_cpus` minus the CPUs other
+    processes keep busy (`busy_elsewhere`, rounded; the 1-minute load average where /proc/stat
+    is missing), at least 1. A busy 2-core machine gives 1: two intra-op threads there share a
+    core with the other load and run several times slower than one. One usable core gives 1
+    without measuring."""
+    usable = usable_cpus()
+    if usable == 1:
+        return 1
+    busy = busy_elsewhere()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:  # no load average on this system
+            busy = 0.0
+    return max(1, usable - round(busy))
 
 
 def measure_matmul_peak(n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
