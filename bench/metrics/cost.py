@@ -51,8 +51,8 @@ def busy_elsewhere(interval: float = 0.1, stat: str = "/proc/stat") -> float | N
     elapsed = (total1 - total0) / cpus  # jiffies of wall time (every CPU ticks)
     if elapsed <= 0:
         return None
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    return max(0.0, (busy1 - busy0) / elapsed - (own1 - own0) * tick / elapsed)
+    own = (own1 - own0) * os.sysconf("SC_CLK_TCK")  # jiffies (/proc/stat means a POSIX system)
+    return max(0.0, (busy1 - busy0 - own) / elapsed)
 
 
 def free_cpus() -> int:

@@ -30,6 +30,7 @@ from bench.models.gpt import GPT, GPTConfig
 from bench.models.lowrank_attention import to_manifold_attention
 from bench.optim import build_optimizer
 from tests.conftest import GEOMETRY_VARIANTS
+from tests.perf.test_perf_balora import best_time
 
 pytestmark = pytest.mark.perf
 SMALL = GPTConfig(d_model=256, n_layer=6, n_head=8, seq_len=256)
@@ -67,15 +68,6 @@ def side_by_side(runs: dict, data, warmup=WARMUP, steps=STEPS) -> dict:
     return best
 
 
-def _best_seconds(fn, repeats=5) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _floor_seconds(riem_opt, points: int, n: int, r: int, variant: str) -> float:
     """The optimizer step's floor (module docstring): AdamW's part, the cores' factorisation
     on 2r x 2r cores like the step's (a point's singular values and the step's small ones, or
@@ -86,9 +78,9 @@ def _floor_seconds(riem_opt, points: int, n: int, r: int, variant: str) -> float
     k[:, r:, r:] = 0  # K = [[core, R_v^T], [R_u, 0]]
     k[:, :r, :r] += torch.diag_embed(torch.linspace(1.0, 1.0 if unit_values else 0.1, r))
     factor, coefficients = torch.randn(points, n, r), torch.randn(points, r, r)
-    return (_best_seconds(riem_opt.optimizers["adamw"].step)
-            + _best_seconds(lambda: top_singular(k, r, unit_values))
-            + products * _best_seconds(lambda: torch.bmm(factor, coefficients)))
+    return (best_time(riem_opt.optimizers["adamw"].step, repeats=5)
+            + best_time(lambda: top_singular(k, r, unit_values), repeats=5)
+            + products * best_time(lambda: torch.bmm(factor, coefficients), repeats=5))
 
 
 @pytest.fixture(scope="module")
